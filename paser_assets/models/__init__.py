@@ -1,0 +1,1 @@
+"""Model handling: sentence embeddings, LLM checkpoints, pruning and batched scoring."""

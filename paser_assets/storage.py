@@ -1,0 +1,157 @@
+"""DuckDB storage: bounded waits for the file lock, atomic table replacement, content hashes.
+
+DuckDB lets one process hold a database file read-write. A run that finds the file locked waits
+up to ``lock_timeout_s`` and then fails with a message that names the process holding the lock,
+instead of DuckDB's bare ``IOException``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_PID = re.compile(r"PID (\d+)")
+
+
+class DatabaseLockedError(RuntimeError):
+    """The DuckDB file stayed locked by another process for longer than the configured wait."""
+
+
+def validate_identifier(name: str, what: str = "identifier") -> str:
+    """Return ``name`` if it is a plain SQL identifier (letters, digits, underscore), else raise."""
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"invalid {what} {name!r}: use 1-63 letters, digits or underscores, not starting with a digit")
+    return name
+
+
+def _describe_process(pid: int) -> str:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return f"PID {pid}"
+    return f"PID {pid} ({cmdline[:160]})" if cmdline else f"PID {pid}"
+
+
+def _lock_message(database: str, error: Exception, waited_s: float) -> str:
+    match = _PID.search(str(error))
+    holder = _describe_process(int(match.group(1))) if match else "another process"
+    return (
+        f"the DuckDB file {database} is locked by {holder}; waited {waited_s:.0f} s. "
+        "Close that connection (or open it with read_only=True only while no run writes), "
+        "or raise PASER_DB_LOCK_TIMEOUT to wait longer. To query while runs go on, query the "
+        "snapshot that each run publishes (see the README, 'Querying while runs go on')."
+    )
+
+
+def is_lock_error(error: Exception) -> bool:
+    text = str(error).lower()
+    return "lock" in text and ("conflicting" in text or "could not set lock" in text)
+
+
+def connect(database: str, *, read_only: bool = False, lock_timeout_s: float = 30.0) -> duckdb.DuckDBPyConnection:
+    """Open ``database``, waiting at most ``lock_timeout_s`` for another process's lock to go."""
+    if database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(database, read_only=read_only, config={"custom_user_agent": "paser-assets"})
+        except (duckdb.IOException, duckdb.ConnectionException) as error:
+            if not is_lock_error(error):
+                raise
+            waited = time.monotonic() - start
+            if waited >= lock_timeout_s:
+                raise DatabaseLockedError(_lock_message(database, error, waited)) from None
+            time.sleep(min(delay, max(lock_timeout_s - waited, 0.01)))
+            delay = min(delay * 2, 1.0)
+
+
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Run a block in one transaction: all of its writes land, or none do."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def qualified(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> str:
+    """``"catalog"."schema"."table"``: the catalog is spelled out because DuckDB names it after the
+    file, so in ``paser.duckdb`` the two-part name ``paser.table`` is ambiguous."""
+    row = conn.execute("SELECT current_database()").fetchone()
+    catalog = str(row[0]).replace('"', '""') if row else "memory"
+    return f'"{catalog}"."{validate_identifier(schema, "schema name")}"."{validate_identifier(table, "table name")}"'
+
+
+def to_arrow(frame: pd.DataFrame) -> pa.Table:
+    """Arrow table for ``frame``; columns of equal-length numpy vectors become fixed-size float32 arrays."""
+    arrays = []
+    for name in frame.columns:
+        column = frame[name]
+        if len(column) and isinstance(column.iloc[0], np.ndarray):
+            matrix = np.stack(column.to_list()).astype(np.float32)
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1]))
+        else:
+            arrays.append(pa.array(column, from_pandas=True))
+    return pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns])
+
+
+def replace_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str, data: pd.DataFrame | pa.Table) -> None:
+    """Replace ``schema.table`` with ``data``. Call inside :func:`transaction` to make it atomic."""
+    arrow = data if isinstance(data, pa.Table) else to_arrow(data)
+    row = conn.execute("SELECT current_database()").fetchone()
+    catalog = str(row[0]).replace('"', '""') if row else "memory"
+    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{catalog}"."{validate_identifier(schema, "schema name")}"')
+    view = f"_paser_incoming_{table}"
+    conn.register(view, arrow)
+    try:
+        conn.execute(f"CREATE OR REPLACE TABLE {qualified(conn, schema, table)} AS SELECT * FROM {view}")
+    finally:
+        conn.unregister(view)
+
+
+def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        [schema, table],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def read_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str, columns: str = "*") -> pd.DataFrame:
+    if not table_exists(conn, schema, table):
+        raise LookupError(f"table {schema}.{table} does not exist yet: materialize the asset that writes it first")
+    return conn.execute(f"SELECT {columns} FROM {qualified(conn, schema, table)}").df()
+
+
+def content_hash(frame: pd.DataFrame) -> str:
+    """A hash of a table's column names and values, stable across processes (the Dagster data version)."""
+    digest = hashlib.sha256()
+    digest.update(repr([str(c) for c in frame.columns]).encode())
+    digest.update(str(len(frame)).encode())
+    for name in frame.columns:
+        column = frame[name]
+        first = column.iloc[0] if len(column) else None
+        if isinstance(first, np.ndarray) and first.dtype.kind == "f":
+            digest.update(np.ascontiguousarray(np.stack(column.to_list()), dtype=np.float32).tobytes())
+        elif isinstance(first, (list, tuple, np.ndarray)):
+            plain = [None if value is None else [str(item) for item in value] for value in column]
+            digest.update(json.dumps(plain).encode())
+        else:
+            digest.update(pd.util.hash_pandas_object(column, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:24]

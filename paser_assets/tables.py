@@ -1,0 +1,71 @@
+"""The columns of every table the assets write, with their types and meaning.
+
+One place documents the schema: asset metadata (``dagster/column_schema``) and the README's table
+reference are both built from it.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from paser_assets.pool.records import POOL_COLUMNS, REJECTED_COLUMNS
+
+Columns = dict[str, tuple[str, str]]  # name -> (SQL type, description)
+
+TABLES: dict[str, Columns] = {
+    "recovery_pool": {
+        name: (
+            {"source_row": "BIGINT", "duplicate_count": "BIGINT", "n_chars": "BIGINT"}.get(name, "VARCHAR"),
+            description,
+        )
+        for name, description in POOL_COLUMNS.items()
+    },
+    "recovery_pool_rejected": {
+        name: ("BIGINT" if name == "source_row" else "VARCHAR", description)
+        for name, description in REJECTED_COLUMNS.items()
+    },
+    "instruction_embeddings": {
+        "sample_id": ("VARCHAR", "Pool row"),
+        "embedding": ("FLOAT[]", "L2-normalised sentence embedding of instruction + input"),
+    },
+    "embedding_cache": {
+        "model_key": ("VARCHAR", "Sentence model and text recipe the vector was made with"),
+        "sample_id": ("VARCHAR", "Pool row"),
+        "embedding": ("FLOAT[]", "The cached embedding"),
+    },
+    "manifold": {
+        "sample_id": ("VARCHAR", "Pool row"),
+        "coordinates": ("FLOAT[]", "Position on the learned low-dimensional manifold"),
+        "map_x": ("FLOAT", "First coordinate of the 2-D cluster map"),
+        "map_y": ("FLOAT", "Second coordinate of the 2-D cluster map"),
+    },
+    "clusters": {
+        "sample_id": ("VARCHAR", "Pool row"),
+        "cluster": ("BIGINT", "Cluster id, 0 = largest cluster"),
+        "map_x": ("FLOAT", "First coordinate of the 2-D cluster map"),
+        "map_y": ("FLOAT", "Second coordinate of the 2-D cluster map"),
+    },
+    "cluster_profiles": {
+        "cluster": ("BIGINT", "Cluster id"),
+        "size": ("BIGINT", "Samples in the cluster"),
+        "top_keyphrases": ("VARCHAR[]", "Terms that set the cluster apart (class-based TF-IDF)"),
+        "examples": ("VARCHAR[]", "Instructions closest to the cluster's centre"),
+        "main_family": ("VARCHAR", "Most common family label in the cluster (NULL without labels)"),
+        "family_share": ("DOUBLE", "Share of the cluster's samples with that label"),
+    },
+}
+
+
+def column_schema(table: str) -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[dg.TableColumn(name, sql_type, description) for name, (sql_type, description) in TABLES[table].items()]
+    )
+
+
+def table_metadata(table: str, schema: str, row_count: int) -> dict[str, object]:
+    """Standard metadata of a table asset: column schema, row count and where to query it."""
+    return {
+        "dagster/column_schema": column_schema(table),
+        "dagster/row_count": dg.MetadataValue.int(row_count),
+        "dagster/table_name": dg.MetadataValue.text(f"{schema}.{table}"),
+    }
