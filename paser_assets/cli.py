@@ -38,7 +38,9 @@ def materialize(selection: str | None = None) -> bool:
     from paser_assets.definitions import defs
 
     job = defs.resolve_implicit_global_asset_job_def()
-    asset_selection = dg.AssetSelection.from_string(selection) if selection else dg.AssetSelection.all()
+    asset_selection = (
+        dg.AssetSelection.from_string(selection) if selection else dg.AssetSelection.all(include_sources=True)
+    )
     keys = asset_selection.resolve(defs.resolve_asset_graph())
     assets_defs = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]  # type: ignore[union-attr]
     del job
@@ -70,7 +72,7 @@ def summary(database: PaserDuckDB | None = None) -> str:
     lines = [f"PASER summary of {database.database} (schema {schema})"]
     with database.get_connection(read_only=True) as conn:
         for title, query in SUMMARY_QUERIES:
-            catalog = conn.execute("SELECT current_database()").fetchone()[0]
+            catalog = conn.execute("SELECT current_database()").fetchall()[0][0]
             sql = query.format(schema=f'"{catalog}"."{schema}"')
             try:
                 frame = conn.execute(sql).df()

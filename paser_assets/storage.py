@@ -90,11 +90,15 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
     conn.execute("COMMIT")
 
 
+def _catalog(conn: duckdb.DuckDBPyConnection) -> str:
+    """The attached database's name, quoted for use inside double quotes."""
+    return str(conn.execute("SELECT current_database()").fetchall()[0][0]).replace('"', '""')
+
+
 def qualified(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> str:
     """``"catalog"."schema"."table"``: the catalog is spelled out because DuckDB names it after the
     file, so in ``paser.duckdb`` the two-part name ``paser.table`` is ambiguous."""
-    row = conn.execute("SELECT current_database()").fetchone()
-    catalog = str(row[0]).replace('"', '""') if row else "memory"
+    catalog = _catalog(conn)
     return f'"{catalog}"."{validate_identifier(schema, "schema name")}"."{validate_identifier(table, "table name")}"'
 
 
@@ -114,8 +118,7 @@ def to_arrow(frame: pd.DataFrame) -> pa.Table:
 def replace_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str, data: pd.DataFrame | pa.Table) -> None:
     """Replace ``schema.table`` with ``data``. Call inside :func:`transaction` to make it atomic."""
     arrow = data if isinstance(data, pa.Table) else to_arrow(data)
-    row = conn.execute("SELECT current_database()").fetchone()
-    catalog = str(row[0]).replace('"', '""') if row else "memory"
+    catalog = _catalog(conn)
     conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{catalog}"."{validate_identifier(schema, "schema name")}"')
     view = f"_paser_incoming_{table}"
     conn.register(view, arrow)
@@ -125,12 +128,26 @@ def replace_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str, data
         conn.unregister(view)
 
 
+def append_rows(conn: duckdb.DuckDBPyConnection, schema: str, table: str, data: pd.DataFrame) -> None:
+    """Append ``data`` to ``schema.table``, creating the table on first use."""
+    if not table_exists(conn, schema, table):
+        replace_table(conn, schema, table, data)
+        return
+    view = f"_paser_appending_{table}"
+    conn.register(view, to_arrow(data))
+    try:
+        conn.execute(f"INSERT INTO {qualified(conn, schema, table)} SELECT * FROM {view}")
+    finally:
+        conn.unregister(view)
+
+
 def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+    rows = conn.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_schema = ? AND table_name = ?",
         [schema, table],
-    ).fetchone()
-    return bool(row and row[0])
+    ).fetchall()
+    return bool(rows[0][0])
 
 
 def read_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str, columns: str = "*") -> pd.DataFrame:

@@ -72,13 +72,7 @@ def instruction_embeddings(
     )
     with duckdb.write() as conn:
         if len(new_rows):
-            if not storage.table_exists(conn, schema, "embedding_cache"):
-                storage.replace_table(conn, schema, "embedding_cache", new_rows)
-            else:
-                conn.register("_paser_new_embeddings", storage.to_arrow(new_rows))
-                cache = storage.qualified(conn, schema, "embedding_cache")
-                conn.execute(f"INSERT INTO {cache} SELECT * FROM _paser_new_embeddings")
-                conn.unregister("_paser_new_embeddings")
+            storage.append_rows(conn, schema, "embedding_cache", new_rows)
         storage.replace_table(conn, schema, "instruction_embeddings", table)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(table)),

