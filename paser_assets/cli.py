@@ -25,6 +25,10 @@ SUMMARY_QUERIES: list[tuple[str, str]] = [
         "array_to_string(top_keyphrases[1:4], ', ') AS keyphrases "
         "FROM {schema}.cluster_profiles ORDER BY cluster",
     ),
+    (
+        "Capability degradation",
+        "SELECT cluster, size, round(cds, 4) AS cds, budget FROM {schema}.capability_degradation ORDER BY cds DESC",
+    ),
 ]
 
 
@@ -33,27 +37,31 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
 
 
-def materialize(selection: str | None = None) -> bool:
-    """Materialize the default definitions (all assets, or a selection string) in this process."""
-    from paser_assets.definitions import defs
+def materialize(
+    defs: dg.Definitions | None = None, selection: str | None = None, instance: dg.DagsterInstance | None = None
+) -> dg.ExecuteInProcessResult:
+    """Materialize (and observe) the selected assets of ``defs`` in this process; default: everything.
 
-    job = defs.resolve_implicit_global_asset_job_def()
+    Observable source assets (the model checkpoints) are part of the default selection, so each
+    run records the checkpoints' current content hashes before scoring.
+    """
+    if defs is None:
+        from paser_assets.definitions import defs
     asset_selection = (
         dg.AssetSelection.from_string(selection) if selection else dg.AssetSelection.all(include_sources=True)
     )
     keys = asset_selection.resolve(defs.resolve_asset_graph())
-    assets_defs = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]  # type: ignore[union-attr]
-    del job
-    start = time.monotonic()
-    result = dg.materialize(
-        assets_defs,
+    return dg.materialize(
+        list(defs.assets or []),
         selection=list(keys),
         resources=defs.resources,
-        instance=_instance(),
+        instance=instance or _instance(),
         raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
     )
-    elapsed = time.monotonic() - start
+
+
+def _report(result: dg.ExecuteInProcessResult, elapsed: float) -> None:
     done = sorted(event.asset_key.to_user_string() for event in result.get_asset_materialization_events())
     print(f"\nmaterialized {len(done)} assets in {elapsed:.1f} s: {', '.join(done)}")
     if not result.success:
@@ -62,7 +70,6 @@ def materialize(selection: str | None = None) -> bool:
                 error = event.step_failure_data.error
                 message = error.message.strip() if error else "unknown error"
                 print(f"FAILED {event.step_key}: {message}", file=sys.stderr)
-    return result.success
 
 
 def summary(database: PaserDuckDB | None = None) -> str:
@@ -96,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "summary":
             print(summary())
             return 0
-        ok = materialize(getattr(args, "select", None))
+        start = time.monotonic()
+        result = materialize(selection=getattr(args, "select", None))
+        _report(result, time.monotonic() - start)
+        ok = result.success
         if args.command == "demo" and ok:
             print()
             print(summary())

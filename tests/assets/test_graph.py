@@ -1,0 +1,131 @@
+"""The whole asset graph materialized through Dagster into a real DuckDB file, with tiny models."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from paser_assets import PaserConfig, PaserDuckDB, build_definitions
+from paser_assets.cli import materialize
+from paser_assets.tables import TABLES
+
+SEMANTIC_TABLES = ["recovery_pool", "recovery_pool_rejected", "instruction_embeddings", "manifold", "clusters"]
+
+
+def make_defs(tmp_path: Path, **settings) -> tuple[dg.Definitions, PaserDuckDB]:
+    database = PaserDuckDB(database=str(tmp_path / "paser.duckdb"))
+    config = PaserConfig(demo_size=96, model_cache_dir=str(tmp_path / "models"), **settings)
+    return build_definitions(config, database), database
+
+
+def query(database: PaserDuckDB, sql: str) -> list[tuple]:
+    with duckdb.connect(database.database, read_only=True) as conn:
+        conn.execute("USE paser.paser")
+        return conn.execute(sql).fetchall()
+
+
+@pytest.fixture(scope="module")
+def identical_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path):
+    """Everything materialized with pruned = original (the same checkpoint folder)."""
+    tmp_path = tmp_path_factory.mktemp("identical")
+    defs, database = make_defs(tmp_path, original_model=str(tiny_llama_dir), pruned_model=str(tiny_llama_dir))
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize(defs, instance=instance)
+    return result, database, instance
+
+
+def test_every_asset_materializes_into_duckdb(identical_run) -> None:
+    result, database, _ = identical_run
+    assert result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {
+        "recovery_pool",
+        "recovery_pool_rejected",
+        "instruction_embeddings",
+        "manifold",
+        "clusters",
+        "cluster_profiles",
+        "degradation_scores",
+        "capability_degradation",
+    }
+    observed = {e.asset_key.to_user_string() for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"}
+    assert observed == {"original_model", "pruned_model"}
+    pool_rows = query(database, "SELECT count(*) FROM recovery_pool")[0][0]
+    assert 0 < pool_rows <= 96
+    for table in [*SEMANTIC_TABLES[2:], "degradation_scores"]:
+        assert query(database, f"SELECT count(*) FROM {table}")[0][0] == pool_rows, table
+
+
+def test_tables_match_the_documented_schema(identical_run) -> None:
+    _, database, _ = identical_run
+    for table in ["recovery_pool", "clusters", "cluster_profiles", "degradation_scores", "capability_degradation"]:
+        columns = [row[0] for row in query(database, f"DESCRIBE {table}")]
+        assert columns == list(TABLES[table]), table
+
+
+def test_metadata_carries_schema_row_count_and_cluster_map(identical_run) -> None:
+    result, _, instance = identical_run
+    for key in ["recovery_pool", "clusters", "degradation_scores", "capability_degradation"]:
+        event = instance.get_latest_materialization_event(dg.AssetKey(key))
+        assert event is not None
+        metadata = event.asset_materialization.metadata
+        assert "dagster/column_schema" in metadata, key
+        assert metadata["dagster/row_count"].value > 0, key
+    clusters = instance.get_latest_materialization_event(dg.AssetKey("clusters")).asset_materialization.metadata
+    assert clusters["cluster_map"].value.startswith("![cluster map](data:image/png;base64,")
+    assert clusters["n_clusters"].value >= 2
+    assert "eigengap" in clusters["k_criterion"].value
+    capability = instance.get_latest_materialization_event(
+        dg.AssetKey("capability_degradation")
+    ).asset_materialization.metadata
+    assert capability["cds_per_cluster"].value.startswith("![")
+    assert capability["budget_per_cluster"].value.startswith("![")
+
+
+def test_pruned_equal_to_original_scores_exactly_zero(identical_run) -> None:
+    _, database, _ = identical_run
+    jsd_values = [row[0] for row in query(database, "SELECT jsd FROM degradation_scores")]
+    assert jsd_values and all(value == 0.0 for value in jsd_values)
+    nll_gap = query(database, "SELECT max(abs(original_nll - pruned_nll)) FROM degradation_scores")[0][0]
+    assert nll_gap == 0.0
+
+
+def test_budget_is_allocated_exactly(identical_run) -> None:
+    _, database, _ = identical_run
+    pool_rows = query(database, "SELECT count(*) FROM recovery_pool")[0][0]
+    total, over_capacity = query(
+        database, "SELECT sum(budget), count(*) FILTER (WHERE budget > size) FROM capability_degradation"
+    )[0]
+    assert total == math.floor(0.2 * pool_rows + 0.5)
+    assert over_capacity == 0
+
+
+def test_built_in_pruning_degrades_and_rerun_reuses_scores(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    defs, database = make_defs(tmp_path, original_model=str(tiny_llama_dir), prune_method="magnitude", budget=10)
+    instance = dg.DagsterInstance.ephemeral()
+    first = materialize(defs, instance=instance)
+    assert first.success
+    jsd_min, jsd_max = query(database, "SELECT min(jsd), max(jsd) FROM degradation_scores")[0]
+    assert 0.0 < jsd_min <= jsd_max <= math.log(2)
+    sparsity = query(database, "SELECT sparsity FROM pruned_checkpoints")[0][0]
+    assert abs(sparsity - 0.5) < 0.01
+    assert query(database, "SELECT sum(budget) FROM capability_degradation")[0][0] == 10
+    before = query(database, "SELECT * FROM degradation_scores ORDER BY sample_id")
+
+    second = materialize(defs, selection="key:pruned_model or key:degradation_scores", instance=instance)
+    assert second.success
+    scores = instance.get_latest_materialization_event(dg.AssetKey("degradation_scores")).asset_materialization
+    assert scores.metadata["scored_now"].value == "0"
+    assert query(database, "SELECT * FROM degradation_scores ORDER BY sample_id") == before
+
+
+def test_bad_budget_fails_with_the_setting_named(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    defs, _ = make_defs(tmp_path, original_model=str(tiny_llama_dir), pruned_model=str(tiny_llama_dir), budget=5000)
+    result = materialize(defs, instance=dg.DagsterInstance.ephemeral())
+    assert not result.success
+    failures = [e for e in result.all_events if e.is_step_failure]
+    assert failures and "PASER_BUDGET" in failures[0].step_failure_data.error.message
