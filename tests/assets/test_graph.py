@@ -68,7 +68,7 @@ def test_tables_match_the_documented_schema(identical_run) -> None:
 
 
 def test_metadata_carries_schema_row_count_and_cluster_map(identical_run) -> None:
-    result, _, instance = identical_run
+    _, _, instance = identical_run
     for key in ["recovery_pool", "clusters", "degradation_scores", "capability_degradation"]:
         event = instance.get_latest_materialization_event(dg.AssetKey(key))
         assert event is not None
