@@ -29,6 +29,19 @@ SUMMARY_QUERIES: list[tuple[str, str]] = [
         "Capability degradation",
         "SELECT cluster, size, round(cds, 4) AS cds, budget FROM {schema}.capability_degradation ORDER BY cds DESC",
     ),
+    (
+        "Selection",
+        "SELECT cluster, count(*) FILTER (WHERE decision = 'selected') AS selected, "
+        "count(*) FILTER (WHERE decision = 'concept_conflict') AS conflicts, "
+        "count(*) FILTER (WHERE decision <> 'budget_full') AS considered, "
+        "round(avg(jsd) FILTER (WHERE decision = 'selected'), 4) AS selected_mean_jsd "
+        "FROM {schema}.selection GROUP BY cluster ORDER BY cluster",
+    ),
+    (
+        "Selected instructions (first 5, highest IES)",
+        "SELECT cluster, round(ies, 4) AS ies, left(replace(instruction, chr(10), ' '), 70) AS instruction "
+        "FROM {schema}.selected_instructions ORDER BY ies DESC LIMIT 5",
+    ),
 ]
 
 

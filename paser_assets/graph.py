@@ -10,6 +10,7 @@ import dagster as dg
 from paser_assets.assets.models import model_assets
 from paser_assets.assets.pool import recovery_pool
 from paser_assets.assets.scores import capability_degradation, degradation_scores
+from paser_assets.assets.selection import SELECTION_CHECKS, sample_concepts, selection, selection_export
 from paser_assets.assets.semantic import cluster_profiles, clusters, instruction_embeddings, manifold
 from paser_assets.resources import PaserConfig, PaserDuckDB
 
@@ -24,6 +25,10 @@ SETTINGS_BY_ASSET: dict[str, tuple[str, ...]] = {
     "pruned_model": ("prune_method", "sparsity", "prune_n_m", "calibration_samples", "calibration_tokens", "seed"),
     "degradation_scores": ("max_tokens",),
     "capability_degradation": ("budget",),
+    "sample_concepts": ("concepts_per_sample",),
+    "selection": ("conflict_tolerance",),
+    "concept_graph": ("conflict_tolerance",),
+    "selection_export": ("export_dir",),
 }
 
 
@@ -54,12 +59,16 @@ def build_definitions(config: PaserConfig | None = None, database: PaserDuckDB |
         cluster_profiles,
         degradation_scores,
         capability_degradation,
+        sample_concepts,
+        selection,
+        selection_export,
     ]
     assets: list = [_with_settings_version(asset, config) for asset in materializable]
     for asset in model_assets(config):
         assets.append(_with_settings_version(asset, config) if isinstance(asset, dg.AssetsDefinition) else asset)
     return dg.Definitions(
         assets=assets,
+        asset_checks=SELECTION_CHECKS,
         jobs=[
             dg.define_asset_job(
                 "paser_all", selection=dg.AssetSelection.all(), description="Materialize the whole PASER graph."

@@ -119,6 +119,16 @@ class PaserConfig(dg.ConfigurableResource):
     scoring_token_budget: int = Field(default=4096, description="Padded tokens per scoring batch.")
     scoring_max_batch: int = Field(default=16, description="Rows per scoring batch.")
     budget: float = Field(default=0.2, description="Selection budget: a count, or a fraction of the pool such as 0.2.")
+    # -- selection and export
+    concepts_per_sample: int = Field(default=6, description="Keyphrase concepts kept per sample.")
+    conflict_tolerance: float = Field(
+        default=0.25,
+        description="Share of a candidate's concept pairs that may conflict with the concept graph; 0 is "
+        "the paper's strict rule, 1 turns the filter off.",
+    )
+    export_dir: str | None = Field(
+        default=None, description="Folder of the exported selection; default: beside the DB."
+    )
 
     @field_validator(
         "max_chars",
@@ -132,6 +142,7 @@ class PaserConfig(dg.ConfigurableResource):
         "max_tokens",
         "scoring_token_budget",
         "scoring_max_batch",
+        "concepts_per_sample",
     )
     @classmethod
     def _positive(cls, value: int) -> int:
@@ -151,6 +162,13 @@ class PaserConfig(dg.ConfigurableResource):
     def _sparsity(cls, value: float) -> float:
         if not 0.0 <= value < 1.0:
             raise ValueError(f"sparsity must lie in [0, 1), got {value}")
+        return value
+
+    @field_validator("conflict_tolerance")
+    @classmethod
+    def _tolerance(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"conflict_tolerance must lie in [0, 1], got {value}")
         return value
 
     @field_validator("budget")
@@ -219,6 +237,9 @@ ENV_VARS: dict[str, str] = {
     "scoring_token_budget": "PASER_SCORING_TOKEN_BUDGET",
     "scoring_max_batch": "PASER_SCORING_MAX_BATCH",
     "budget": "PASER_BUDGET",
+    "concepts_per_sample": "PASER_CONCEPTS_PER_SAMPLE",
+    "conflict_tolerance": "PASER_CONFLICT_TOLERANCE",
+    "export_dir": "PASER_EXPORT_DIR",
 }
 
 

@@ -95,6 +95,10 @@ def _catalog(conn: duckdb.DuckDBPyConnection) -> str:
     return str(conn.execute("SELECT current_database()").fetchall()[0][0]).replace('"', '""')
 
 
+def qualified_schema(conn: duckdb.DuckDBPyConnection, schema: str) -> str:
+    return f'"{_catalog(conn)}"."{validate_identifier(schema, "schema name")}"'
+
+
 def qualified(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> str:
     """``"catalog"."schema"."table"``: the catalog is spelled out because DuckDB names it after the
     file, so in ``paser.duckdb`` the two-part name ``paser.table`` is ambiguous."""

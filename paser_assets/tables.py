@@ -91,6 +91,27 @@ TABLES: dict[str, Columns] = {
         "budget": ("BIGINT", "Samples the cluster may contribute to the selection"),
         "budget_share": ("DOUBLE", "budget / total budget"),
     },
+    "sample_concepts": {
+        "sample_id": ("VARCHAR", "Pool row"),
+        "concepts": ("VARCHAR[]", "Stemmed keyphrases of instruction + input + output (top TF-IDF)"),
+        "n_concepts": ("BIGINT", "Number of concepts"),
+    },
+    "selection": {
+        "sample_id": ("VARCHAR", "Pool row"),
+        "cluster": ("BIGINT", "Cluster id"),
+        "rank": ("BIGINT", "Position in the cluster's IES order, 1 = highest IES"),
+        "ies": ("DOUBLE", "Individual Efficiency Score"),
+        "jsd": ("DOUBLE", "Mean JSD over the response tokens"),
+        "decision": ("VARCHAR", "selected, concept_conflict or budget_full (never reached)"),
+        "conflict_pairs": ("VARCHAR[]", "Concept pairs that were both in the graph but never co-occurred ('a | b')"),
+        "conflict_share": ("DOUBLE", "Conflicting pairs / all concept pairs of the candidate"),
+        "refill_round": ("BIGINT", "0 = first pass, n = n-th refill pass, -1 = never considered"),
+    },
+    "concept_graph": {
+        "concept_a": ("VARCHAR", "A concept of a selected sample"),
+        "concept_b": ("VARCHAR", "Another concept of the same selected sample (concept_a < concept_b)"),
+        "cooccurrences": ("BIGINT", "Selected samples holding both concepts"),
+    },
 }
 
 

@@ -150,7 +150,7 @@ def clusters(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pase
         paser.n_clusters,
         n_neighbors=paser.n_neighbors,
         regularization=paser.graph_regularization,
-        max_clusters=min(paser.max_clusters, len(points) - 2),
+        max_clusters=paser.max_clusters,
         seed=paser.seed,
     )
     context.log.info(f"{result.n_clusters} clusters ({result.criterion})")

@@ -15,7 +15,7 @@ def resolve_budget(budget: float, pool_size: int) -> int:
     if budget <= 0:
         raise ValueError(f"the budget must be positive, got {budget}")
     if budget < 1:
-        return max(1, int(np.floor(budget * pool_size + 0.5)))
+        return max(1, int(np.floor(budget * pool_size + 0.5 + 1e-9)))  # 1e-9: 0.145 * 100 is 14.4999...
     if budget != int(budget):
         raise ValueError(f"a budget of 1 or more is a count of samples and must be whole, got {budget}")
     if budget > pool_size:

@@ -22,6 +22,8 @@ from sklearn.neighbors import NearestNeighbors
 def neighbour_graph(points: np.ndarray, n_neighbors: int, scale_neighbor: int = 7) -> sp.csr_matrix:
     """Symmetric kNN graph W_ij = exp(-d_ij^2 / (sigma_i sigma_j)), sigma_i = distance to the 7th neighbour of i.
 
+    Exact duplicates of a point are not counted when looking for its 7th neighbour, so that a point
+    with many copies keeps a positive scale (a zero scale would cut every edge to a distinct point).
     W is made symmetric with max(W, W^T), so an edge exists when either point lists the other.
     """
     n = points.shape[0]
@@ -31,7 +33,12 @@ def neighbour_graph(points: np.ndarray, n_neighbors: int, scale_neighbor: int = 
     distances, indices = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(points).kneighbors(points)
     # Column 0 is the point itself for distinct points; duplicates may swap places, which is harmless.
     distances, indices = distances[:, 1:], indices[:, 1:]
-    sigma = distances[:, min(scale_neighbor, n_neighbors) - 1] + 1e-12
+    duplicates = (distances <= 0).sum(axis=1)  # distances are sorted, so the duplicates come first
+    column = np.minimum(duplicates + min(scale_neighbor, n_neighbors) - 1, n_neighbors - 1)
+    sigma = distances[np.arange(n), column]
+    # A point whose listed neighbours are all its own copies takes the typical scale of the others.
+    positive = sigma > 0
+    sigma = np.where(positive, sigma, float(np.median(sigma[positive])) if positive.any() else 1.0)
     rows = np.repeat(np.arange(n), n_neighbors)
     cols = indices.ravel()
     weights = np.exp(-(distances.ravel() ** 2) / (sigma[rows] * sigma[cols]))
@@ -121,8 +128,11 @@ def spectral_clustering(
     n = points.shape[0]
     graph = neighbour_graph(points, n_neighbors)
     operator = regularized_adjacency(graph, regularization)
+    if n_clusters is None:
+        max_clusters = min(max_clusters, n - 2)  # eigsh needs k < n; tiny pools get fewer clusters
+        min_clusters = min(min_clusters, max_clusters)
     wanted = n_clusters if n_clusters is not None else max_clusters
-    if wanted >= n:
+    if wanted >= n or wanted < 1:
         raise ValueError(f"cannot make {wanted} clusters from {n} points")
     values, vectors = leading_eigenpairs(operator, wanted + 1, seed)
     if n_clusters is None:

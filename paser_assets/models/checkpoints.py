@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -78,8 +79,9 @@ def parse_model_reference(spec: str | None) -> ModelReference:
     raise CheckpointError(f"{spec!r}: no such folder or file, and not a hub id of the form owner/name")
 
 
-def _hash_cache_path(folder: Path) -> Path:
-    return folder / ".paser-content-hash.json"
+def _hash_memo_path(path: Path) -> Path:
+    """Where the content hash of a folder (inside it) or of a single file (beside it) is remembered."""
+    return path / ".paser-content-hash.json" if path.is_dir() else path.parent / f".{path.name}.paser-hash.json"
 
 
 def content_hash(path: str | Path) -> str:
@@ -100,8 +102,8 @@ def content_hash(path: str | Path) -> str:
         raise CheckpointError(f"{path}: no checkpoint files to hash")
     root = path.parent if path.is_file() else path
     stamp = [[str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    memo = _hash_cache_path(root) if path.is_dir() else None
-    if memo is not None and memo.exists():
+    memo = _hash_memo_path(path)
+    if memo.exists():
         try:
             saved = json.loads(memo.read_text())
             if saved.get("stamp") == stamp:
@@ -115,11 +117,10 @@ def content_hash(path: str | Path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     value = digest.hexdigest()[:24]
-    if memo is not None:
-        try:
-            memo.write_text(json.dumps({"stamp": stamp, "hash": value}))
-        except OSError:  # a read-only checkpoint folder is fine: we just hash again next time
-            pass
+    try:
+        memo.write_text(json.dumps({"stamp": stamp, "hash": value}))
+    except OSError:  # a read-only checkpoint folder is fine: we just hash again next time
+        pass
     return value
 
 
@@ -213,6 +214,12 @@ def load_causal_lm(reference: ModelReference, cache_dir: str | Path, options: Lo
                 f"{folder} holds only pickled weights (.bin/.pt). Unpickling can run arbitrary code, so it is off "
                 "by default: convert the checkpoint to safetensors, or set PASER_ALLOW_PICKLE=1 if you trust it"
             )
+    if not options.trust_remote_code and _declares_custom_code(location):
+        warnings.warn(
+            f"{reference.display} declares its own model code (auto_map in config.json); it is loaded with the "
+            "built-in transformers class instead. Set PASER_TRUST_REMOTE_CODE=1 only if you trust that code.",
+            stacklevel=2,
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=options.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
@@ -229,6 +236,14 @@ def load_causal_lm(reference: ModelReference, cache_dir: str | Path, options: Lo
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _declares_custom_code(location: str) -> bool:
+    config = Path(location) / "config.json"
+    try:
+        return config.is_file() and "auto_map" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def save_checkpoint(model: Any, tokenizer: Any, target: str | Path, extra_files: dict[str, str] | None = None) -> Path:

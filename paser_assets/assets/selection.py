@@ -1,0 +1,324 @@
+"""Concepts, the concept-consistent selection with its graph, the SQL view, the export, and checks."""
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pandas as pd
+
+from paser_assets import storage
+from paser_assets.core.concepts import extract_concepts
+from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, select
+from paser_assets.core.divergence import LN2
+from paser_assets.resources import PaserConfig, PaserDuckDB
+from paser_assets.tables import table_metadata
+
+SELECTION_GROUP = "selection"
+SELECTED_VIEW = "selected_instructions"
+EXPORT_FORMATS = ("json", "jsonl", "parquet")
+
+
+@dg.asset(
+    deps=["recovery_pool"],
+    group_name=SELECTION_GROUP,
+    code_version="1",
+    kinds={"duckdb", "scikitlearn"},
+    description="Per sample: its concepts, the top TF-IDF keyphrases of instruction + input + output, stemmed.",
+)
+def sample_concepts(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
+    pool = duckdb.read("recovery_pool", "sample_id, instruction, input, output")
+    texts = [f"{i}\n{x}\n{o}" for i, x, o in zip(pool["instruction"], pool["input"], pool["output"], strict=True)]
+    concepts = extract_concepts(texts, paser.concepts_per_sample)
+    table = pd.DataFrame(
+        {"sample_id": pool["sample_id"], "concepts": concepts, "n_concepts": [len(c) for c in concepts]}
+    ).astype({"n_concepts": "int64"})
+    with duckdb.write() as conn:
+        storage.replace_table(conn, duckdb.schema_name, "sample_concepts", table)
+    examples = pool.assign(concepts=[", ".join(c) for c in concepts])[["instruction", "concepts"]].head(6)
+    examples["instruction"] = examples["instruction"].str.slice(0, 80)
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(storage.content_hash(table)),
+        metadata={
+            **table_metadata("sample_concepts", duckdb.schema_name, len(table)),
+            "distinct_concepts": len({c for row in concepts for c in row}),
+            "examples": dg.MetadataValue.md(examples.to_markdown(index=False)),
+        },
+    )
+
+
+def _candidates(duckdb: PaserDuckDB) -> tuple[pd.DataFrame, pd.DataFrame]:
+    schema = duckdb.schema_name
+    with duckdb.get_connection() as conn:
+        frame = conn.execute(
+            f"""
+            SELECT s.sample_id, c.cluster, s.ies, s.jsd, k.concepts
+            FROM {storage.qualified(conn, schema, "degradation_scores")} s
+            JOIN {storage.qualified(conn, schema, "clusters")} c USING (sample_id)
+            JOIN {storage.qualified(conn, schema, "sample_concepts")} k USING (sample_id)
+            ORDER BY s.sample_id
+            """
+        ).df()
+        budgets = storage.read_table(conn, schema, "capability_degradation", "cluster, cds, budget")
+    return frame, budgets
+
+
+def _create_view(conn: duckdb.DuckDBPyConnection, schema: str) -> None:
+    """The view of selected rows with their text and scores.
+
+    Its body names tables without catalog or schema: DuckDB resolves them in the view's own schema,
+    and rejects catalog-qualified names inside a view when catalog and schema share a name.
+    """
+    conn.execute(f"USE {storage.qualified_schema(conn, schema)}")
+    conn.execute(
+        f"""
+        CREATE OR REPLACE VIEW {SELECTED_VIEW} AS
+        SELECT s.sample_id, s.cluster, s.rank, s.ies, s.jsd, d.cost, d.original_nll, d.pruned_nll,
+               p.instruction, p.input, p.output, p.family, p.source, p.source_row
+        FROM selection s
+        JOIN recovery_pool p USING (sample_id)
+        JOIN degradation_scores d USING (sample_id)
+        WHERE s.decision = '{SELECTED}'
+        """
+    )
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "selection",
+            deps=["capability_degradation", "degradation_scores", "clusters", "sample_concepts"],
+            group_name=SELECTION_GROUP,
+            code_version="1",
+            kinds={"duckdb"},
+            description="Every candidate considered, in IES order per cluster, with its decision "
+            "(selected, concept_conflict, budget_full) and conflicting concept pairs.",
+        ),
+        dg.AssetSpec(
+            "concept_graph",
+            deps=["capability_degradation", "degradation_scores", "clusters", "sample_concepts"],
+            group_name=SELECTION_GROUP,
+            code_version="1",
+            kinds={"duckdb"},
+            description="The Concept Consistency Graph of the selected samples: concept pairs and co-occurrences.",
+        ),
+    ],
+)
+def selection(paser: PaserConfig, duckdb: PaserDuckDB) -> Iterator[dg.MaterializeResult]:
+    frame, budgets = _candidates(duckdb)
+    candidates = [
+        Candidate(row.sample_id, int(row.cluster), float(row.ies), float(row.jsd), frozenset(row.concepts))
+        for row in frame.itertuples(index=False)
+    ]
+    result = select(
+        candidates,
+        dict(zip(budgets["cluster"].astype(int), budgets["budget"].astype(int), strict=True)),
+        dict(zip(budgets["cluster"].astype(int), budgets["cds"].astype(float), strict=True)),
+        paser.conflict_tolerance,
+    )
+    table = pd.DataFrame(
+        {
+            "sample_id": [d.sample_id for d in result.decisions],
+            "cluster": [d.cluster for d in result.decisions],
+            "rank": [d.rank for d in result.decisions],
+            "ies": [d.ies for d in result.decisions],
+            "jsd": [d.jsd for d in result.decisions],
+            "decision": [d.decision for d in result.decisions],
+            "conflict_pairs": [[f"{a} | {b}" for a, b in d.conflict_pairs] for d in result.decisions],
+            "conflict_share": [d.conflict_share for d in result.decisions],
+            "refill_round": [d.refill_round for d in result.decisions],
+        }
+    ).astype({"cluster": "int64", "rank": "int64", "refill_round": "int64"})
+    edges = sorted(result.graph.edges.items())
+    graph = pd.DataFrame(
+        {
+            "concept_a": [a for (a, _), _ in edges],
+            "concept_b": [b for (_, b), _ in edges],
+            "cooccurrences": [count for _, count in edges],
+        }
+    ).astype({"cooccurrences": "int64"})
+    with duckdb.write() as conn:
+        storage.replace_table(conn, duckdb.schema_name, "selection", table)
+        storage.replace_table(conn, duckdb.schema_name, "concept_graph", graph)
+        _create_view(conn, duckdb.schema_name)
+    per_cluster = (
+        table.groupby("cluster")
+        .agg(
+            considered=("decision", lambda d: int((d != BUDGET_FULL).sum())),
+            selected=("decision", lambda d: int((d == SELECTED).sum())),
+            conflicts=("decision", lambda d: int((d == "concept_conflict").sum())),
+        )
+        .reset_index()
+        .merge(budgets[["cluster", "budget"]], on="cluster")
+    )
+    per_cluster["acceptance_rate"] = (per_cluster["selected"] / per_cluster["considered"].clip(lower=1)).round(3)
+    considered = int(per_cluster["considered"].sum())
+    yield dg.MaterializeResult(
+        asset_key="selection",
+        data_version=dg.DataVersion(storage.content_hash(table)),
+        metadata={
+            **table_metadata("selection", duckdb.schema_name, len(table)),
+            "budget": result.budget,
+            "selected": result.selected,
+            "shortfall": result.shortfall,
+            "refill_rounds": result.refill_rounds,
+            "conflict_tolerance": paser.conflict_tolerance,
+            "acceptance_rate": round(result.selected / considered, 4) if considered else 0.0,
+            "per_cluster": dg.MetadataValue.md(per_cluster.to_markdown(index=False)),
+            "query": dg.MetadataValue.text(f"SELECT * FROM {duckdb.schema_name}.{SELECTED_VIEW}"),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="concept_graph",
+        data_version=dg.DataVersion(storage.content_hash(graph)),
+        metadata={
+            **table_metadata("concept_graph", duckdb.schema_name, len(graph)),
+            "concepts": len(result.graph.nodes),
+        },
+    )
+
+
+def export_folder(paser: PaserConfig, duckdb: PaserDuckDB) -> Path:
+    return Path(paser.export_dir) if paser.export_dir else Path(duckdb.database).resolve().parent / "paser_export"
+
+
+def safe_export_path(folder: Path, name: str) -> Path:
+    """``folder / name``, refusing any name that would land outside ``folder``."""
+    path = (folder / name).resolve()
+    if path.parent != folder.resolve():
+        raise ValueError(f"export file name {name!r} would leave the export folder {folder}")
+    return path
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; an export is meant to be shared
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def export_records(rows: pd.DataFrame, folder: Path, stem: str = "selection") -> dict[str, Path]:
+    """Write Alpaca records (instruction, input, output) as JSON, JSONL and Parquet; returns the paths."""
+    records = rows[["instruction", "input", "output"]].to_dict(orient="records")
+    paths = {fmt: safe_export_path(folder, f"{stem}.{fmt}") for fmt in EXPORT_FORMATS}
+    write_atomically(paths["json"], lambda p: p.write_text(json.dumps(records, ensure_ascii=False, indent=1)))
+    write_atomically(
+        paths["jsonl"],
+        lambda p: p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)),
+    )
+    write_atomically(paths["parquet"], lambda p: rows.to_parquet(p, index=False))
+    return paths
+
+
+@dg.asset(
+    deps=["selection", "recovery_pool"],
+    group_name=SELECTION_GROUP,
+    code_version="1",
+    kinds={"parquet", "json"},
+    description="The selected instructions as Alpaca JSON, JSONL and a Parquet file that `datasets` loads.",
+)
+def selection_export(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
+    with duckdb.get_connection() as conn:
+        view = storage.qualified(conn, duckdb.schema_name, SELECTED_VIEW)
+        rows = conn.execute(
+            f"SELECT sample_id, cluster, instruction, input, output, jsd, ies FROM {view} ORDER BY cluster, rank"
+        ).df()
+    folder = export_folder(paser, duckdb)
+    paths = export_records(rows, folder)
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(storage.content_hash(rows)),
+        metadata={
+            "dagster/row_count": dg.MetadataValue.int(len(rows)),
+            **{f"{fmt}_path": dg.MetadataValue.path(str(path)) for fmt, path in paths.items()},
+            "load_with": dg.MetadataValue.text(f"datasets.load_dataset('parquet', data_files='{paths['parquet']}')"),
+        },
+    )
+
+
+def _scalar(duckdb: PaserDuckDB, sql: str) -> float:
+    with duckdb.get_connection() as conn:
+        sql = sql.format(**{t: storage.qualified(conn, duckdb.schema_name, t) for t in _CHECK_TABLES})
+        return conn.execute(sql).fetchall()[0][0]
+
+
+_CHECK_TABLES = ("selection", "recovery_pool", "capability_degradation", "degradation_scores")
+
+
+@dg.asset_check(asset="selection", description="The budget is met exactly, or every candidate was considered.")
+def budget_met(duckdb: PaserDuckDB) -> dg.AssetCheckResult:
+    budget = int(_scalar(duckdb, "SELECT sum(budget) FROM {capability_degradation}"))
+    selected = int(_scalar(duckdb, "SELECT count(*) FROM {selection} WHERE decision = 'selected'"))
+    unvisited = int(_scalar(duckdb, "SELECT count(*) FROM {selection} WHERE decision = 'budget_full'"))
+    conflicts = int(_scalar(duckdb, "SELECT count(*) FROM {selection} WHERE decision = 'concept_conflict'"))
+    shortfall = budget - selected
+    explained = shortfall > 0 and unvisited == 0
+    if shortfall == 0:
+        reason = "budget met exactly"
+    elif explained:
+        reason = f"{shortfall} short: every candidate was considered and {conflicts} were concept conflicts"
+    else:
+        reason = f"{shortfall} short although {unvisited} candidates were never considered"
+    return dg.AssetCheckResult(
+        passed=shortfall == 0 or explained,
+        metadata={"budget": budget, "selected": selected, "shortfall": shortfall, "explanation": reason},
+    )
+
+
+@dg.asset_check(asset="selection", description="No sample is selected twice.")
+def no_sample_selected_twice(duckdb: PaserDuckDB) -> dg.AssetCheckResult:
+    duplicates = int(
+        _scalar(
+            duckdb,
+            "SELECT count(*) FROM (SELECT sample_id FROM {selection} WHERE decision = 'selected' "
+            "GROUP BY sample_id HAVING count(*) > 1)",
+        )
+    )
+    return dg.AssetCheckResult(passed=duplicates == 0, metadata={"duplicated_samples": duplicates})
+
+
+@dg.asset_check(asset="selection", description="Every selected sample is in the recovery pool.")
+def selected_samples_in_pool(duckdb: PaserDuckDB) -> dg.AssetCheckResult:
+    missing = int(
+        _scalar(
+            duckdb,
+            "SELECT count(*) FROM {selection} s WHERE s.decision = 'selected' "
+            "AND s.sample_id NOT IN (SELECT sample_id FROM {recovery_pool})",
+        )
+    )
+    return dg.AssetCheckResult(passed=missing == 0, metadata={"missing_from_pool": missing})
+
+
+@dg.asset_check(asset="degradation_scores", description="Every JSD lies in [0, ln 2].")
+def jsd_in_range(duckdb: PaserDuckDB) -> dg.AssetCheckResult:
+    outside = int(
+        _scalar(
+            duckdb,
+            f"SELECT count(*) FROM {{degradation_scores}} WHERE NOT (jsd BETWEEN 0 AND {LN2!r}) OR jsd IS NULL",
+        )
+    )
+    low, high = (
+        _scalar(duckdb, "SELECT min(jsd) FROM {degradation_scores}"),
+        _scalar(duckdb, "SELECT max(jsd) FROM {degradation_scores}"),
+    )
+    return dg.AssetCheckResult(
+        passed=outside == 0,
+        metadata={
+            "outside_range": outside,
+            "min_jsd": float(low) if low is not None and not math.isnan(low) else -1.0,
+            "max_jsd": float(high) if high is not None and not math.isnan(high) else -1.0,
+        },
+    )
+
+
+SELECTION_CHECKS = [budget_met, no_sample_selected_twice, selected_samples_in_pool, jsd_in_range]

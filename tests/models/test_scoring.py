@@ -1,0 +1,351 @@
+"""Prompt building, encoding, batch planning and teacher-forced pair scoring
+(paser_assets.models.scoring), on the tiny Llama and on the packaged SmolLM2."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import random
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from paser_assets.core.divergence import LN2
+from paser_assets.models.checkpoints import load_causal_lm, parse_model_reference
+from paser_assets.models.pruning import PruneRecipe, prune_model
+from paser_assets.models.scoring import (
+    EncodedSample,
+    PairScorer,
+    SampleScore,
+    build_prompt,
+    encode_sample,
+    mean_or_nan,
+    plan_batches,
+    score_samples,
+)
+from paser_assets.pool.demo import generate_demo_pool
+
+ROWS = generate_demo_pool(8, seed=4)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_pair):
+    return tiny_pair[0]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_pair):
+    return tiny_pair[1]
+
+
+@pytest.fixture(scope="module")
+def pruned(model):
+    copied = copy.deepcopy(model)
+    prune_model(copied, PruneRecipe("magnitude", 0.5))
+    return copied
+
+
+@pytest.fixture(scope="module")
+def sharp_pair(model):
+    """(original, magnitude-pruned) with the output head scaled up 40x. The random tiny Llama's
+    next-token distributions are nearly uniform, so its JSDs (about 1e-5) are too small for a
+    numerical comparison to mean much; sharper distributions give JSDs of order 0.1."""
+    original = copy.deepcopy(model)
+    with torch.no_grad():
+        original.lm_head.weight.mul_(40.0)
+    pruned = copy.deepcopy(original)
+    prune_model(pruned, PruneRecipe("magnitude", 0.5))
+    return original, pruned
+
+
+@pytest.fixture(scope="module")
+def samples(tokenizer) -> list[EncodedSample]:
+    return [
+        encode_sample(tokenizer, f"s{i}", row["instruction"], row["input"], row["output"], max_tokens=256)
+        for i, row in enumerate(ROWS)
+    ]
+
+
+def ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+# --- prompts ------------------------------------------------------------------------------------------
+
+
+def test_build_prompt_uses_the_chat_template(tokenizer):
+    assert tokenizer.chat_template
+    assert (
+        build_prompt(tokenizer, "Sort the list.", "3, 1, 2")
+        == "<|user|>\nSort the list.\n\n3, 1, 2</s>\n<|assistant|>\n"
+    )
+    assert build_prompt(tokenizer, "Say hi.", "") == "<|user|>\nSay hi.</s>\n<|assistant|>\n"
+    assert build_prompt(tokenizer, "Say hi.", "") == tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Say hi."}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def test_build_prompt_falls_back_to_alpaca(tiny_alpaca_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_alpaca_dir)
+    assert not tokenizer.chat_template
+    assert build_prompt(tokenizer, "Sort the list.", "3, 1, 2") == (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\nSort the list.\n\n### Input:\n3, 1, 2\n\n### Response:\n"
+    )
+    assert build_prompt(tokenizer, "Say hi.", "") == (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\nSay hi.\n\n### Response:\n"
+    )
+
+
+def test_a_tokenizer_whose_template_is_removed_uses_alpaca(tokenizer):
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    prompt = build_prompt(plain, "Say hi.", "")
+    assert prompt.startswith("Below is an instruction") and prompt.endswith("### Response:\n")
+
+
+# --- encoding -----------------------------------------------------------------------------------------
+
+
+def test_encode_sample_layout(tokenizer):
+    row = next(r for r in ROWS if r["input"])
+    sample = encode_sample(tokenizer, "a", row["instruction"], row["input"], row["output"], max_tokens=512)
+    prompt_ids = ids(tokenizer, build_prompt(tokenizer, row["instruction"], row["input"]))
+    response_ids = ids(tokenizer, row["output"])
+    assert sample.sample_id == "a" and not sample.truncated
+    assert sample.prompt_tokens == len(prompt_ids)
+    assert list(sample.input_ids) == [*prompt_ids, *response_ids, tokenizer.eos_token_id]
+    assert sample.input_ids[-1] == tokenizer.eos_token_id
+    assert sample.response_tokens == len(response_ids) + 1
+    assert tokenizer.decode(sample.input_ids[sample.prompt_tokens : -1]) == row["output"]
+
+
+def test_truncation_keeps_the_prompt_tail(tokenizer):
+    row = ROWS[0]
+    prompt_ids = ids(tokenizer, build_prompt(tokenizer, row["instruction"], row["input"]))
+    response_ids = ids(tokenizer, row["output"])
+    limit = 20
+    assert len(prompt_ids) > limit // 2 and len(response_ids) > limit // 2
+    sample = encode_sample(tokenizer, "t", row["instruction"], row["input"], row["output"], max_tokens=limit)
+    assert sample.truncated
+    assert len(sample.input_ids) == limit
+    assert sample.prompt_tokens == limit // 2
+    assert list(sample.input_ids[: limit // 2]) == prompt_ids[-(limit // 2) :]
+    assert tokenizer.decode(sample.input_ids[: sample.prompt_tokens]).endswith("assistant|>\n")
+    assert list(sample.input_ids[limit // 2 :]) == response_ids[: limit // 2]
+
+
+def test_truncation_of_a_long_response_keeps_a_short_prompt(tokenizer):
+    output = " ".join(["the answer is forty two"] * 40)
+    prompt_ids = ids(tokenizer, build_prompt(tokenizer, "Answer.", ""))
+    limit = 2 * len(prompt_ids) + 6
+    sample = encode_sample(tokenizer, "t", "Answer.", "", output, max_tokens=limit)
+    assert sample.truncated
+    assert sample.prompt_tokens == len(prompt_ids)
+    assert list(sample.input_ids) == [*prompt_ids, *ids(tokenizer, output)[: limit - len(prompt_ids)]]
+    assert sample.input_ids[-1] != tokenizer.eos_token_id  # the end was cut off, EOS with it
+
+
+def test_a_sample_that_fits_exactly_is_not_truncated(tokenizer):
+    full = encode_sample(tokenizer, "f", "Say hi.", "", "Hi there.", max_tokens=1000)
+    exact = encode_sample(tokenizer, "f", "Say hi.", "", "Hi there.", max_tokens=len(full.input_ids))
+    assert exact == full and not exact.truncated
+
+
+# --- batch planning -------------------------------------------------------------------------------------
+
+
+def test_plan_batches_covers_every_index_once_within_limits():
+    rng = random.Random(3)
+    lengths = [rng.randint(1, 300) for _ in range(200)]
+    batches = plan_batches(lengths, token_budget=1024, max_batch=8)
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert flat == sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    for batch in batches:
+        assert 1 <= len(batch) <= 8
+        assert len(batch) * max(lengths[i] for i in batch) <= 1024
+    # Greedy: a batch is closed only when the next row would break a limit.
+    for batch, following in itertools.pairwise(batches):
+        grown = len(batch) + 1
+        assert grown > 8 or grown * lengths[following[0]] > 1024
+    assert plan_batches(lengths, token_budget=1024, max_batch=8) == batches
+
+
+def test_plan_batches_edge_cases():
+    assert plan_batches([]) == []
+    # A row longer than the budget still gets a batch of its own.
+    assert plan_batches([5, 5000, 5], token_budget=100, max_batch=4) == [[0, 2], [1]]
+    # Ties keep index order; max_batch splits rows of equal length.
+    assert plan_batches([7, 7, 7, 7, 7], token_budget=10_000, max_batch=2) == [[0, 1], [2, 3], [4]]
+
+
+# --- pair scoring on the tiny Llama ----------------------------------------------------------------------
+
+
+def reference_scores(original, pruned, sample: EncodedSample) -> tuple[float, float, float]:
+    """JSD and both NLLs from full forward passes over the unpadded sequence, in float64, averaged
+    over exactly the positions that predict response tokens."""
+    input_ids = torch.tensor([sample.input_ids])
+    with torch.inference_mode():
+        logits_p = original(input_ids).logits[0].double()
+        logits_q = pruned(input_ids).logits[0].double()
+    positions = torch.arange(sample.prompt_tokens - 1, len(sample.input_ids) - 1)
+    assert len(positions) == sample.response_tokens
+    targets = torch.tensor(sample.input_ids)[positions + 1]
+    log_p = torch.log_softmax(logits_p[positions], dim=-1)
+    log_q = torch.log_softmax(logits_q[positions], dim=-1)
+    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
+    jsd = 0.5 * ((log_p.exp() * (log_p - log_m)).sum(-1) + (log_q.exp() * (log_q - log_m)).sum(-1))
+    nll_p = -log_p.gather(-1, targets.view(-1, 1)).squeeze(-1)
+    nll_q = -log_q.gather(-1, targets.view(-1, 1)).squeeze(-1)
+    return float(jsd.mean()), float(nll_p.mean()), float(nll_q.mean())
+
+
+def test_identical_models_give_exactly_zero(model, tokenizer, samples):
+    scores = PairScorer(model, model, tokenizer.pad_token_id).score(samples)
+    assert [s.sample_id for s in scores] == [s.sample_id for s in samples]
+    for score in scores:
+        assert score.jsd == 0.0
+        assert score.original_nll == score.pruned_nll
+        assert math.isfinite(score.original_nll) and score.original_nll > 0
+
+
+def test_a_separately_loaded_identical_copy_gives_exactly_zero(model, tokenizer, samples, tiny_llama_dir, tmp_path):
+    twin, _ = load_causal_lm(parse_model_reference(str(tiny_llama_dir)), tmp_path)
+    assert twin is not model
+    scores = PairScorer(model, twin, tokenizer.pad_token_id).score(samples)
+    assert all(score.jsd == 0.0 and score.original_nll == score.pruned_nll for score in scores)
+
+
+def test_scores_match_a_full_forward_reference(sharp_pair, tokenizer, samples):
+    original, pruned = sharp_pair
+    scores = PairScorer(original, pruned, tokenizer.pad_token_id).score(samples)
+    for sample, score in zip(samples, scores, strict=True):
+        assert (score.prompt_tokens, score.response_tokens) == (sample.prompt_tokens, sample.response_tokens)
+        jsd, nll_original, nll_pruned = reference_scores(original, pruned, sample)
+        assert jsd > 1e-3  # large enough for the tolerance below to mean something
+        assert score.jsd == pytest.approx(jsd, abs=1e-6), sample.sample_id
+        assert score.original_nll == pytest.approx(nll_original, abs=1e-5), sample.sample_id
+        assert score.pruned_nll == pytest.approx(nll_pruned, abs=1e-5), sample.sample_id
+
+
+def test_prompt_tokens_do_not_count(sharp_pair, tokenizer, samples):
+    """Scoring positions over the prompt would change the average: a reference over every position
+    of the sequence, instead of only the response's, is far from the score."""
+    original, pruned = sharp_pair
+    scorer = PairScorer(original, pruned, tokenizer.pad_token_id)
+    for sample, score in zip(samples[:3], scorer.score(samples[:3]), strict=True):
+        whole = EncodedSample(sample.sample_id, sample.input_ids, 1, False)
+        assert score.jsd == pytest.approx(reference_scores(original, pruned, sample)[0], abs=1e-6)
+        assert abs(score.jsd - reference_scores(original, pruned, whole)[0]) > 1e-4
+
+
+def test_padding_does_not_change_a_sample_score(sharp_pair, tokenizer, samples):
+    original, pruned = sharp_pair
+    short = min(samples, key=lambda s: len(s.input_ids))
+    long_output = " ".join(row["output"] for row in ROWS) * 3
+    longer = [encode_sample(tokenizer, f"long{i}", "Repeat.", "", long_output[i:], max_tokens=512) for i in range(3)]
+    assert all(len(s.input_ids) > 3 * len(short.input_ids) for s in longer)
+    scorer = PairScorer(original, pruned, tokenizer.pad_token_id)
+    alone = scorer.score([short])[0]
+    padded = scorer.score([longer[0], short, *longer[1:]])[1]
+    assert padded.sample_id == short.sample_id
+    assert alone.jsd > 1e-3
+    for field in ("jsd", "original_nll", "pruned_nll"):
+        assert getattr(padded, field) == pytest.approx(getattr(alone, field), abs=1e-6), field
+    # The pad id itself does not matter either: padded positions are masked and never scored.
+    other_pad = PairScorer(original, pruned, pad_token_id=7).score([longer[0], short, *longer[1:]])
+    assert other_pad[1].jsd == pytest.approx(padded.jsd, abs=1e-7)
+
+
+def test_pruned_copy_diverges_within_bounds_and_deterministically(model, pruned, sharp_pair, tokenizer, samples):
+    for original, copy_pruned in ((model, pruned), sharp_pair):
+        scorer = PairScorer(original, copy_pruned, tokenizer.pad_token_id)
+        first = scorer.score(samples)
+        for score in first:
+            assert 0.0 < score.jsd <= LN2
+            assert math.isfinite(score.original_nll) and math.isfinite(score.pruned_nll)
+        assert scorer.score(samples) == first
+        assert PairScorer(original, copy.deepcopy(copy_pruned), tokenizer.pad_token_id).score(samples) == first
+
+
+def test_chunk_size_does_not_matter(sharp_pair, tokenizer, samples):
+    original, pruned = sharp_pair
+    large = PairScorer(original, pruned, tokenizer.pad_token_id, chunk_size=4096).score(samples)
+    small = PairScorer(original, pruned, tokenizer.pad_token_id, chunk_size=3).score(samples)
+    for a, b in zip(large, small, strict=True):
+        assert a.jsd == pytest.approx(b.jsd, abs=1e-7)
+        assert a.original_nll == pytest.approx(b.original_nll, rel=1e-6)
+
+
+def test_score_samples_follows_the_plan(model, pruned, tokenizer, samples):
+    plan = plan_batches([len(s.input_ids) for s in samples], token_budget=300, max_batch=3)
+    assert len(plan) > 1
+    seen: list[list[SampleScore]] = []
+    results = list(score_samples(PairScorer(model, pruned, tokenizer.pad_token_id), samples, plan, seen.append))
+    assert results == seen
+    assert [[s.sample_id for s in batch] for batch in results] == [[samples[i].sample_id for i in b] for b in plan]
+    by_id = {s.sample_id: s for batch in results for s in batch}
+    together = {s.sample_id: s for s in PairScorer(model, pruned, tokenizer.pad_token_id).score(samples)}
+    for sample_id, score in together.items():
+        assert by_id[sample_id].jsd == pytest.approx(score.jsd, abs=1e-6)
+
+
+def test_models_with_capped_logits_are_refused(model):
+    capped = copy.deepcopy(model)
+    capped.config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match="the pruned model scales or caps its logits"):
+        PairScorer(model, capped, pad_token_id=2)
+
+
+def test_sample_score_cost_and_efficiency():
+    score = SampleScore(
+        "x", jsd=0.3, original_nll=1.0, pruned_nll=2.0, prompt_tokens=6, response_tokens=4, truncated=False
+    )
+    assert score.cost == 100
+    assert score.ies == pytest.approx(0.3 / math.log(100))
+    assert math.isnan(SampleScore("y", 0.3, 1.0, 2.0, 1, 0, False).ies)
+    assert mean_or_nan([1.0, 2.0, 6.0]) == 3.0
+    assert math.isnan(mean_or_nan([]))
+
+
+# --- the packaged SmolLM2 ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_conversion):
+    model, tokenizer = load_causal_lm(parse_model_reference(None), smollm2_conversion.cache_dir)
+    pruned = copy.deepcopy(model)
+    prune_model(pruned, PruneRecipe("magnitude", 0.5))
+    rows = generate_demo_pool(3)
+    samples = [
+        encode_sample(tokenizer, str(i), row["instruction"], row["input"], row["output"], max_tokens=256)
+        for i, row in enumerate(rows)
+    ]
+    return model, pruned, tokenizer, samples
+
+
+@pytest.mark.slow
+def test_smollm2_pruned_pair(smollm2):
+    model, pruned, tokenizer, samples = smollm2
+    assert tokenizer.chat_template and tokenizer.pad_token_id is not None
+    scores = PairScorer(model, pruned, tokenizer.pad_token_id).score(samples)
+    assert len(scores) == 3
+    for score in scores:
+        assert math.isfinite(score.jsd) and 0.0 < score.jsd <= LN2
+        assert math.isfinite(score.original_nll) and math.isfinite(score.pruned_nll)
+    assert mean_or_nan([s.original_nll for s in scores]) < mean_or_nan([s.pruned_nll for s in scores])
+
+
+@pytest.mark.slow
+def test_smollm2_against_itself_is_zero(smollm2):
+    model, _, tokenizer, samples = smollm2
+    for score in PairScorer(model, model, tokenizer.pad_token_id).score(samples):
+        assert score.jsd == 0.0
+        assert score.original_nll == score.pruned_nll and math.isfinite(score.original_nll)
