@@ -63,10 +63,9 @@ def materialize(
     asset_selection = (
         dg.AssetSelection.from_string(selection) if selection else dg.AssetSelection.all(include_sources=True)
     )
-    keys = asset_selection.resolve(defs.resolve_asset_graph())
     return dg.materialize(
-        list(defs.assets or []),
-        selection=list(keys),
+        [*(defs.assets or []), *(defs.asset_checks or [])],
+        selection=asset_selection,
         resources=defs.resources,
         instance=instance or _instance(),
         raise_on_error=False,

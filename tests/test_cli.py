@@ -32,7 +32,7 @@ def test_demo_materializes_and_prints_sql_summary(tmp_path: Path, tiny_llama_dir
     }
     result = run_paser(["demo"], env, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "materialized 9 assets" in result.stdout
+    assert "materialized 13 assets" in result.stdout
     assert "Clusters" in result.stdout and "SQL: SELECT cluster, size" in result.stdout
     with duckdb.connect(env["PASER_DB"], read_only=True) as conn:
         sizes = conn.execute("SELECT cluster, size FROM demo.paser.cluster_profiles ORDER BY cluster").fetchall()

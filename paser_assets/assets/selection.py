@@ -169,7 +169,7 @@ def selection(paser: PaserConfig, duckdb: PaserDuckDB) -> Iterator[dg.Materializ
             "conflict_tolerance": paser.conflict_tolerance,
             "acceptance_rate": round(result.selected / considered, 4) if considered else 0.0,
             "per_cluster": dg.MetadataValue.md(per_cluster.to_markdown(index=False)),
-            "query": dg.MetadataValue.text(f"SELECT * FROM {duckdb.schema_name}.{SELECTED_VIEW}"),
+            "query": dg.MetadataValue.text(f"SELECT * FROM {_view_name(duckdb)}"),
         },
     )
     yield dg.MaterializeResult(
@@ -180,6 +180,11 @@ def selection(paser: PaserConfig, duckdb: PaserDuckDB) -> Iterator[dg.Materializ
             "concepts": len(result.graph.nodes),
         },
     )
+
+
+def _view_name(duckdb: PaserDuckDB) -> str:
+    catalog = Path(duckdb.database).stem if duckdb.database != ":memory:" else "memory"
+    return f"{catalog}.{duckdb.schema_name}.{SELECTED_VIEW}"
 
 
 def export_folder(paser: PaserConfig, duckdb: PaserDuckDB) -> Path:
@@ -263,7 +268,9 @@ def budget_met(duckdb: PaserDuckDB) -> dg.AssetCheckResult:
     conflicts = int(_scalar(duckdb, "SELECT count(*) FROM {selection} WHERE decision = 'concept_conflict'"))
     shortfall = budget - selected
     explained = shortfall > 0 and unvisited == 0
-    if shortfall == 0:
+    if shortfall < 0:
+        reason = f"{-shortfall} more samples selected than the budget allows"
+    elif shortfall == 0:
         reason = "budget met exactly"
     elif explained:
         reason = f"{shortfall} short: every candidate was considered and {conflicts} were concept conflicts"

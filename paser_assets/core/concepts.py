@@ -14,13 +14,18 @@ from functools import lru_cache
 
 import numpy as np
 import snowballstemmer
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
-_WORD = re.compile(r"[a-z][a-z0-9]*")
+# Words, and the punctuation that ends a phrase (RAKE splits at phrase delimiters as at stop words);
+# a delimiter is one character long, so it closes the current run like a stop word.
+_WORD = re.compile(r"[a-z][a-z0-9]*|[.,;:!?()\[\]{}\"|\n]")
 _STEMMER = snowballstemmer.stemmer("english")
 # Words that carry no concept in instruction data, on top of scikit-learn's English stop words.
 _EXTRA_STOP_WORDS = frozenset(
-    {"let", "ll", "ve", "re", "don", "doesn", "isn", "didn", "won", "can", "use", "using", "given", "make"}
+    {"let", "ll", "ve", "re", "use", "using", "given", "make"}
+    # what the tokenizer leaves of "n't" contractions ("shouldn't" -> "shouldn", "t")
+    | {"ain", "aren", "can", "couldn", "didn", "doesn", "don", "hadn", "hasn", "haven", "isn", "mightn"}
+    | {"mustn", "needn", "shan", "shouldn", "wasn", "weren", "won", "wouldn"}
 )
 STOP_WORDS = frozenset(ENGLISH_STOP_WORDS) | _EXTRA_STOP_WORDS
 
@@ -31,7 +36,10 @@ def _stem(word: str) -> str:
 
 
 def candidate_phrases(text: str) -> list[str]:
-    """Stemmed unigrams and bigrams inside runs of content words: 'Sort these numbers' -> ['sort', 'number']."""
+    """Stemmed unigrams and bigrams inside runs of content words: 'Sort these numbers' -> ['sort', 'number'].
+
+    Runs end at stop words and at punctuation or line breaks, so no bigram crosses a comma or a sentence.
+    """
     phrases: list[str] = []
     run: list[str] = []
     for word in [*_WORD.findall(text.lower()), "the"]:  # the trailing stop word closes the last run
@@ -53,13 +61,18 @@ def extract_concepts(texts: Sequence[str], per_sample: int = 6, min_df: int = 1)
     """
     if per_sample < 1:
         raise ValueError(f"per_sample must be at least 1, got {per_sample}")
-    vectorizer = TfidfVectorizer(
-        analyzer=candidate_phrases, sublinear_tf=True, min_df=min_df, norm=None, dtype=np.float64
-    )
+    # scikit-learn's TfidfVectorizer adds 1 to every idf, so a phrase in every text would still score
+    # (1 + log tf) and could beat a distinctive one; the documented idf, log((1 + n) / (1 + df)), is
+    # computed here instead, and phrases of every text (idf 0) are dropped.
+    vectorizer = CountVectorizer(analyzer=candidate_phrases, min_df=min_df, dtype=np.float64)
     try:
         matrix = vectorizer.fit_transform(texts).tocsr()
     except ValueError:  # no text holds any content word
         return [[] for _ in texts]
+    document_frequency = np.bincount(matrix.indices, minlength=matrix.shape[1])
+    idf = np.log((1.0 + matrix.shape[0]) / (1.0 + document_frequency))
+    matrix.data = (1.0 + np.log(matrix.data)) * idf[matrix.indices]
+    matrix.eliminate_zeros()
     vocabulary = np.asarray(vectorizer.get_feature_names_out())
     concepts = []
     for row in range(matrix.shape[0]):

@@ -51,6 +51,10 @@ def test_every_asset_materializes_into_duckdb(identical_run) -> None:
         "cluster_profiles",
         "degradation_scores",
         "capability_degradation",
+        "sample_concepts",
+        "selection",
+        "concept_graph",
+        "selection_export",
     }
     observed = {e.asset_key.to_user_string() for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"}
     assert observed == {"original_model", "pruned_model"}
@@ -129,3 +133,14 @@ def test_bad_budget_fails_with_the_setting_named(tmp_path: Path, tiny_llama_dir:
     assert not result.success
     failures = [e for e in result.all_events if e.is_step_failure]
     assert failures and "PASER_BUDGET" in failures[0].step_failure_data.error.message
+
+
+def test_asset_checks_run_with_the_graph_and_pass(identical_run) -> None:
+    result, _, _ = identical_run
+    evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert evaluations == {
+        "budget_met": True,
+        "no_sample_selected_twice": True,
+        "selected_samples_in_pool": True,
+        "jsd_in_range": True,
+    }

@@ -243,8 +243,15 @@ def test_spectral_clustering_rejects_too_few_points():
     with pytest.raises(ValueError, match="at least 3 points"):
         spectral_clustering(np.zeros((2, 3)))
     points = np.random.default_rng(6).normal(size=(10, 3))
-    with pytest.raises(ValueError, match="cannot make 24 clusters from 10 points"):
-        spectral_clustering(points, max_clusters=24)
+    with pytest.raises(ValueError, match="cannot make 12 clusters from 10 points"):
+        spectral_clustering(points, n_clusters=12)
+
+
+def test_automatic_k_is_capped_for_tiny_pools():
+    points = np.random.default_rng(6).normal(size=(10, 3))
+    result = spectral_clustering(points, max_clusters=24)
+    assert 1 <= result.n_clusters <= 8
+    assert "[2, 8]" in result.criterion
     with pytest.raises(ValueError, match="cannot make 10 clusters from 10 points"):
         spectral_clustering(points, 10)
 

@@ -1,0 +1,313 @@
+"""Concepts, selection, the SQL view, the export and the asset checks, materialized through Dagster with tiny models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+from collections import Counter
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+
+import dagster as dg
+import datasets
+import duckdb
+import pytest
+
+from paser_assets import PaserConfig, PaserDuckDB, build_definitions
+from paser_assets.assets.selection import EXPORT_FORMATS, safe_export_path
+from paser_assets.cli import materialize
+
+CHECK_NAMES = {"budget_met", "no_sample_selected_twice", "selected_samples_in_pool", "jsd_in_range"}
+ALPACA = ["instruction", "input", "output"]
+
+
+@dataclass
+class Run:
+    tmp: Path
+    settings: dict
+    config: PaserConfig
+    database: PaserDuckDB
+    defs: dg.Definitions
+    instance: dg.DagsterInstance
+    result: dg.ExecuteInProcessResult
+
+
+def query(database: PaserDuckDB | str, sql: str) -> list[tuple]:
+    path = database.database if isinstance(database, PaserDuckDB) else database
+    with duckdb.connect(path, read_only=True) as conn:
+        conn.execute("USE paser.paser")
+        return conn.execute(sql).fetchall()
+
+
+def execute(database: PaserDuckDB, sql: str) -> None:
+    with duckdb.connect(database.database) as conn:
+        conn.execute("USE paser.paser")
+        conn.execute(sql)
+
+
+def run_checks(defs: dg.Definitions, instance: dg.DagsterInstance | None = None) -> dict[str, dg.AssetCheckEvaluation]:
+    """Execute only the four asset checks against what the database holds now."""
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        selection=dg.AssetSelection.checks_for_assets("selection", "degradation_scores"),
+        resources=defs.resources,
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert result.success
+    assert not result.get_asset_materialization_events()  # the checks ran alone
+    return {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
+
+
+def copy_database(run: Run, name: str) -> tuple[PaserDuckDB, dg.Definitions]:
+    """The run's DuckDB file copied into a fresh folder (same file name, so the same catalog), with definitions."""
+    folder = run.tmp / name
+    folder.mkdir()
+    target = folder / "paser.duckdb"
+    shutil.copy(run.database.database, target)
+    database = PaserDuckDB(database=str(target))
+    # a fresh PaserConfig: model_copy(update=...) would not reach the values a Dagster resource hands out
+    config = PaserConfig(**{**run.settings, "export_dir": str(folder / "export")})
+    return database, build_definitions(config, database)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Run:
+    """The whole graph, once: magnitude-pruned tiny Llama (so JSD > 0), a 96-row demo pool, half of it as budget."""
+    tmp = tmp_path_factory.mktemp("selection")
+    (tmp / "db").mkdir()
+    database = PaserDuckDB(database=str(tmp / "db" / "paser.duckdb"))
+    settings = {
+        "demo_size": 96,
+        "budget": 0.5,
+        "original_model": str(tiny_llama_dir),
+        "prune_method": "magnitude",
+        "model_cache_dir": str(tmp / "models"),
+        "export_dir": str(tmp / "export"),
+    }
+    config = PaserConfig(**settings)
+    defs = build_definitions(config, database)
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize(defs, instance=instance)
+    assert result.success
+    return Run(tmp, settings, config, database, defs, instance, result)
+
+
+def selection_metadata(instance: dg.DagsterInstance) -> dict:
+    event = instance.get_latest_materialization_event(dg.AssetKey("selection"))
+    assert event is not None
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+
+
+# -- the run
+
+
+def test_selection_assets_materialize(run: Run) -> None:
+    materialized = {e.asset_key.to_user_string() for e in run.result.get_asset_materialization_events()}
+    assert {"sample_concepts", "selection", "concept_graph", "selection_export"} <= materialized
+    pool = query(run.database, "SELECT count(*) FROM recovery_pool")[0][0]
+    budget = query(run.database, "SELECT sum(budget) FROM capability_degradation")[0][0]
+    assert budget == (pool + 1) // 2  # half the pool, rounded half up
+    # every scored candidate gets exactly one decision
+    assert query(run.database, "SELECT count(*), count(DISTINCT sample_id) FROM selection")[0] == (pool, pool)
+    metadata = selection_metadata(run.instance)
+    assert metadata["budget"] == budget
+    assert metadata["selected"] + metadata["shortfall"] == budget
+    assert metadata["conflict_tolerance"] == 0.25
+
+
+def test_concepts_table_holds_bounded_distinct_concepts(run: Run) -> None:
+    rows = query(run.database, "SELECT concepts, n_concepts FROM sample_concepts")
+    assert rows and all(len(concepts) == n <= run.config.concepts_per_sample for concepts, n in rows)
+    assert sum(n > 0 for _, n in rows) > 0.9 * len(rows)
+    assert all(len(set(concepts)) == len(concepts) for concepts, _ in rows)
+
+
+def test_concept_graph_counts_cooccurrences_of_selected_samples(run: Run) -> None:
+    selected = query(
+        run.database,
+        "SELECT k.concepts FROM selection s JOIN sample_concepts k USING (sample_id) WHERE s.decision = 'selected'",
+    )
+    expected = Counter(pair for (concepts,) in selected for pair in combinations(sorted(set(concepts)), 2))
+    graph = query(run.database, "SELECT concept_a, concept_b, cooccurrences FROM concept_graph")
+    assert {(a, b): n for a, b, n in graph} == dict(expected)
+    assert all(a < b for a, b, _ in graph)
+
+
+def test_view_lists_the_selected_rows_with_their_text(run: Run) -> None:
+    selected = query(run.database, "SELECT count(*) FROM selection WHERE decision = 'selected'")[0][0]
+    assert selected > 0
+    rows = query(
+        run.database,
+        "SELECT v.sample_id, v.instruction, v.output, p.instruction, p.output, v.jsd, d.jsd "
+        "FROM selected_instructions v JOIN recovery_pool p USING (sample_id) "
+        "JOIN degradation_scores d USING (sample_id)",
+    )
+    assert len(rows) == selected
+    assert len({row[0] for row in rows}) == selected
+    for _, instruction, output, pool_instruction, pool_output, jsd, scored_jsd in rows:
+        assert instruction and output
+        assert (instruction, output) == (pool_instruction, pool_output)
+        assert jsd == scored_jsd and jsd > 0
+    ids_from_selection = {
+        r[0] for r in query(run.database, "SELECT sample_id FROM selection WHERE decision = 'selected'")
+    }
+    assert {row[0] for row in rows} == ids_from_selection
+
+
+# -- the export
+
+
+def view_records(run: Run) -> list[dict[str, str]]:
+    rows = query(run.database, "SELECT instruction, input, output FROM selected_instructions ORDER BY cluster, rank")
+    return [dict(zip(ALPACA, row, strict=True)) for row in rows]
+
+
+def test_export_round_trips_through_datasets(run: Run) -> None:
+    expected = view_records(run)
+    folder = Path(run.config.export_dir)
+    cache = run.tmp / "hf-cache"
+    parquet = datasets.load_dataset(
+        "parquet", data_files=str(folder / "selection.parquet"), split="train", cache_dir=str(cache)
+    )
+    jsonl = datasets.load_dataset(
+        "json", data_files=str(folder / "selection.jsonl"), split="train", cache_dir=str(cache)
+    )
+    assert set(ALPACA) <= set(parquet.column_names)
+    assert jsonl.column_names == ALPACA
+    assert [{key: row[key] for key in ALPACA} for row in parquet] == expected
+    assert [dict(row) for row in jsonl] == expected
+    assert len(expected) == selection_metadata(run.instance)["selected"]
+
+
+def test_json_export_is_an_alpaca_array(run: Run) -> None:
+    records = json.loads((Path(run.config.export_dir) / "selection.json").read_text(encoding="utf-8"))
+    assert isinstance(records, list)
+    assert all(list(record) == ALPACA for record in records)
+    assert records == view_records(run)
+
+
+def test_export_folder_holds_only_the_finished_files_readable_by_others(run: Run) -> None:
+    folder = Path(run.config.export_dir)
+    assert sorted(path.name for path in folder.iterdir()) == sorted(f"selection.{fmt}" for fmt in EXPORT_FORMATS)
+    for path in folder.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
+    event = run.instance.get_latest_materialization_event(dg.AssetKey("selection_export")).asset_materialization
+    for fmt in EXPORT_FORMATS:
+        assert Path(event.metadata[f"{fmt}_path"].value) == (folder / f"selection.{fmt}").resolve()
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "/etc/passwd", "..", "", ".", "a/../../x"])
+def test_safe_export_path_refuses_names_outside_the_folder(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError, match="export"):
+        safe_export_path(tmp_path / "export", name)
+
+
+@pytest.mark.parametrize("name", ["selection.json", "./x.parquet", "a/../x"])
+def test_safe_export_path_keeps_names_inside_the_folder(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "export"
+    path = safe_export_path(folder, name)
+    assert path.parent == folder.resolve() and path.is_absolute()
+
+
+# -- asset checks
+
+
+def test_asset_checks_pass_on_the_run(run: Run) -> None:
+    evaluations = run_checks(run.defs, run.instance)
+    assert set(evaluations) == CHECK_NAMES
+    assert {name: e.passed for name, e in evaluations.items()} == dict.fromkeys(CHECK_NAMES, True)
+    budget_met = evaluations["budget_met"].metadata
+    assert budget_met["shortfall"].value == selection_metadata(run.instance)["shortfall"]
+    assert evaluations["jsd_in_range"].metadata["outside_range"].value == 0
+
+
+BREAKAGES = {
+    "duplicate": (
+        "INSERT INTO selection SELECT * FROM selection WHERE decision = 'selected' ORDER BY sample_id LIMIT 1",
+        {"no_sample_selected_twice": 1, "budget_met": None},  # one more selected than the budget, too
+        ("no_sample_selected_twice", "duplicated_samples", 1),
+    ),
+    "not_in_pool": (
+        "INSERT INTO selection SELECT 'not-in-the-pool', cluster, 999, ies, jsd, decision, conflict_pairs, "
+        "conflict_share, refill_round FROM selection WHERE decision = 'selected' ORDER BY sample_id LIMIT 1",
+        {"selected_samples_in_pool": 1, "budget_met": None},
+        ("selected_samples_in_pool", "missing_from_pool", 1),
+    ),
+    "jsd_above_ln2": (
+        "UPDATE degradation_scores SET jsd = 0.8 WHERE sample_id = (SELECT min(sample_id) FROM degradation_scores)",
+        {"jsd_in_range": 1},
+        ("jsd_in_range", "max_jsd", 0.8),
+    ),
+    "unexplained_shortfall": (
+        "UPDATE selection SET decision = 'budget_full', refill_round = -1 WHERE sample_id IN "
+        "(SELECT sample_id FROM selection WHERE decision = 'selected' ORDER BY sample_id LIMIT 3)",
+        {"budget_met": 1},
+        ("budget_met", "shortfall", 3),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BREAKAGES))
+def test_asset_checks_catch_broken_tables(run: Run, case: str) -> None:
+    sql, failing, (check, key, value) = BREAKAGES[case]
+    database, defs = copy_database(run, f"broken-{case}")
+    execute(database, sql)
+    evaluations = run_checks(defs)
+    assert {name: e.passed for name, e in evaluations.items()} == {name: name not in failing for name in CHECK_NAMES}
+    assert evaluations[check].metadata[key].value == pytest.approx(value)
+    # the run's own database is untouched
+    assert all(e.passed for e in run_checks(run.defs).values())
+
+
+def test_budget_met_explains_a_shortfall_when_every_candidate_was_considered(run: Run) -> None:
+    # all unvisited candidates turned into conflicts and three selections undone: a shortfall with an explanation
+    database, defs = copy_database(run, "explained-shortfall")
+    execute(
+        database,
+        "UPDATE selection SET decision = 'concept_conflict' WHERE decision = 'budget_full' OR sample_id IN "
+        "(SELECT sample_id FROM selection WHERE decision = 'selected' ORDER BY sample_id LIMIT 3)",
+    )
+    evaluation = run_checks(defs)["budget_met"]
+    assert evaluation.passed
+    assert evaluation.metadata["shortfall"].value == 3
+    assert "every candidate was considered" in evaluation.metadata["explanation"].value
+
+
+# -- strict and tolerant selection on the same scores
+
+
+def test_strict_and_tolerant_selection_on_the_same_scores(run: Run) -> None:
+    database, _ = copy_database(run, "tolerance")
+    scores_before = query(database, "SELECT * FROM degradation_scores ORDER BY sample_id")
+    outcomes = {}
+    instance = dg.DagsterInstance.ephemeral()
+    for tolerance in (0.0, 1.0):
+        defs = build_definitions(PaserConfig(**{**run.settings, "conflict_tolerance": tolerance}), database)
+        result = materialize(defs, selection="key:selection or key:concept_graph", instance=instance)
+        assert result.success
+        materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+        assert materialized == {"selection", "concept_graph"}
+        decisions = dict(query(database, "SELECT decision, count(*) FROM selection GROUP BY decision"))
+        conflicts = query(
+            database, "SELECT conflict_pairs, conflict_share FROM selection WHERE decision = 'concept_conflict'"
+        )
+        outcomes[tolerance] = (selection_metadata(instance), decisions, conflicts)
+        assert all(e.passed for e in run_checks(defs).values())
+    assert query(database, "SELECT * FROM degradation_scores ORDER BY sample_id") == scores_before
+
+    tolerant, tolerant_decisions, tolerant_conflicts = outcomes[1.0]
+    strict, strict_decisions, strict_conflicts = outcomes[0.0]
+    assert tolerant["conflict_tolerance"] == 1.0 and strict["conflict_tolerance"] == 0.0
+    assert tolerant["selected"] == tolerant["budget"] and tolerant["shortfall"] == 0
+    assert tolerant_conflicts == [] and "concept_conflict" not in tolerant_decisions
+    assert tolerant["refill_rounds"] == 0 and tolerant["acceptance_rate"] == 1.0
+    assert strict["acceptance_rate"] <= tolerant["acceptance_rate"]
+    assert strict["budget"] == tolerant["budget"]
+    assert sum(strict_decisions.values()) == sum(tolerant_decisions.values())  # the same candidates
+    considered = strict_decisions.get("selected", 0) + len(strict_conflicts)
+    assert strict["acceptance_rate"] == pytest.approx(strict_decisions["selected"] / considered, abs=1e-4)
+    # a strict rejection names at least one conflicting pair
+    assert all(pairs and share > 0 for pairs, share in strict_conflicts)
