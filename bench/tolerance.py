@@ -23,7 +23,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, select  # noqa: E402
+from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, select
 
 
 def load(db: str, schema: str) -> tuple[list[Candidate], pd.DataFrame]:
