@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -11,7 +10,11 @@ from collections.abc import Sequence
 import dagster as dg
 
 from paser_assets import storage
+from paser_assets.assets.selection import export_folder
+from paser_assets.registry import add_variant, registered_variants, remove_variant, sync_variants
 from paser_assets.resources import PaserDuckDB, SettingError
+from paser_assets.runner import GraphRun, default_instance, refresh, run_graph
+from paser_assets.variants import VariantError, parse_variant_spec, recipe_defaults, validate_variant_name
 
 SUMMARY_QUERIES: list[tuple[str, str]] = [
     (
@@ -27,61 +30,23 @@ SUMMARY_QUERIES: list[tuple[str, str]] = [
     ),
     (
         "Capability degradation",
-        "SELECT cluster, size, round(cds, 4) AS cds, budget FROM {schema}.capability_degradation ORDER BY cds DESC",
+        "SELECT variant, cluster, size, round(cds, 4) AS cds, budget FROM {schema}.capability_degradation "
+        "ORDER BY variant, cds DESC",
     ),
     (
         "Selection",
-        "SELECT cluster, count(*) FILTER (WHERE decision = 'selected') AS selected, "
+        "SELECT variant, cluster, count(*) FILTER (WHERE decision = 'selected') AS selected, "
         "count(*) FILTER (WHERE decision = 'concept_conflict') AS conflicts, "
         "count(*) FILTER (WHERE decision <> 'budget_full') AS considered, "
         "round(avg(jsd) FILTER (WHERE decision = 'selected'), 4) AS selected_mean_jsd "
-        "FROM {schema}.selection GROUP BY cluster ORDER BY cluster",
+        "FROM {schema}.selection GROUP BY variant, cluster ORDER BY variant, cluster",
     ),
     (
         "Selected instructions (first 5, highest IES)",
-        "SELECT cluster, round(ies, 4) AS ies, left(replace(instruction, chr(10), ' '), 70) AS instruction "
+        "SELECT variant, cluster, round(ies, 4) AS ies, left(replace(instruction, chr(10), ' '), 64) AS instruction "
         "FROM {schema}.selected_instructions ORDER BY ies DESC LIMIT 5",
     ),
 ]
-
-
-def _instance() -> dg.DagsterInstance:
-    # With DAGSTER_HOME set, runs are recorded where `dagster dev` finds them; without it, ephemeral.
-    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-
-
-def materialize(
-    defs: dg.Definitions | None = None, selection: str | None = None, instance: dg.DagsterInstance | None = None
-) -> dg.ExecuteInProcessResult:
-    """Materialize (and observe) the selected assets of ``defs`` in this process; default: everything.
-
-    Observable source assets (the model checkpoints) are part of the default selection, so each
-    run records the checkpoints' current content hashes before scoring.
-    """
-    if defs is None:
-        from paser_assets.definitions import defs
-    asset_selection = (
-        dg.AssetSelection.from_string(selection) if selection else dg.AssetSelection.all(include_sources=True)
-    )
-    return dg.materialize(
-        [*(defs.assets or []), *(defs.asset_checks or [])],
-        selection=asset_selection,
-        resources=defs.resources,
-        instance=instance or _instance(),
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-    )
-
-
-def _report(result: dg.ExecuteInProcessResult, elapsed: float) -> None:
-    done = sorted(event.asset_key.to_user_string() for event in result.get_asset_materialization_events())
-    print(f"\nmaterialized {len(done)} assets in {elapsed:.1f} s: {', '.join(done)}")
-    if not result.success:
-        for event in result.all_events:
-            if event.is_step_failure and event.step_failure_data is not None:
-                error = event.step_failure_data.error
-                message = error.message.strip() if error else "unknown error"
-                print(f"FAILED {event.step_key}: {message}", file=sys.stderr)
 
 
 def summary(database: PaserDuckDB | None = None) -> str:
@@ -103,27 +68,84 @@ def summary(database: PaserDuckDB | None = None) -> str:
     return "\n".join(lines)
 
 
+def _load_definitions() -> dg.Definitions:
+    from paser_assets.definitions import defs
+
+    return defs
+
+
+def _report(run: GraphRun, elapsed: float) -> None:
+    print(f"\nobserved: {', '.join(run.observed) or 'nothing'}")
+    print(f"materialized {len(run.materialized)} assets in {elapsed:.1f} s: {', '.join(run.materialized) or 'nothing'}")
+    for failure in run.failures():
+        print(f"FAILED {failure}", file=sys.stderr)
+
+
+def _variants_command(args: argparse.Namespace) -> int:
+    defs = _load_definitions()
+    config, database = defs.resources["paser"], defs.resources["duckdb"]
+    instance = default_instance()
+    if args.action == "list":
+        sync_variants(instance, database, config)
+        for name, variant in sorted(registered_variants(database, recipe_defaults(config)).items()):
+            print(f"{name}\t{variant.kind}\t{variant.spec}")
+        return 0
+    if args.action == "add":
+        variant = parse_variant_spec(validate_variant_name(args.name), args.spec, recipe_defaults(config))
+        add_variant(instance, database, variant, replace=args.replace)
+        print(f"registered variant {variant.name} ({variant.kind}: {variant.spec})")
+        if args.no_materialize:
+            return 0
+        start = time.monotonic()
+        run, _ = refresh(defs, instance)  # the new variant's partitions are missing; nothing else is
+        _report(run, time.monotonic() - start)
+        return 0 if run.success else 1
+    deleted = remove_variant(instance, database, validate_variant_name(args.name), export_folder(config, database))
+    print(f"removed variant {args.name}: " + ", ".join(f"{table} {rows} rows" for table, rows in deleted.items()))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="paser", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("materialize", help="materialize assets of the default definitions")
-    run.add_argument("--select", help="Dagster asset selection, e.g. 'clusters+' (default: everything)")
-    commands.add_parser("summary", help="print the SQL summary of the DuckDB file")
+    run = commands.add_parser("materialize", help="observe the checkpoints and materialize every asset and variant")
+    run.add_argument("--select", help="Dagster asset selection, e.g. 'key:clusters+' (default: everything)")
     commands.add_parser("demo", help="materialize everything, then print the summary")
+    commands.add_parser(
+        "refresh", help="observe the checkpoints and materialize exactly what is stale or missing (after a re-prune)"
+    )
+    commands.add_parser("summary", help="print the SQL summary of the DuckDB file")
+    variants = commands.add_parser("variants", help="list, add or remove pruned variants")
+    actions = variants.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="list the registered variants")
+    add = actions.add_parser("add", help="register a variant and materialize only it")
+    add.add_argument("name", help="letters, digits, '_' and '-'")
+    add.add_argument("spec", help="a recipe such as wanda:0.5 or magnitude:2:4, or a checkpoint folder")
+    add.add_argument("--replace", action="store_true", help="redefine an existing variant")
+    add.add_argument("--no-materialize", action="store_true", help="only register it")
+    remove = actions.add_parser("remove", help="delete a variant's rows, export files and partition")
+    remove.add_argument("name")
     args = parser.parse_args(argv)
     try:
         if args.command == "summary":
             print(summary())
             return 0
+        if args.command == "variants":
+            return _variants_command(args)
+        defs = _load_definitions()
+        instance = default_instance()
         start = time.monotonic()
-        result = materialize(selection=getattr(args, "select", None))
-        _report(result, time.monotonic() - start)
-        ok = result.success
-        if args.command == "demo" and ok:
+        if args.command == "refresh":
+            graph_run, stale = refresh(defs, instance)
+            print(f"\nstale or missing after observing: {', '.join(stale) or 'nothing'}")
+        else:
+            graph_run = run_graph(defs, instance, selection=getattr(args, "select", None))
+        _report(graph_run, time.monotonic() - start)
+        if args.command == "demo" and graph_run.success:
             print()
             print(summary())
-        return 0 if ok else 1
-    except (SettingError, storage.DatabaseLockedError) as error:
+        return 0 if graph_run.success else 1
+    except (SettingError, VariantError, storage.DatabaseLockedError) as error:
         print(f"paser: {error}", file=sys.stderr)
         return 2
 

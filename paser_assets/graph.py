@@ -7,11 +7,12 @@ import json
 
 import dagster as dg
 
-from paser_assets.assets.models import model_assets
+from paser_assets.assets.models import MODEL_ASSETS
 from paser_assets.assets.pool import recovery_pool
 from paser_assets.assets.scores import capability_degradation, degradation_scores
 from paser_assets.assets.selection import SELECTION_CHECKS, sample_concepts, selection, selection_export
 from paser_assets.assets.semantic import cluster_profiles, clusters, instruction_embeddings, manifold
+from paser_assets.automation import build_sensors, model_dependent_condition
 from paser_assets.resources import PaserConfig, PaserDuckDB
 
 # The settings each asset's output depends on. They are folded into the asset's code_version, so
@@ -22,7 +23,7 @@ SETTINGS_BY_ASSET: dict[str, tuple[str, ...]] = {
     "instruction_embeddings": ("embedding_model",),
     "manifold": ("manifold", "manifold_dims", "n_neighbors", "seed"),
     "clusters": ("n_clusters", "n_neighbors", "graph_regularization", "max_clusters", "cluster_space", "seed"),
-    "pruned_model": ("prune_method", "sparsity", "prune_n_m", "calibration_samples", "calibration_tokens", "seed"),
+    "pruned_model": ("seed",),
     "degradation_scores": ("max_tokens",),
     "capability_degradation": ("budget",),
     "sample_concepts": ("concepts_per_sample",),
@@ -30,6 +31,15 @@ SETTINGS_BY_ASSET: dict[str, tuple[str, ...]] = {
     "concept_graph": ("conflict_tolerance",),
     "selection_export": ("export_dir",),
 }
+# Assets whose result depends on the pruned model; they go stale together when it changes.
+MODEL_DEPENDENT = (
+    "pruned_model",
+    "degradation_scores",
+    "capability_degradation",
+    "selection",
+    "concept_graph",
+    "selection_export",
+)
 
 
 def settings_fingerprint(config: PaserConfig, fields: tuple[str, ...]) -> str:
@@ -37,12 +47,17 @@ def settings_fingerprint(config: PaserConfig, fields: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def _with_settings_version(asset: dg.AssetsDefinition, config: PaserConfig) -> dg.AssetsDefinition:
+def _stamp(asset: dg.AssetsDefinition, config: PaserConfig) -> dg.AssetsDefinition:
+    """Fold settings into code versions and attach the automation conditions."""
+
     def stamp(spec: dg.AssetSpec) -> dg.AssetSpec:
-        fields = SETTINGS_BY_ASSET.get(spec.key.to_user_string())
-        if not fields or spec.code_version is None:
-            return spec
-        return spec.replace_attributes(code_version=f"{spec.code_version}+{settings_fingerprint(config, fields)}")
+        name = spec.key.to_user_string()
+        fields = SETTINGS_BY_ASSET.get(name)
+        code_version = spec.code_version
+        if fields and code_version is not None:
+            code_version = f"{code_version}+{settings_fingerprint(config, fields)}"
+        condition = model_dependent_condition() if name in MODEL_DEPENDENT else spec.automation_condition
+        return spec.replace_attributes(code_version=code_version, automation_condition=condition)
 
     return asset.map_asset_specs(stamp)
 
@@ -57,22 +72,16 @@ def build_definitions(config: PaserConfig | None = None, database: PaserDuckDB |
         manifold,
         clusters,
         cluster_profiles,
+        sample_concepts,
+        *MODEL_ASSETS[2:],
         degradation_scores,
         capability_degradation,
-        sample_concepts,
         selection,
         selection_export,
     ]
-    assets: list = [_with_settings_version(asset, config) for asset in materializable]
-    for asset in model_assets(config):
-        assets.append(_with_settings_version(asset, config) if isinstance(asset, dg.AssetsDefinition) else asset)
     return dg.Definitions(
-        assets=assets,
+        assets=[*MODEL_ASSETS[:2], *(_stamp(asset, config) for asset in materializable)],
         asset_checks=SELECTION_CHECKS,
-        jobs=[
-            dg.define_asset_job(
-                "paser_all", selection=dg.AssetSelection.all(), description="Materialize the whole PASER graph."
-            )
-        ],
+        sensors=build_sensors(config),
         resources={"paser": config, "duckdb": database},
     )

@@ -50,6 +50,19 @@ def parse_field_map(raw: str) -> dict[str, str]:
     return mapping
 
 
+def parse_variant_map(raw: str) -> dict[str, str]:
+    """Parse ``"wanda50=wanda:0.5; mine=/ckpt/pruned"`` into ``{"wanda50": "wanda:0.5", ...}``."""
+    mapping: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in raw.replace("\n", ";").split(";"))):
+        name, sep, spec = part.partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise SettingError(f"PASER_VARIANTS entry {part!r} is not of the form name=spec")
+        if name.strip() in mapping:
+            raise SettingError(f"PASER_VARIANTS names {name.strip()!r} twice")
+        mapping[name.strip()] = spec.strip()
+    return mapping
+
+
 class PaserConfig(dg.ConfigurableResource):
     """Settings of the PASER pipeline. Every field has a ``PASER_*`` environment variable (see ``ENV_VARS``)."""
 
@@ -100,6 +113,11 @@ class PaserConfig(dg.ConfigurableResource):
     pruned_model: str | None = Field(
         default=None, description="Pruned checkpoint folder to observe. None prunes the original with the recipe below."
     )
+    variants: dict[str, str] = Field(
+        default_factory=dict,
+        description="Named pruned variants, name -> 'wanda:0.5' / 'magnitude:2:4' / a checkpoint path. "
+        "Empty: one variant from pruned_model or the pruning settings. Env form: 'a=wanda:0.5;b=/ckpt'.",
+    )
     prune_method: Literal["wanda", "magnitude"] = Field(default="wanda", description="Built-in pruning method.")
     sparsity: float = Field(default=0.5, description="Unstructured sparsity of the built-in pruning.")
     prune_n_m: str | None = Field(
@@ -128,6 +146,10 @@ class PaserConfig(dg.ConfigurableResource):
     )
     export_dir: str | None = Field(
         default=None, description="Folder of the exported selection; default: beside the DB."
+    )
+    automation: bool = Field(
+        default=False,
+        description="Start the automation sensor running: re-score when a changed checkpoint is observed.",
     )
 
     @field_validator(
@@ -171,6 +193,15 @@ class PaserConfig(dg.ConfigurableResource):
             raise ValueError(f"conflict_tolerance must lie in [0, 1], got {value}")
         return value
 
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, value: dict[str, str]) -> dict[str, str]:
+        from paser_assets.variants import validate_variant_name
+
+        for name in value:
+            validate_variant_name(name)
+        return value
+
     @field_validator("budget")
     @classmethod
     def _budget(cls, value: float) -> float:
@@ -189,6 +220,8 @@ class PaserConfig(dg.ConfigurableResource):
                 continue
             if field_name == "field_map":
                 values[field_name] = parse_field_map(raw)
+            elif field_name == "variants":
+                values[field_name] = parse_variant_map(raw)
             elif field_name == "n_clusters" and raw.lower() == "auto":
                 values[field_name] = None
             elif field_name in ("manifold", "cluster_space", "prune_method"):
@@ -225,6 +258,7 @@ ENV_VARS: dict[str, str] = {
     "max_clusters": "PASER_MAX_CLUSTERS",
     "original_model": "PASER_ORIGINAL_MODEL",
     "pruned_model": "PASER_PRUNED_MODEL",
+    "variants": "PASER_VARIANTS",
     "prune_method": "PASER_PRUNE_METHOD",
     "sparsity": "PASER_SPARSITY",
     "prune_n_m": "PASER_PRUNE_NM",
@@ -240,6 +274,7 @@ ENV_VARS: dict[str, str] = {
     "concepts_per_sample": "PASER_CONCEPTS_PER_SAMPLE",
     "conflict_tolerance": "PASER_CONFLICT_TOLERANCE",
     "export_dir": "PASER_EXPORT_DIR",
+    "automation": "PASER_AUTOMATION",
 }
 
 

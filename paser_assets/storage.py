@@ -132,6 +132,33 @@ def replace_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str, data
         conn.unregister(view)
 
 
+def replace_partition(
+    conn: duckdb.DuckDBPyConnection, schema: str, table: str, column: str, value: str, data: pd.DataFrame
+) -> None:
+    """Replace the rows of ``schema.table`` whose ``column`` equals ``value`` with ``data``; other rows stay as
+    they are, byte for byte. ``data`` must hold ``column``. Call inside :func:`transaction`."""
+    if column not in data.columns or not (data[column] == value).all():
+        raise ValueError(f"every row written to {table} for {column}={value!r} must carry that value")
+    if not table_exists(conn, schema, table):
+        replace_table(conn, schema, table, data)
+        return
+    target = qualified(conn, schema, table)
+    existing = [row[0] for row in conn.execute(f"DESCRIBE {target}").fetchall()]
+    if existing != [str(c) for c in data.columns]:
+        raise RuntimeError(
+            f"{schema}.{table} has columns {existing}, but this version writes {list(data.columns)}: "
+            f"drop the table (DROP TABLE {schema}.{table}) and materialize its asset again"
+        )
+    conn.execute(f'DELETE FROM {target} WHERE "{validate_identifier(column, "column name")}" = ?', [value])
+    if len(data):
+        view = f"_paser_partition_{table}"
+        conn.register(view, to_arrow(data))
+        try:
+            conn.execute(f"INSERT INTO {target} SELECT * FROM {view}")
+        finally:
+            conn.unregister(view)
+
+
 def append_rows(conn: duckdb.DuckDBPyConnection, schema: str, table: str, data: pd.DataFrame) -> None:
     """Append ``data`` to ``schema.table``, creating the table on first use."""
     if not table_exists(conn, schema, table):

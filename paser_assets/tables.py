@@ -53,13 +53,20 @@ TABLES: dict[str, Columns] = {
         "main_family": ("VARCHAR", "Most common family label in the cluster (NULL without labels)"),
         "family_share": ("DOUBLE", "Share of the cluster's samples with that label"),
     },
+    "variants": {
+        "variant": ("VARCHAR", "Name of the pruned variant (a Dagster partition key)"),
+        "kind": ("VARCHAR", "recipe (built-in pruning) or checkpoint (external)"),
+        "spec": ("VARCHAR", "Recipe such as wanda:0.5 or magnitude:2:4, or the checkpoint path"),
+        "fingerprint": ("VARCHAR", "Hash of the specification"),
+    },
     "pruned_checkpoints": {
         "variant": ("VARCHAR", "Name of the pruned variant"),
-        "recipe": ("VARCHAR", "Built-in pruning recipe, e.g. wanda-50 or magnitude-2of4"),
-        "path": ("VARCHAR", "Folder of the safetensors checkpoint"),
+        "kind": ("VARCHAR", "recipe or checkpoint"),
+        "spec": ("VARCHAR", "The variant's specification"),
+        "path": ("VARCHAR", "Folder (or .gguf file) of the checkpoint that was scored"),
         "content_hash": ("VARCHAR", "Content hash of the checkpoint files (its data version)"),
         "original_hash": ("VARCHAR", "Content hash of the original model it was pruned from"),
-        "sparsity": ("DOUBLE", "Measured share of zero weights in the decoder linears"),
+        "sparsity": ("DOUBLE", "Measured share of zero weights in the decoder linears (built-in pruning only)"),
     },
     "score_cache": {
         "scoring_key": ("VARCHAR", "Scoring recipe + original and pruned content hashes + settings"),
@@ -72,6 +79,7 @@ TABLES: dict[str, Columns] = {
         "truncated": ("BOOLEAN", "Whether the sample was cut to max_tokens"),
     },
     "degradation_scores": {
+        "variant": ("VARCHAR", "Pruned variant the scores belong to"),
         "sample_id": ("VARCHAR", "Pool row"),
         "jsd": ("DOUBLE", "Mean Jensen-Shannon divergence (nats, 0..ln 2) over the response tokens"),
         "ies": ("DOUBLE", "Individual Efficiency Score = jsd / log(cost)"),
@@ -83,6 +91,7 @@ TABLES: dict[str, Columns] = {
         "truncated": ("BOOLEAN", "Whether prompt + response were cut to max_tokens"),
     },
     "capability_degradation": {
+        "variant": ("VARCHAR", "Pruned variant"),
         "cluster": ("BIGINT", "Cluster id"),
         "size": ("BIGINT", "Samples in the cluster"),
         "cds": ("DOUBLE", "Capability Degradation Score: mean JSD of the cluster's samples"),
@@ -97,6 +106,7 @@ TABLES: dict[str, Columns] = {
         "n_concepts": ("BIGINT", "Number of concepts"),
     },
     "selection": {
+        "variant": ("VARCHAR", "Pruned variant"),
         "sample_id": ("VARCHAR", "Pool row"),
         "cluster": ("BIGINT", "Cluster id"),
         "rank": ("BIGINT", "Position in the cluster's IES order, 1 = highest IES"),
@@ -108,6 +118,7 @@ TABLES: dict[str, Columns] = {
         "refill_round": ("BIGINT", "0 = first pass, n = n-th refill pass, -1 = never considered"),
     },
     "concept_graph": {
+        "variant": ("VARCHAR", "Pruned variant"),
         "concept_a": ("VARCHAR", "A concept of a selected sample"),
         "concept_b": ("VARCHAR", "Another concept of the same selected sample (concept_a < concept_b)"),
         "cooccurrences": ("BIGINT", "Selected samples holding both concepts"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ def test_demo_materializes_and_prints_sql_summary(tmp_path: Path, tiny_llama_dir
     result = run_paser(["demo"], env, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "materialized 13 assets" in result.stdout
+    assert "selection[magnitude-50]" in result.stdout
     assert "Clusters" in result.stdout and "SQL: SELECT cluster, size" in result.stdout
     with duckdb.connect(env["PASER_DB"], read_only=True) as conn:
         sizes = conn.execute("SELECT cluster, size FROM demo.paser.cluster_profiles ORDER BY cluster").fetchall()
@@ -47,3 +49,57 @@ def test_bad_setting_exits_with_a_clear_message(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "PASER_CLUSTERS='lots'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_reprune_with_the_documented_refresh_command(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    from conftest import save_tiny_checkpoint
+
+    external = save_tiny_checkpoint(tmp_path / "pruned", seed=1)
+    (tmp_path / "home").mkdir()
+    env = {
+        "PASER_DB": str(tmp_path / "paser.duckdb"),
+        "PASER_DEMO_SIZE": "48",
+        "PASER_ORIGINAL_MODEL": str(tiny_llama_dir),
+        "PASER_PRUNED_MODEL": str(external),
+        "PASER_MODEL_CACHE": str(tmp_path / "models"),
+        "DAGSTER_HOME": str(tmp_path / "home"),
+    }
+    first = run_paser(["materialize"], env, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "materialized 13 assets" in first.stdout
+
+    unchanged = run_paser(["refresh"], env, tmp_path)
+    assert unchanged.returncode == 0, unchanged.stderr[-3000:]
+    assert "stale or missing after observing: nothing" in unchanged.stdout
+    assert "materialized 0 assets" in unchanged.stdout
+
+    shutil.rmtree(external)
+    save_tiny_checkpoint(external, seed=2)  # re-pruned in place
+    result = run_paser(["refresh"], env, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = (
+        "capability_degradation[external], concept_graph[external], degradation_scores[external], "
+        "pruned_model[external], selection[external], selection_export[external]"
+    )
+    assert "materialized 6 assets" in result.stdout and expected in result.stdout
+
+    added = run_paser(["variants", "add", "nm24", "magnitude:2:4"], env, tmp_path)
+    assert added.returncode == 0, added.stderr[-3000:]
+    assert "materialized 6 assets" in added.stdout and "selection[nm24]" in added.stdout
+    listing = run_paser(["variants", "list"], env, tmp_path)
+    assert "external\tcheckpoint" in listing.stdout and "nm24\trecipe\tmagnitude:2:4" in listing.stdout
+
+    removed = run_paser(["variants", "remove", "nm24"], env, tmp_path)
+    assert removed.returncode == 0 and "removed variant nm24" in removed.stdout
+    with duckdb.connect(env["PASER_DB"], read_only=True) as conn:
+        variants = conn.execute("SELECT DISTINCT variant FROM paser.paser.selection").fetchall()
+    assert variants == [("external",)]
+
+
+def test_bad_variant_name_is_refused(tmp_path: Path) -> None:
+    result = run_paser(
+        ["variants", "add", "x'; DROP TABLE paser.selection; --", "wanda:0.5"],
+        {"PASER_DB": str(tmp_path / "x.duckdb")},
+        tmp_path,
+    )
+    assert result.returncode == 2 and "invalid variant name" in result.stderr

@@ -1,32 +1,41 @@
-"""The ``original_model`` and ``pruned_model`` assets.
+"""The model assets: ``original_model``, ``pruned_checkpoint`` and ``pruned_model``.
 
-Both carry the content hash of their checkpoint files as data version. The original is always an
-external checkpoint, observed. The pruned model is observed too when the user points at one;
-otherwise the plugin prunes the original itself and the result is a materialized asset.
+- ``original_model`` is observed: its data version is the content hash of the checkpoint files.
+- ``pruned_checkpoint`` is observed per variant partition: an external checkpoint's content hash,
+  or a built-in recipe's fingerprint. Observing it after a re-prune is what tells Dagster that the
+  variant's downstream assets are stale.
+- ``pruned_model`` materializes each variant's checkpoint: it prunes the original for a recipe
+  variant (cached by recipe, original and calibration data) or checks an external one, records it
+  in ``pruned_checkpoints``, and carries the checkpoint's content hash as data version.
 """
 
 import hashlib
 import json
 import warnings
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
 from paser_assets import storage
+from paser_assets.automation import observation_condition
 from paser_assets.models.checkpoints import (
     CheckpointError,
     ModelReference,
     content_hash,
     load_causal_lm,
+    parse_model_reference,
     reference_version,
     save_checkpoint,
 )
 from paser_assets.models.pruning import calibration_batch, measured_sparsity, prune_model
-from paser_assets.models.store import model_settings
+from paser_assets.models.store import ModelSettings, model_settings
+from paser_assets.registry import PRUNED_TABLE, registered_variants, variant_for, variant_partitions
 from paser_assets.resources import PaserConfig, PaserDuckDB
+from paser_assets.variants import Variant, VariantError, recipe_defaults
 
 MODELS_GROUP = "models"
-PRUNED_TABLE = "pruned_checkpoints"
+PRUNING_RECORD = "paser_pruning.json"
 
 
 def _observe_original(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.ObserveResult:
@@ -37,26 +46,37 @@ def _observe_original(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.ObserveResu
     except CheckpointError as error:
         raise dg.Failure(description=str(error)) from None
     return dg.ObserveResult(
-        data_version=dg.DataVersion(version),
-        metadata={"reference": reference.display, "content_hash": version},
+        data_version=dg.DataVersion(version), metadata={"reference": reference.display, "content_hash": version}
     )
 
 
-def _observe_external_pruned(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.ObserveResult:
-    settings = model_settings(paser, duckdb.database)
-    try:
-        reference = settings.external_pruned
-        assert reference is not None, "external_pruned_model is only defined when pruned_model is set"
-        version = reference_version(reference)
-    except CheckpointError as error:
-        raise dg.Failure(description=str(error)) from None
-    return dg.ObserveResult(
-        data_version=dg.DataVersion(version),
-        metadata={"reference": reference.display, "content_hash": version},
-    )
+def checkpoint_version(variant: Variant) -> str:
+    """What identifies a variant's pruned model before it is built: the external files' hash, or the recipe."""
+    if variant.checkpoint is not None:
+        return content_hash(_external_reference(variant).location)
+    return f"recipe-{variant.fingerprint()}"
 
 
-PRUNING_RECORD = "paser_pruning.json"
+def _external_reference(variant: Variant) -> ModelReference:
+    reference = parse_model_reference(variant.checkpoint)
+    if reference.kind == "hub":
+        raise CheckpointError(f"variant {variant.name!r}: {variant.checkpoint!r} is not a local checkpoint folder")
+    return reference
+
+
+def _observe_pruned(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB):
+    names = context.instance.get_dynamic_partitions(variant_partitions.name)
+    variants = registered_variants(duckdb, recipe_defaults(paser))
+    versions = {}
+    for name in names:
+        if name not in variants:
+            context.log.warning(f"partition {name!r} has no registered variant; skipped")
+            continue
+        try:
+            versions[name] = checkpoint_version(variants[name])
+        except CheckpointError as error:
+            context.log.error(f"variant {name!r}: {error}")
+    return dg.DataVersionsByPartition(versions)
 
 
 with warnings.catch_warnings():
@@ -66,12 +86,15 @@ with warnings.catch_warnings():
         name="original_model",
         group_name=MODELS_GROUP,
         description="The original model's checkpoint, observed by the content hash of its files.",
+        automation_condition=observation_condition(),
     )(_observe_original)
-    external_pruned_model = dg.observable_source_asset(
-        name="pruned_model",
+    pruned_checkpoint = dg.observable_source_asset(
+        name="pruned_checkpoint",
         group_name=MODELS_GROUP,
-        description="An external pruned checkpoint (PASER_PRUNED_MODEL), observed by the content hash of its files.",
-    )(_observe_external_pruned)
+        partitions_def=variant_partitions,
+        description="Each variant's pruned checkpoint as it is on disk (content hash), or its pruning recipe.",
+        automation_condition=observation_condition(),
+    )(_observe_pruned)
 
 
 def _calibration_texts(duckdb: PaserDuckDB, seed: int) -> list[str]:
@@ -79,82 +102,94 @@ def _calibration_texts(duckdb: PaserDuckDB, seed: int) -> list[str]:
     pool = duckdb.read("recovery_pool", "sample_id, instruction, input, output")
     rank = pool["sample_id"].map(lambda sample: hashlib.sha256(f"{seed}:{sample}".encode()).hexdigest())
     pool = pool.assign(rank=rank).sort_values("rank")
-    return [
-        f"{i}\n{x}\n{o}".strip() for i, x, o in zip(pool["instruction"], pool["input"], pool["output"], strict=True)
-    ]
+    columns = zip(pool["instruction"], pool["input"], pool["output"], strict=True)
+    return [f"{i}\n{x}\n{o}".strip() for i, x, o in columns]
+
+
+def _build_recipe_variant(
+    context: dg.AssetExecutionContext, settings: ModelSettings, variant: Variant, duckdb: PaserDuckDB, seed: int
+) -> tuple[Path, str, float]:
+    recipe = variant.recipe
+    assert recipe is not None
+    original_version = reference_version(settings.original)
+    texts = _calibration_texts(duckdb, seed)
+    calibration_key = storage.content_hash(pd.DataFrame({"text": texts}))
+    target = settings.pruned_folder(recipe, original_version, calibration_key)
+    if (target / "config.json").exists():
+        context.log.info(f"reusing the pruned checkpoint {target} (same recipe, original and calibration)")
+    else:
+        context.log.info(f"pruning {settings.original.display} with {recipe.name} for variant {variant.name}")
+        model, tokenizer = load_causal_lm(settings.original, settings.cache_dir, settings.options)
+        calibration = None
+        if recipe.method == "wanda":
+            calibration = calibration_batch(tokenizer, texts, recipe.calibration_samples, recipe.calibration_tokens)
+        prune_model(model, recipe, calibration, context.log.info)
+        record = {"recipe": recipe.__dict__, "original": original_version, "sparsity": measured_sparsity(model)}
+        save_checkpoint(model, tokenizer, target, {PRUNING_RECORD: json.dumps(record, default=str)})
+    sparsity = float(json.loads((target / PRUNING_RECORD).read_text())["sparsity"])
+    return target, original_version, sparsity
 
 
 @dg.asset(
-    name="pruned_model",
-    deps=["original_model", "recovery_pool"],
+    deps=["original_model", "pruned_checkpoint", "recovery_pool"],
+    partitions_def=variant_partitions,
     group_name=MODELS_GROUP,
     code_version="1",
     kinds={"pytorch", "safetensors"},
-    description="The original model pruned by the built-in recipe (Wanda or magnitude), saved as safetensors.",
+    description="Each variant's pruned model: the original pruned by the variant's recipe (Wanda or magnitude), "
+    "or the variant's external checkpoint, recorded in pruned_checkpoints.",
 )
-def built_in_pruned_model(
-    context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
-) -> dg.MaterializeResult:
+def pruned_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
     settings = model_settings(paser, duckdb.database)
-    recipe = settings.recipe
     try:
-        original_version = reference_version(settings.original)
-        texts = _calibration_texts(duckdb, paser.seed)
-        calibration_key = storage.content_hash(pd.DataFrame({"text": texts}))
-        target = settings.pruned_folder(original_version, calibration_key)
-        if (target / "config.json").exists():
-            context.log.info(f"reusing the pruned checkpoint {target} (same recipe, original and calibration)")
+        variant = variant_for(duckdb, paser, context.partition_key)
+        if variant.recipe is not None:
+            path, original_version, sparsity = _build_recipe_variant(context, settings, variant, duckdb, paser.seed)
         else:
-            context.log.info(f"pruning {settings.original.display} with {recipe.name}")
-            model, tokenizer = load_causal_lm(settings.original, settings.cache_dir, settings.options)
-            calibration = None
-            if recipe.method == "wanda":
-                calibration = calibration_batch(tokenizer, texts, recipe.calibration_samples, recipe.calibration_tokens)
-            prune_model(model, recipe, calibration, context.log.info)
-            record = {"recipe": recipe.__dict__, "original": original_version, "sparsity": measured_sparsity(model)}
-            save_checkpoint(model, tokenizer, target, {PRUNING_RECORD: json.dumps(record, default=str)})
-        version = content_hash(target)
-    except CheckpointError as error:
+            reference = _external_reference(variant)
+            path, original_version, sparsity = Path(reference.location), reference_version(settings.original), None
+        version = content_hash(path)
+    except (CheckpointError, VariantError) as error:
         raise dg.Failure(description=str(error)) from None
-    sparsity = round(float(json.loads((target / PRUNING_RECORD).read_text())["sparsity"]), 4)
     row = pd.DataFrame(
         [
             {
-                "variant": recipe.name,
-                "recipe": recipe.name,
-                "path": str(target),
+                "variant": variant.name,
+                "kind": variant.kind,
+                "spec": variant.spec,
+                "path": str(path),
                 "content_hash": version,
                 "original_hash": original_version,
                 "sparsity": sparsity,
             }
         ]
-    )
+    ).astype({"sparsity": "float64"})
     with duckdb.write() as conn:
-        storage.replace_table(conn, duckdb.schema_name, PRUNED_TABLE, row)
+        storage.replace_partition(conn, duckdb.schema_name, PRUNED_TABLE, "variant", variant.name, row)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
-            "recipe": recipe.name,
-            "path": dg.MetadataValue.path(str(target)),
+            "variant": variant.name,
+            "spec": variant.spec,
+            "path": dg.MetadataValue.path(str(path)),
             "content_hash": version,
-            "measured_sparsity": sparsity,
+            "measured_sparsity": dg.MetadataValue.float(sparsity if sparsity is not None else float("nan")),
         },
     )
 
 
-def pruned_reference(paser: PaserConfig, duckdb: PaserDuckDB) -> ModelReference:
-    """The pruned checkpoint to score: the external one, or the built-in asset's latest output."""
-    settings = model_settings(paser, duckdb.database)
-    external = settings.external_pruned
-    if external is not None:
-        return external
-    table = duckdb.read(PRUNED_TABLE)
-    if table.empty:
-        raise dg.Failure(description="no pruned checkpoint recorded: materialize `pruned_model` first")
-    return ModelReference("folder", str(table["path"].iloc[0]))
+def pruned_reference(duckdb: PaserDuckDB, variant: str) -> ModelReference:
+    """The checkpoint that ``pruned_model`` recorded for ``variant``."""
+    with duckdb.get_connection() as conn:
+        if storage.table_exists(conn, duckdb.schema_name, PRUNED_TABLE):
+            table = storage.qualified(conn, duckdb.schema_name, PRUNED_TABLE)
+            rows = conn.execute(f"SELECT path FROM {table} WHERE variant = ?", [variant]).fetchall()
+        else:
+            rows = []
+    if not rows:
+        raise dg.Failure(description=f"no pruned checkpoint recorded for variant {variant!r}: materialize pruned_model")
+    path = Path(rows[0][0])
+    return ModelReference("gguf" if path.suffix.lower() == ".gguf" else "folder", str(path))
 
 
-def model_assets(config: PaserConfig) -> list:
-    """``original_model`` plus the pruned model in the form the settings call for."""
-    pruned = external_pruned_model if config.pruned_model else built_in_pruned_model
-    return [original_model, pruned]
+MODEL_ASSETS = [original_model, pruned_checkpoint, pruned_model]

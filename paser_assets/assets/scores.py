@@ -19,6 +19,7 @@ from paser_assets.models.checkpoints import CheckpointError, reference_version
 from paser_assets.models.scoring import PairScorer, encode_sample, plan_batches
 from paser_assets.models.store import load_pair, model_settings
 from paser_assets.progress import Progress
+from paser_assets.registry import variant_partitions
 from paser_assets.resources import PaserConfig, PaserDuckDB
 from paser_assets.tables import table_metadata
 
@@ -54,7 +55,7 @@ def score_pool(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pa
     from paser_assets.assets.models import pruned_reference
 
     settings = model_settings(paser, duckdb.database)
-    pruned = pruned_reference(paser, duckdb)
+    pruned = pruned_reference(duckdb, context.partition_key)
     original_version = reference_version(settings.original)
     pruned_version = reference_version(pruned)
     key = _scoring_key(original_version, pruned_version, paser)
@@ -94,6 +95,7 @@ def score_pool(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pa
         cached = _cached_scores(duckdb, key).drop_duplicates("sample_id")
     scores = pool[["sample_id"]].merge(cached, on="sample_id", how="left", validate="one_to_one")
     facts = {
+        "variant": context.partition_key,
         "original": settings.original.display,
         "original_hash": original_version,
         "pruned": pruned.display,
@@ -104,8 +106,14 @@ def score_pool(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pa
     return scores, facts
 
 
+# Every asset that depends on the pruned model lists the model assets as direct parents: Dagster
+# marks only the direct children of a changed asset as stale, and these assets all change with it.
+MODEL_PARENTS = ["original_model", "pruned_checkpoint", "pruned_model"]
+
+
 @dg.asset(
-    deps=["recovery_pool", "original_model", "pruned_model"],
+    deps=["recovery_pool", *MODEL_PARENTS],
+    partitions_def=variant_partitions,
     group_name=SCORES_GROUP,
     code_version="1",
     kinds={"duckdb", "pytorch"},
@@ -141,8 +149,11 @@ def degradation_scores(
             "truncated",
         ]
     ]
+    table.insert(0, "variant", context.partition_key)
     with duckdb.write() as conn:
-        storage.replace_table(conn, duckdb.schema_name, "degradation_scores", table)
+        storage.replace_partition(
+            conn, duckdb.schema_name, "degradation_scores", "variant", context.partition_key, table
+        )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(table)),
         metadata={
@@ -158,21 +169,27 @@ def degradation_scores(
 
 
 @dg.asset(
-    deps=["degradation_scores", "clusters"],
+    deps=["degradation_scores", "clusters", *MODEL_PARENTS],
+    partitions_def=variant_partitions,
     group_name=SCORES_GROUP,
     code_version="1",
     kinds={"duckdb"},
     description="Per cluster: size, Capability Degradation Score (mean JSD) and its share of the budget.",
 )
-def capability_degradation(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
+def capability_degradation(
+    context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
+) -> dg.MaterializeResult:
     schema = duckdb.schema_name
+    variant = context.partition_key
     with duckdb.get_connection() as conn:
         frame = conn.execute(
             f"""
             SELECT c.cluster, s.jsd, s.ies
             FROM {storage.qualified(conn, schema, "clusters")} c
             JOIN {storage.qualified(conn, schema, "degradation_scores")} s USING (sample_id)
-            """
+            WHERE s.variant = ?
+            """,
+            [variant],
         ).df()
     if frame.empty:
         raise dg.Failure(description="clusters and degradation_scores share no sample: materialize both again")
@@ -193,8 +210,9 @@ def capability_degradation(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.Materi
         budget=allocation.astype(np.int64),
         budget_share=allocation / budget,
     )[["cluster", "size", "cds", "jsd_std", "mean_ies", "budget", "budget_share"]]
+    table.insert(0, "variant", variant)
     with duckdb.write() as conn:
-        storage.replace_table(conn, schema, "capability_degradation", table)
+        storage.replace_partition(conn, schema, "capability_degradation", "variant", variant, table)
     labels = table["cluster"].astype(str).tolist()
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(table)),

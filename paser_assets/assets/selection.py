@@ -12,11 +12,14 @@ import duckdb
 import pandas as pd
 
 from paser_assets import storage
+from paser_assets.assets.scores import MODEL_PARENTS
 from paser_assets.core.concepts import extract_concepts
 from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, select
 from paser_assets.core.divergence import LN2
+from paser_assets.registry import variant_partitions
 from paser_assets.resources import PaserConfig, PaserDuckDB
 from paser_assets.tables import table_metadata
+from paser_assets.variants import validate_variant_name
 
 SELECTION_GROUP = "selection"
 SELECTED_VIEW = "selected_instructions"
@@ -51,7 +54,7 @@ def sample_concepts(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeRe
     )
 
 
-def _candidates(duckdb: PaserDuckDB) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _candidates(duckdb: PaserDuckDB, variant: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     schema = duckdb.schema_name
     with duckdb.get_connection() as conn:
         frame = conn.execute(
@@ -60,10 +63,16 @@ def _candidates(duckdb: PaserDuckDB) -> tuple[pd.DataFrame, pd.DataFrame]:
             FROM {storage.qualified(conn, schema, "degradation_scores")} s
             JOIN {storage.qualified(conn, schema, "clusters")} c USING (sample_id)
             JOIN {storage.qualified(conn, schema, "sample_concepts")} k USING (sample_id)
+            WHERE s.variant = ?
             ORDER BY s.sample_id
-            """
+            """,
+            [variant],
         ).df()
-        budgets = storage.read_table(conn, schema, "capability_degradation", "cluster, cds, budget")
+        budgets = conn.execute(
+            f"SELECT cluster, cds, budget FROM {storage.qualified(conn, schema, 'capability_degradation')} "
+            "WHERE variant = ? ORDER BY cluster",
+            [variant],
+        ).df()
     return frame, budgets
 
 
@@ -77,21 +86,25 @@ def _create_view(conn: duckdb.DuckDBPyConnection, schema: str) -> None:
     conn.execute(
         f"""
         CREATE OR REPLACE VIEW {SELECTED_VIEW} AS
-        SELECT s.sample_id, s.cluster, s.rank, s.ies, s.jsd, d.cost, d.original_nll, d.pruned_nll,
+        SELECT s.variant, s.sample_id, s.cluster, s.rank, s.ies, s.jsd, d.cost, d.original_nll, d.pruned_nll,
                p.instruction, p.input, p.output, p.family, p.source, p.source_row
         FROM selection s
         JOIN recovery_pool p USING (sample_id)
-        JOIN degradation_scores d USING (sample_id)
+        JOIN degradation_scores d ON d.variant = s.variant AND d.sample_id = s.sample_id
         WHERE s.decision = '{SELECTED}'
         """
     )
 
 
+SELECTION_PARENTS = ["capability_degradation", "degradation_scores", "clusters", "sample_concepts", *MODEL_PARENTS]
+
+
 @dg.multi_asset(
+    partitions_def=variant_partitions,
     specs=[
         dg.AssetSpec(
             "selection",
-            deps=["capability_degradation", "degradation_scores", "clusters", "sample_concepts"],
+            deps=SELECTION_PARENTS,
             group_name=SELECTION_GROUP,
             code_version="1",
             kinds={"duckdb"},
@@ -100,7 +113,7 @@ def _create_view(conn: duckdb.DuckDBPyConnection, schema: str) -> None:
         ),
         dg.AssetSpec(
             "concept_graph",
-            deps=["capability_degradation", "degradation_scores", "clusters", "sample_concepts"],
+            deps=SELECTION_PARENTS,
             group_name=SELECTION_GROUP,
             code_version="1",
             kinds={"duckdb"},
@@ -108,8 +121,13 @@ def _create_view(conn: duckdb.DuckDBPyConnection, schema: str) -> None:
         ),
     ],
 )
-def selection(paser: PaserConfig, duckdb: PaserDuckDB) -> Iterator[dg.MaterializeResult]:
-    frame, budgets = _candidates(duckdb)
+def selection(
+    context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
+) -> Iterator[dg.MaterializeResult]:
+    variant = context.partition_key
+    frame, budgets = _candidates(duckdb, variant)
+    if frame.empty or budgets.empty:
+        raise dg.Failure(description=f"no scores or budgets for variant {variant!r}: materialize its scores first")
     candidates = [
         Candidate(row.sample_id, int(row.cluster), float(row.ies), float(row.jsd), frozenset(row.concepts))
         for row in frame.itertuples(index=False)
@@ -133,6 +151,7 @@ def selection(paser: PaserConfig, duckdb: PaserDuckDB) -> Iterator[dg.Materializ
             "refill_round": [d.refill_round for d in result.decisions],
         }
     ).astype({"cluster": "int64", "rank": "int64", "refill_round": "int64"})
+    table.insert(0, "variant", variant)
     edges = sorted(result.graph.edges.items())
     graph = pd.DataFrame(
         {
@@ -141,9 +160,10 @@ def selection(paser: PaserConfig, duckdb: PaserDuckDB) -> Iterator[dg.Materializ
             "cooccurrences": [count for _, count in edges],
         }
     ).astype({"cooccurrences": "int64"})
+    graph.insert(0, "variant", variant)
     with duckdb.write() as conn:
-        storage.replace_table(conn, duckdb.schema_name, "selection", table)
-        storage.replace_table(conn, duckdb.schema_name, "concept_graph", graph)
+        storage.replace_partition(conn, duckdb.schema_name, "selection", "variant", variant, table)
+        storage.replace_partition(conn, duckdb.schema_name, "concept_graph", "variant", variant, graph)
         _create_view(conn, duckdb.schema_name)
     per_cluster = (
         table.groupby("cluster")
@@ -169,7 +189,7 @@ def selection(paser: PaserConfig, duckdb: PaserDuckDB) -> Iterator[dg.Materializ
             "conflict_tolerance": paser.conflict_tolerance,
             "acceptance_rate": round(result.selected / considered, 4) if considered else 0.0,
             "per_cluster": dg.MetadataValue.md(per_cluster.to_markdown(index=False)),
-            "query": dg.MetadataValue.text(f"SELECT * FROM {_view_name(duckdb)}"),
+            "query": dg.MetadataValue.text(f"SELECT * FROM {_view_name(duckdb)} WHERE variant = '{variant}'"),
         },
     )
     yield dg.MaterializeResult(
@@ -192,10 +212,10 @@ def export_folder(paser: PaserConfig, duckdb: PaserDuckDB) -> Path:
 
 
 def safe_export_path(folder: Path, name: str) -> Path:
-    """``folder / name``, refusing any name that would land outside ``folder``."""
+    """``folder / name``, refusing any name that would land outside ``folder`` (or in a subfolder)."""
     path = (folder / name).resolve()
-    if path.parent != folder.resolve():
-        raise ValueError(f"export file name {name!r} would leave the export folder {folder}")
+    if path.parent != folder.resolve() or name in ("", ".", ".."):
+        raise ValueError(f"export name {name!r} would leave the export folder {folder}")
     return path
 
 
@@ -227,20 +247,26 @@ def export_records(rows: pd.DataFrame, folder: Path, stem: str = "selection") ->
 
 
 @dg.asset(
-    deps=["selection", "recovery_pool"],
+    deps=["selection", "recovery_pool", *MODEL_PARENTS],
+    partitions_def=variant_partitions,
     group_name=SELECTION_GROUP,
     code_version="1",
     kinds={"parquet", "json"},
     description="The selected instructions as Alpaca JSON, JSONL and a Parquet file that `datasets` loads.",
 )
-def selection_export(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
+def selection_export(
+    context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
+) -> dg.MaterializeResult:
+    variant = validate_variant_name(context.partition_key)
     with duckdb.get_connection() as conn:
         view = storage.qualified(conn, duckdb.schema_name, SELECTED_VIEW)
         rows = conn.execute(
-            f"SELECT sample_id, cluster, instruction, input, output, jsd, ies FROM {view} ORDER BY cluster, rank"
+            f"SELECT sample_id, cluster, instruction, input, output, jsd, ies FROM {view} "
+            "WHERE variant = ? ORDER BY cluster, rank",
+            [variant],
         ).df()
     folder = export_folder(paser, duckdb)
-    paths = export_records(rows, folder)
+    paths = export_records(rows, safe_export_path(folder, variant))
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(rows)),
         metadata={
@@ -260,25 +286,45 @@ def _scalar(duckdb: PaserDuckDB, sql: str) -> float:
 _CHECK_TABLES = ("selection", "recovery_pool", "capability_degradation", "degradation_scores")
 
 
-@dg.asset_check(asset="selection", description="The budget is met exactly, or every candidate was considered.")
+@dg.asset_check(
+    asset="selection", description="Per variant, the budget is met exactly, or every candidate was considered."
+)
 def budget_met(duckdb: PaserDuckDB) -> dg.AssetCheckResult:
-    budget = int(_scalar(duckdb, "SELECT sum(budget) FROM {capability_degradation}"))
-    selected = int(_scalar(duckdb, "SELECT count(*) FROM {selection} WHERE decision = 'selected'"))
-    unvisited = int(_scalar(duckdb, "SELECT count(*) FROM {selection} WHERE decision = 'budget_full'"))
-    conflicts = int(_scalar(duckdb, "SELECT count(*) FROM {selection} WHERE decision = 'concept_conflict'"))
-    shortfall = budget - selected
-    explained = shortfall > 0 and unvisited == 0
-    if shortfall < 0:
-        reason = f"{-shortfall} more samples selected than the budget allows"
-    elif shortfall == 0:
-        reason = "budget met exactly"
-    elif explained:
-        reason = f"{shortfall} short: every candidate was considered and {conflicts} were concept conflicts"
-    else:
-        reason = f"{shortfall} short although {unvisited} candidates were never considered"
+    with duckdb.get_connection() as conn:
+        frame = conn.execute(
+            f"""
+            SELECT b.variant, b.budget,
+                   count(*) FILTER (WHERE s.decision = 'selected') AS selected,
+                   count(*) FILTER (WHERE s.decision = 'budget_full') AS unvisited,
+                   count(*) FILTER (WHERE s.decision = 'concept_conflict') AS conflicts
+            FROM (SELECT variant, sum(budget) AS budget
+                  FROM {storage.qualified(conn, duckdb.schema_name, "capability_degradation")} GROUP BY variant) b
+            JOIN {storage.qualified(conn, duckdb.schema_name, "selection")} s USING (variant)
+            GROUP BY b.variant, b.budget ORDER BY b.variant
+            """
+        ).df()
+    explanations, passed = {}, True
+    for row in frame.itertuples(index=False):
+        shortfall = int(row.budget) - int(row.selected)
+        if shortfall < 0:
+            reason, ok = f"{-shortfall} more samples selected than the budget allows", False
+        elif shortfall == 0:
+            reason, ok = "budget met exactly", True
+        elif row.unvisited == 0:
+            reason = f"{shortfall} short: every candidate was considered, {row.conflicts} were concept conflicts"
+            ok = True
+        else:
+            reason, ok = f"{shortfall} short although {row.unvisited} candidates were never considered", False
+        explanations[row.variant] = reason
+        passed &= ok
     return dg.AssetCheckResult(
-        passed=shortfall == 0 or explained,
-        metadata={"budget": budget, "selected": selected, "shortfall": shortfall, "explanation": reason},
+        passed=passed and not frame.empty,
+        metadata={
+            "budget": int(frame["budget"].sum()) if len(frame) else 0,
+            "selected": int(frame["selected"].sum()) if len(frame) else 0,
+            "shortfall": int((frame["budget"] - frame["selected"]).sum()) if len(frame) else 0,
+            "explanation": dg.MetadataValue.json(explanations),
+        },
     )
 
 
@@ -287,8 +333,8 @@ def no_sample_selected_twice(duckdb: PaserDuckDB) -> dg.AssetCheckResult:
     duplicates = int(
         _scalar(
             duckdb,
-            "SELECT count(*) FROM (SELECT sample_id FROM {selection} WHERE decision = 'selected' "
-            "GROUP BY sample_id HAVING count(*) > 1)",
+            "SELECT count(*) FROM (SELECT variant, sample_id FROM {selection} WHERE decision = 'selected' "
+            "GROUP BY variant, sample_id HAVING count(*) > 1)",
         )
     )
     return dg.AssetCheckResult(passed=duplicates == 0, metadata={"duplicated_samples": duplicates})

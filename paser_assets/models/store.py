@@ -17,7 +17,7 @@ from paser_assets.models.checkpoints import (
     reference_version,
     tokenizer_differences,
 )
-from paser_assets.models.pruning import PruneRecipe, parse_n_m
+from paser_assets.models.pruning import PruneRecipe
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,6 @@ class ModelSettings:
     """The model-related settings of a run, independent of Dagster."""
 
     original_model: str | None
-    pruned_model: str | None
-    recipe: PruneRecipe
     cache_dir: Path
     options: LoadOptions
 
@@ -34,23 +32,11 @@ class ModelSettings:
     def original(self) -> ModelReference:
         return parse_model_reference(self.original_model)
 
-    @property
-    def external_pruned(self) -> ModelReference | None:
-        if self.pruned_model is None:
-            return None
-        reference = parse_model_reference(self.pruned_model)
-        if reference.kind == "hub":
-            raise CheckpointError(
-                f"PASER_PRUNED_MODEL={self.pruned_model!r}: a pruned model must be a local checkpoint "
-                "folder or a .gguf file"
-            )
-        return reference
-
-    def pruned_folder(self, original_version: str, calibration_key: str) -> Path:
+    def pruned_folder(self, recipe: PruneRecipe, original_version: str, calibration_key: str) -> Path:
         """The folder of a built-in pruned checkpoint: one per recipe, original and calibration data."""
-        recipe = json.dumps(self.recipe.__dict__, sort_keys=True, default=str)
-        key = hashlib.sha256(f"{recipe}|{original_version}|{calibration_key}".encode()).hexdigest()[:16]
-        return self.cache_dir / "pruned" / f"{self.recipe.name}-{key}"
+        payload = json.dumps(recipe.__dict__, sort_keys=True, default=str)
+        key = hashlib.sha256(f"{payload}|{original_version}|{calibration_key}".encode()).hexdigest()[:16]
+        return self.cache_dir / "pruned" / f"{recipe.name}-{key}"
 
 
 def model_settings(config: Any, database_path: str) -> ModelSettings:
@@ -60,17 +46,8 @@ def model_settings(config: Any, database_path: str) -> ModelSettings:
         if config.model_cache_dir
         else Path(database_path).resolve().parent / "paser_models"
     )
-    recipe = PruneRecipe(
-        method=config.prune_method,
-        sparsity=config.sparsity,
-        n_m=parse_n_m(config.prune_n_m),
-        calibration_samples=config.calibration_samples,
-        calibration_tokens=config.calibration_tokens,
-    )
     return ModelSettings(
         original_model=config.original_model,
-        pruned_model=config.pruned_model,
-        recipe=recipe,
         cache_dir=cache_dir,
         options=LoadOptions(allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code),
     )

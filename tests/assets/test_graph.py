@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
-from paser_assets.cli import materialize
+from paser_assets.runner import run_graph as materialize
 from paser_assets.tables import TABLES
 
 SEMANTIC_TABLES = ["recovery_pool", "recovery_pool_rejected", "instruction_embeddings", "manifold", "clusters"]
@@ -20,6 +20,15 @@ def make_defs(tmp_path: Path, **settings) -> tuple[dg.Definitions, PaserDuckDB]:
     database = PaserDuckDB(database=str(tmp_path / "paser.duckdb"))
     config = PaserConfig(demo_size=96, model_cache_dir=str(tmp_path / "models"), **settings)
     return build_definitions(config, database), database
+
+
+def latest(instance: dg.DagsterInstance, key: str, partition: str | None = None):
+    """The latest materialization event of an asset (partition), whatever the partition when None."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[partition] if partition else None),
+        limit=1,
+    ).records
+    return records[0].event_log_entry if records else None
 
 
 def query(database: PaserDuckDB, sql: str) -> list[tuple]:
@@ -41,23 +50,22 @@ def identical_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path
 def test_every_asset_materializes_into_duckdb(identical_run) -> None:
     result, database, _ = identical_run
     assert result.success
-    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert materialized == {
+    assert set(result.materialized) == {
         "recovery_pool",
         "recovery_pool_rejected",
         "instruction_embeddings",
         "manifold",
         "clusters",
         "cluster_profiles",
-        "degradation_scores",
-        "capability_degradation",
         "sample_concepts",
-        "selection",
-        "concept_graph",
-        "selection_export",
+        "pruned_model[external]",
+        "degradation_scores[external]",
+        "capability_degradation[external]",
+        "selection[external]",
+        "concept_graph[external]",
+        "selection_export[external]",
     }
-    observed = {e.asset_key.to_user_string() for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"}
-    assert observed == {"original_model", "pruned_model"}
+    assert result.observed == ["original_model", "pruned_checkpoint[external]"]
     pool_rows = query(database, "SELECT count(*) FROM recovery_pool")[0][0]
     assert 0 < pool_rows <= 96
     for table in [*SEMANTIC_TABLES[2:], "degradation_scores"]:
@@ -74,18 +82,16 @@ def test_tables_match_the_documented_schema(identical_run) -> None:
 def test_metadata_carries_schema_row_count_and_cluster_map(identical_run) -> None:
     _, _, instance = identical_run
     for key in ["recovery_pool", "clusters", "degradation_scores", "capability_degradation"]:
-        event = instance.get_latest_materialization_event(dg.AssetKey(key))
+        event = latest(instance, key)
         assert event is not None
         metadata = event.asset_materialization.metadata
         assert "dagster/column_schema" in metadata, key
         assert metadata["dagster/row_count"].value > 0, key
-    clusters = instance.get_latest_materialization_event(dg.AssetKey("clusters")).asset_materialization.metadata
+    clusters = latest(instance, "clusters").asset_materialization.metadata
     assert clusters["cluster_map"].value.startswith("![cluster map](data:image/png;base64,")
     assert clusters["n_clusters"].value >= 2
     assert "eigengap" in clusters["k_criterion"].value
-    capability = instance.get_latest_materialization_event(
-        dg.AssetKey("capability_degradation")
-    ).asset_materialization.metadata
+    capability = latest(instance, "capability_degradation").asset_materialization.metadata
     assert capability["cds_per_cluster"].value.startswith("![")
     assert capability["budget_per_cluster"].value.startswith("![")
 
@@ -122,7 +128,8 @@ def test_built_in_pruning_degrades_and_rerun_reuses_scores(tmp_path: Path, tiny_
 
     second = materialize(defs, selection="key:pruned_model or key:degradation_scores", instance=instance)
     assert second.success
-    scores = instance.get_latest_materialization_event(dg.AssetKey("degradation_scores")).asset_materialization
+    assert second.materialized == ["degradation_scores[magnitude-50]", "pruned_model[magnitude-50]"]
+    scores = latest(instance, "degradation_scores", "magnitude-50").asset_materialization
     assert scores.metadata["scored_now"].value == "0"
     assert query(database, "SELECT * FROM degradation_scores ORDER BY sample_id") == before
 
@@ -131,8 +138,7 @@ def test_bad_budget_fails_with_the_setting_named(tmp_path: Path, tiny_llama_dir:
     defs, _ = make_defs(tmp_path, original_model=str(tiny_llama_dir), pruned_model=str(tiny_llama_dir), budget=5000)
     result = materialize(defs, instance=dg.DagsterInstance.ephemeral())
     assert not result.success
-    failures = [e for e in result.all_events if e.is_step_failure]
-    assert failures and "PASER_BUDGET" in failures[0].step_failure_data.error.message
+    assert any("PASER_BUDGET" in failure for failure in result.failures())
 
 
 def test_asset_checks_run_with_the_graph_and_pass(identical_run) -> None:

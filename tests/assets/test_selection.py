@@ -17,8 +17,9 @@ import pytest
 
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
 from paser_assets.assets.selection import EXPORT_FORMATS, safe_export_path
-from paser_assets.cli import materialize
+from paser_assets.runner import run_graph as materialize
 
+VARIANT = "magnitude-50"  # the single variant of the pruning settings below
 CHECK_NAMES = {"budget_met", "no_sample_selected_twice", "selected_samples_in_pool", "jsd_in_range"}
 ALPACA = ["instruction", "input", "output"]
 
@@ -167,7 +168,7 @@ def view_records(run: Run) -> list[dict[str, str]]:
 
 def test_export_round_trips_through_datasets(run: Run) -> None:
     expected = view_records(run)
-    folder = Path(run.config.export_dir)
+    folder = Path(run.config.export_dir) / VARIANT
     cache = run.tmp / "hf-cache"
     parquet = datasets.load_dataset(
         "parquet", data_files=str(folder / "selection.parquet"), split="train", cache_dir=str(cache)
@@ -183,14 +184,14 @@ def test_export_round_trips_through_datasets(run: Run) -> None:
 
 
 def test_json_export_is_an_alpaca_array(run: Run) -> None:
-    records = json.loads((Path(run.config.export_dir) / "selection.json").read_text(encoding="utf-8"))
+    records = json.loads((Path(run.config.export_dir) / VARIANT / "selection.json").read_text(encoding="utf-8"))
     assert isinstance(records, list)
     assert all(list(record) == ALPACA for record in records)
     assert records == view_records(run)
 
 
 def test_export_folder_holds_only_the_finished_files_readable_by_others(run: Run) -> None:
-    folder = Path(run.config.export_dir)
+    folder = Path(run.config.export_dir) / VARIANT
     assert sorted(path.name for path in folder.iterdir()) == sorted(f"selection.{fmt}" for fmt in EXPORT_FORMATS)
     for path in folder.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
@@ -231,7 +232,7 @@ BREAKAGES = {
         ("no_sample_selected_twice", "duplicated_samples", 1),
     ),
     "not_in_pool": (
-        "INSERT INTO selection SELECT 'not-in-the-pool', cluster, 999, ies, jsd, decision, conflict_pairs, "
+        "INSERT INTO selection SELECT variant, 'not-in-the-pool', cluster, 999, ies, jsd, decision, conflict_pairs, "
         "conflict_share, refill_round FROM selection WHERE decision = 'selected' ORDER BY sample_id LIMIT 1",
         {"selected_samples_in_pool": 1, "budget_met": None},
         ("selected_samples_in_pool", "missing_from_pool", 1),
@@ -273,7 +274,7 @@ def test_budget_met_explains_a_shortfall_when_every_candidate_was_considered(run
     evaluation = run_checks(defs)["budget_met"]
     assert evaluation.passed
     assert evaluation.metadata["shortfall"].value == 3
-    assert "every candidate was considered" in evaluation.metadata["explanation"].value
+    assert "every candidate was considered" in evaluation.metadata["explanation"].value[VARIANT]
 
 
 # -- strict and tolerant selection on the same scores

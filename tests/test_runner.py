@@ -1,0 +1,192 @@
+"""Re-pruning recomputes exactly what depends on the pruned model; variants sit side by side.
+
+These tests use a real on-disk Dagster instance (sqlite in a temporary DAGSTER_HOME), a real
+DuckDB file and tiny Llama checkpoints; the "re-prune" rewrites a checkpoint folder on disk.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from paser_assets import PaserConfig, PaserDuckDB, build_definitions
+from paser_assets.models.pruning import PruneRecipe
+from paser_assets.registry import VARIANT_TABLES, add_variant, remove_variant
+from paser_assets.runner import observe, refresh, run_graph
+from paser_assets.variants import Variant
+
+SHARED = {
+    "recovery_pool",
+    "recovery_pool_rejected",
+    "instruction_embeddings",
+    "manifold",
+    "clusters",
+    "cluster_profiles",
+    "sample_concepts",
+}
+PER_VARIANT = {
+    "pruned_model",
+    "degradation_scores",
+    "capability_degradation",
+    "selection",
+    "concept_graph",
+    "selection_export",
+}
+
+
+def save_checkpoint(folder: Path, seed: int) -> Path:
+    from conftest import save_tiny_checkpoint  # the tests folder is on sys.path under pytest
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    return save_tiny_checkpoint(folder, seed=seed)
+
+
+def materialized_since(instance: dg.DagsterInstance, after_storage_id: int) -> list[str]:
+    """Asset (partition) materializations recorded in the instance's event log after a storage id."""
+    names = []
+    for key in instance.get_asset_keys():
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, after_storage_id=after_storage_id), limit=1000
+        ).records
+        for record in records:
+            partition = record.partition_key
+            names.append(key.to_user_string() + (f"[{partition}]" if partition else ""))
+    return sorted(names)
+
+
+def last_storage_id(instance: dg.DagsterInstance) -> int:
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("recovery_pool")), limit=1)
+    ids = [r.storage_id for r in records.records]
+    for key in instance.get_asset_keys():
+        latest = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1).records
+        ids.extend(r.storage_id for r in latest)
+    return max(ids, default=0)
+
+
+def variant_rows(database: PaserDuckDB, variant: str) -> dict[str, list[tuple]]:
+    with duckdb.connect(database.database, read_only=True) as conn:
+        conn.execute("USE paser.paser")
+        return {
+            table: conn.execute(f"SELECT * FROM {table} WHERE variant = ? ORDER BY ALL", [variant]).fetchall()
+            for table in VARIANT_TABLES
+        }
+
+
+class Setup:
+    def __init__(self, root: Path, original: Path, variants: dict[str, str]) -> None:
+        self.root = root
+        self.database = PaserDuckDB(database=str(root / "paser.duckdb"))
+        self.config = PaserConfig(
+            demo_size=64,
+            original_model=str(original),
+            variants=variants,
+            model_cache_dir=str(root / "models"),
+            export_dir=str(root / "export"),
+        )
+        self.defs = build_definitions(self.config, self.database)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory):
+    """A real on-disk Dagster instance, as `dagster dev` would use with DAGSTER_HOME set."""
+    root = tmp_path_factory.mktemp("dagster_home")
+    with dg.instance_for_test(temp_dir=str(root)) as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def two_variants(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, home: dg.DagsterInstance):
+    root = tmp_path_factory.mktemp("incremental")
+    external = save_checkpoint(root / "external-checkpoint", seed=1)
+    setup = Setup(root, tiny_llama_dir, {"mag50": "magnitude:0.5", "ext": str(external)})
+    run = run_graph(setup.defs, home)
+    assert run.success, run.failures()
+    return setup, external
+
+
+def test_first_run_materializes_everything_for_every_variant(two_variants, home) -> None:
+    everything = materialized_since(home, 0)
+    expected = SHARED | {f"{a}[{v}]" for a in PER_VARIANT for v in ("mag50", "ext")}
+    assert set(everything) == expected
+
+
+def test_reprune_recomputes_exactly_the_model_dependent_assets(two_variants, home) -> None:
+    setup, external = two_variants
+    before = last_storage_id(home)
+    save_checkpoint(external, seed=7)  # the user re-prunes: new weights in the same folder
+
+    run, stale = refresh(setup.defs, home)
+
+    assert run.success, run.failures()
+    expected = sorted(f"{asset}[ext]" for asset in PER_VARIANT)
+    assert stale == expected
+    assert materialized_since(home, before) == expected  # read back from the instance's event log
+
+    # Observing the unchanged checkpoint again finds nothing to do.
+    before = last_storage_id(home)
+    run, stale = refresh(setup.defs, home)
+    assert run.success and stale == []
+    assert materialized_since(home, before) == []
+    assert "pruned_checkpoint[ext]" in run.observed
+
+
+def test_adding_a_variant_computes_only_it_and_keeps_the_others_byte_for_byte(tiny_llama_dir: Path, tmp_path: Path):
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        setup = Setup(tmp_path, tiny_llama_dir, {"mag50": "magnitude:0.5"})
+        assert run_graph(setup.defs, instance).success
+        first = variant_rows(setup.database, "mag50")
+        assert all(first[table] for table in VARIANT_TABLES)
+        before = last_storage_id(instance)
+
+        add_variant(instance, setup.database, Variant("nm24", recipe=PruneRecipe(method="magnitude", n_m=(2, 4))))
+        run, missing = refresh(setup.defs, instance)  # what `paser variants add` runs
+
+        assert run.success, run.failures()
+        expected = sorted(f"{asset}[nm24]" for asset in PER_VARIANT)
+        assert missing == expected
+        assert materialized_since(instance, before) == expected
+        assert variant_rows(setup.database, "mag50") == first
+        second = variant_rows(setup.database, "nm24")
+        assert all(second[table] for table in VARIANT_TABLES)
+
+        # Removing the new variant deletes its rows and nothing else.
+        deleted = remove_variant(instance, setup.database, "nm24", tmp_path / "export")
+        assert deleted["degradation_scores"] == len(second["degradation_scores"])
+        assert all(not rows for rows in variant_rows(setup.database, "nm24").values())
+        assert variant_rows(setup.database, "mag50") == first
+        assert not (tmp_path / "export" / "nm24").exists()
+        assert (tmp_path / "export" / "mag50" / "selection.parquet").exists()
+        assert "nm24" not in instance.get_dynamic_partitions("variant")
+
+
+def test_automation_requests_the_changed_variant_only(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        external = save_checkpoint(tmp_path / "ckpt", seed=3)
+        setup = Setup(tmp_path, tiny_llama_dir, {"mag50": "magnitude:0.5", "ext": str(external)})
+        assert run_graph(setup.defs, instance).success
+        first = dg.evaluate_automation_conditions(defs=setup.defs, instance=instance)
+        requested = {
+            (key.to_user_string(), partition)
+            for key in (dg.AssetKey(a) for a in PER_VARIANT)
+            for partition in first.get_requested_partitions(key)
+        }
+        assert requested == set()  # everything is up to date
+
+        save_checkpoint(external, seed=11)
+        assert observe(setup.defs, instance).success
+        second = dg.evaluate_automation_conditions(defs=setup.defs, instance=instance, cursor=first.cursor)
+        requested = {
+            (key.to_user_string(), partition)
+            for key in (dg.AssetKey(a) for a in PER_VARIANT)
+            for partition in second.get_requested_partitions(key)
+        }
+        assert requested == {(asset, "ext") for asset in PER_VARIANT}
+        for asset in SHARED:
+            assert not second.get_requested_partitions(dg.AssetKey(asset))
