@@ -1,5 +1,4 @@
-"""Shared fixtures: a tiny randomly initialised Llama with its own small tokenizer, and Dagster
-definitions on a temporary DuckDB file."""
+"""Shared fixtures: a tiny randomly initialised Llama checkpoint (see ``tiny_models``)."""
 
 from __future__ import annotations
 
@@ -7,73 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from tiny_models import save_tiny_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
-
-
-def _training_corpus() -> list[str]:
-    from paser_assets.pool.demo import generate_demo_pool
-
-    records = generate_demo_pool(400, seed=1)
-    return [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in records]
-
-
-def build_tiny_tokenizer(chat_template: bool = True):
-    """A byte-level BPE tokenizer (about 600 tokens) trained on generated demo text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE(unk_token=None))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=["<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_training_corpus(), trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    if chat_template:
-        wrapped.chat_template = CHAT_TEMPLATE
-    return wrapped
-
-
-def build_tiny_llama(vocab_size: int, seed: int = 0, layers: int = 2):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
-    model.eval()
-    return model
-
-
-def save_tiny_checkpoint(folder: Path, seed: int = 0, chat_template: bool = True) -> Path:
-    tokenizer = build_tiny_tokenizer(chat_template)
-    model = build_tiny_llama(len(tokenizer), seed)
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")

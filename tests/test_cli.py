@@ -52,7 +52,7 @@ def test_bad_setting_exits_with_a_clear_message(tmp_path: Path) -> None:
 
 
 def test_reprune_with_the_documented_refresh_command(tmp_path: Path, tiny_llama_dir: Path) -> None:
-    from conftest import save_tiny_checkpoint
+    from tiny_models import save_tiny_checkpoint
 
     external = save_tiny_checkpoint(tmp_path / "pruned", seed=1)
     (tmp_path / "home").mkdir()

@@ -39,7 +39,7 @@ PER_VARIANT = {
 
 
 def save_checkpoint(folder: Path, seed: int) -> Path:
-    from conftest import save_tiny_checkpoint  # the tests folder is on sys.path under pytest
+    from tiny_models import save_tiny_checkpoint  # the tests folder is on sys.path under pytest
 
     if folder.exists():
         shutil.rmtree(folder)

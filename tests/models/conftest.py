@@ -1,4 +1,4 @@
-"""Fixtures shared by the model tests: the tiny-Llama builders of ``tests/conftest.py``, the tiny
+"""Fixtures shared by the model tests: the tiny-Llama builders of ``tests/tiny_models.py``, the tiny
 Llama loaded once, a copy of it without a chat template, and the packaged SmolLM2 GGUF converted
 once per session into a temporary cache."""
 
@@ -16,18 +16,11 @@ from paser_assets.models.checkpoints import convert_gguf, load_causal_lm, packag
 
 
 @pytest.fixture(scope="session")
-def tiny_builders(request: pytest.FixtureRequest) -> ModuleType:
-    """The module object of ``tests/conftest.py`` (``build_tiny_tokenizer``, ``save_tiny_checkpoint``...).
+def tiny_builders() -> ModuleType:
+    """The ``tiny_models`` module (``build_tiny_tokenizer``, ``save_tiny_checkpoint``...)."""
+    import tiny_models
 
-    Conftest files outside packages all import as ``conftest`` and replace each other in
-    ``sys.modules``, so the module is taken from pytest's plugin registry instead.
-    """
-    root = (Path(__file__).parent.parent / "conftest.py").resolve()
-    for plugin in request.config.pluginmanager.get_plugins():
-        file = getattr(plugin, "__file__", None)
-        if file and Path(file).resolve() == root:
-            return plugin
-    raise RuntimeError(f"{root} is not loaded as a conftest plugin")
+    return tiny_models
 
 
 @pytest.fixture(scope="session")

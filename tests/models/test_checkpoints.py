@@ -37,7 +37,6 @@ from paser_assets.models.checkpoints import (
     staging_folder,
     tokenizer_differences,
 )
-from paser_assets.models.pruning import PruneRecipe
 from paser_assets.models.store import ModelSettings, load_pair
 
 MEMO = ".paser-content-hash.json"
@@ -397,14 +396,14 @@ def test_chat_template_difference_is_named(tiny_llama_dir: Path, tiny_alpaca_dir
     assert tokenizer_differences(original, other) == ["chat templates differ"]
 
 
-def settings_for(original: Path, pruned: Path, cache: Path) -> ModelSettings:
-    return ModelSettings(str(original), str(pruned), PruneRecipe(), cache, LoadOptions())
+def settings_for(original: Path, pruned: Path, cache: Path) -> tuple[ModelSettings, ModelReference]:
+    return ModelSettings(str(original), cache, LoadOptions()), parse_model_reference(str(pruned))
 
 
 def test_load_pair_refuses_different_tokenizers(tiny_llama_dir: Path, tiny_alpaca_dir: Path, tmp_path: Path):
-    settings = settings_for(tiny_llama_dir, tiny_alpaca_dir, tmp_path / "cache")
+    settings, pruned = settings_for(tiny_llama_dir, tiny_alpaca_dir, tmp_path / "cache")
     with pytest.raises(CheckpointError, match="disagree") as raised:
-        load_pair(settings, settings.external_pruned)
+        load_pair(settings, pruned)
     assert "chat templates differ" in str(raised.value)
     assert str(tiny_alpaca_dir.resolve()) in str(raised.value)
 
@@ -414,25 +413,27 @@ def test_load_pair_names_a_vocabulary_difference(tiny_llama_dir: Path, tmp_path:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.add_tokens(["<tool_call>"])
     tokenizer.save_pretrained(folder)
-    settings = settings_for(tiny_llama_dir, folder, tmp_path / "cache")
+    settings, pruned = settings_for(tiny_llama_dir, folder, tmp_path / "cache")
     with pytest.raises(CheckpointError, match="vocabularies differ") as raised:
-        load_pair(settings, settings.external_pruned)
+        load_pair(settings, pruned)
     assert "<tool_call>" in str(raised.value)
 
 
 def test_load_pair_with_matching_tokenizers(tiny_llama_dir: Path, tmp_path: Path):
     copy = copy_checkpoint(tiny_llama_dir, tmp_path / "copy")
-    settings = settings_for(tiny_llama_dir, copy, tmp_path / "cache")
-    original, pruned, tokenizer = load_pair(settings, settings.external_pruned)
+    settings, pruned = settings_for(tiny_llama_dir, copy, tmp_path / "cache")
+    original, pruned, tokenizer = load_pair(settings, pruned)
     assert original is not pruned
     assert all_parameters_equal(original, pruned)
     assert tokenizer.eos_token == "</s>"
 
 
-def test_a_hub_id_is_not_accepted_as_the_pruned_model(tiny_llama_dir: Path, tmp_path: Path):
-    settings = ModelSettings(str(tiny_llama_dir), "owner/pruned", PruneRecipe(), tmp_path, LoadOptions())
+def test_a_hub_id_is_not_accepted_as_a_pruned_checkpoint():
+    from paser_assets.assets.models import checkpoint_version
+    from paser_assets.variants import Variant
+
     with pytest.raises(CheckpointError, match="local checkpoint"):
-        _ = settings.external_pruned
+        checkpoint_version(Variant("remote", checkpoint="owner/pruned"))
 
 
 # --- saving -------------------------------------------------------------------------------------------
