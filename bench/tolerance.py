@@ -26,16 +26,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, select
 
 
-def load(db: str, schema: str) -> tuple[list[Candidate], pd.DataFrame]:
+def load(db: str, schema: str, variant: str | None) -> tuple[list[Candidate], pd.DataFrame]:
     with duckdb.connect(db, read_only=True) as conn:
         catalog = conn.execute("SELECT current_database()").fetchall()[0][0]
         prefix = f'"{catalog}"."{schema}"'
+        if variant is None:
+            variant = conn.execute(f"SELECT min(variant) FROM {prefix}.degradation_scores").fetchall()[0][0]
+        print(f"variant {variant}", file=sys.stderr)
         frame = conn.execute(
             f"""SELECT s.sample_id, c.cluster, s.ies, s.jsd, k.concepts
             FROM {prefix}.degradation_scores s JOIN {prefix}.clusters c USING (sample_id)
-            JOIN {prefix}.sample_concepts k USING (sample_id) ORDER BY s.sample_id"""
+            JOIN {prefix}.sample_concepts k USING (sample_id) WHERE s.variant = ? ORDER BY s.sample_id""",
+            [variant],
         ).df()
-        budgets = conn.execute(f"SELECT cluster, cds, budget FROM {prefix}.capability_degradation").df()
+        budgets = conn.execute(
+            f"SELECT cluster, cds, budget FROM {prefix}.capability_degradation WHERE variant = ?", [variant]
+        ).df()
     candidates = [
         Candidate(r.sample_id, int(r.cluster), float(r.ies), float(r.jsd), frozenset(r.concepts))
         for r in frame.itertuples(index=False)
@@ -47,10 +53,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", required=True)
     parser.add_argument("--schema", default="paser")
+    parser.add_argument("--variant", help="the variant to replay (default: the first)")
     parser.add_argument("--taus", default="0,0.1,0.2,0.25,0.3,0.5,1")
     parser.add_argument("--first", type=int, default=3000, help="report acceptance over the first N candidates")
     args = parser.parse_args()
-    candidates, budgets = load(args.db, args.schema)
+    candidates, budgets = load(args.db, args.schema, args.variant)
     quota = dict(zip(budgets["cluster"].astype(int), budgets["budget"].astype(int), strict=True))
     cds = dict(zip(budgets["cluster"].astype(int), budgets["cds"].astype(float), strict=True))
     summary = {}
@@ -72,6 +79,9 @@ def main() -> None:
                 }
             )
         table = pd.DataFrame(rows)
+        selected = [d for d in result.decisions if d.decision == SELECTED]
+        mean_ies = sum(d.ies for d in selected) / max(len(selected), 1)
+        mean_share = sum(d.conflict_share for d in selected) / max(len(selected), 1)
         acceptance = sum(d.decision == SELECTED for d in considered) / max(len(considered), 1)
         acceptance_first = sum(d.decision == SELECTED for d in first) / max(len(first), 1)
         print(
@@ -87,6 +97,8 @@ def main() -> None:
             "considered": len(considered),
             "acceptance": round(acceptance, 4),
             "acceptance_first": round(acceptance_first, 4),
+            "selected_mean_ies": round(mean_ies, 6),
+            "selected_mean_conflict_share": round(mean_share, 4),
         }
     print(json.dumps({"candidates": len(candidates), "taus": summary}))
 
