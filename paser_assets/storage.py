@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -119,6 +121,14 @@ def to_arrow(frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns])
 
 
+def _fault_point(table: str) -> None:
+    """Crash-safety tests set PASER_FAULT_PAUSE=<table> to freeze a run in the middle of writing that table
+    (inside its transaction), announce it on stderr, and kill the process there with SIGKILL."""
+    if os.environ.get("PASER_FAULT_PAUSE") == table:
+        print(f"PASER_FAULT_PAUSE writing {table}", file=sys.stderr, flush=True)
+        time.sleep(3600)
+
+
 def replace_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str, data: pd.DataFrame | pa.Table) -> None:
     """Replace ``schema.table`` with ``data``. Call inside :func:`transaction` to make it atomic."""
     arrow = data if isinstance(data, pa.Table) else to_arrow(data)
@@ -128,6 +138,7 @@ def replace_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str, data
     conn.register(view, arrow)
     try:
         conn.execute(f"CREATE OR REPLACE TABLE {qualified(conn, schema, table)} AS SELECT * FROM {view}")
+        _fault_point(table)
     finally:
         conn.unregister(view)
 
@@ -157,6 +168,7 @@ def replace_partition(
             conn.execute(f"INSERT INTO {target} SELECT * FROM {view}")
         finally:
             conn.unregister(view)
+    _fault_point(table)
 
 
 def append_rows(conn: duckdb.DuckDBPyConnection, schema: str, table: str, data: pd.DataFrame) -> None:
@@ -168,6 +180,7 @@ def append_rows(conn: duckdb.DuckDBPyConnection, schema: str, table: str, data: 
     conn.register(view, to_arrow(data))
     try:
         conn.execute(f"INSERT INTO {qualified(conn, schema, table)} SELECT * FROM {view}")
+        _fault_point(table)
     finally:
         conn.unregister(view)
 
