@@ -8,8 +8,6 @@ BIN := $(VENV)/bin
 #   make demo TORCH_INSTALL="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH_INSTALL ?= torch==2.13.0
 STAMP := $(VENV)/.paser-installed
-export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
-export PASER_DB ?= $(CURDIR)/paser.duckdb
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -27,6 +25,10 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The demo and the UI share the run history in .dagster_home and the tables in paser.duckdb.
+demo ui: export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+demo ui: export PASER_DB ?= $(CURDIR)/paser.duckdb
 
 demo: install
 	@mkdir -p $(DAGSTER_HOME)

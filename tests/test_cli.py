@@ -45,7 +45,9 @@ def test_demo_materializes_and_prints_sql_summary(tmp_path: Path, tiny_llama_dir
 
 
 def test_bad_setting_exits_with_a_clear_message(tmp_path: Path) -> None:
-    result = run_paser(["demo"], {"PASER_DB": str(tmp_path / "x.duckdb"), "PASER_CLUSTERS": "lots"}, tmp_path)
+    result = run_paser(
+        ["demo"], {"PASER_DB": str(tmp_path / "x.duckdb"), "PASER_CLUSTERS": "lots", "DAGSTER_HOME": ""}, tmp_path
+    )
     assert result.returncode == 2
     assert "PASER_CLUSTERS='lots'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -99,7 +101,7 @@ def test_reprune_with_the_documented_refresh_command(tmp_path: Path, tiny_llama_
 def test_bad_variant_name_is_refused(tmp_path: Path) -> None:
     result = run_paser(
         ["variants", "add", "x'; DROP TABLE paser.selection; --", "wanda:0.5"],
-        {"PASER_DB": str(tmp_path / "x.duckdb")},
+        {"PASER_DB": str(tmp_path / "x.duckdb"), "DAGSTER_HOME": ""},
         tmp_path,
     )
     assert result.returncode == 2 and "invalid variant name" in result.stderr

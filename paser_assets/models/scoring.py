@@ -8,15 +8,17 @@ applied to response positions alone, a chunk at a time (see ``core.divergence``)
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from paser_assets.core.divergence import chunked_divergence
+from paser_assets.core.divergence import divergence_and_nll, log_softmax_parts
 from paser_assets.core.efficiency import individual_efficiency
+from paser_assets.core.topk import lumped_jsd, topk_summary
+from paser_assets.models.original_cache import OriginalOutputCache, OriginalSummary
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task{with_input}. "
@@ -126,20 +128,40 @@ def supports_hidden_state_scoring(model: Any) -> bool:
     return not (getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None))
 
 
-class PairScorer:
-    """Scores batches of encoded samples through an (original, pruned) pair of models."""
+@dataclass
+class BatchScores:
+    """Scores of a batch, plus what the original-output cache needs."""
 
-    def __init__(self, original: Any, pruned: Any, pad_token_id: int, chunk_size: int = 128) -> None:
+    scores: list[SampleScore]
+    summaries: dict[str, OriginalSummary]  # new original summaries (empty when read from the cache)
+    lumped_errors: list[float]  # |exact - lumped| sample means, measured when both were computed
+    used_cache: bool
+
+
+def _per_sample_means(values: torch.Tensor, batch: Sequence[EncodedSample]) -> list[float]:
+    means, offset = [], 0
+    for sample in batch:
+        means.append(float(values[offset : offset + sample.response_tokens].double().mean()))
+        offset += sample.response_tokens
+    return means
+
+
+class PairScorer:
+    """Scores batches of encoded samples through an (original, pruned) pair of models.
+
+    ``original`` may be None when every batch is scored from the original-output cache.
+    """
+
+    def __init__(self, original: Any | None, pruned: Any, pad_token_id: int, chunk_size: int = 128) -> None:
         for name, model in (("original", original), ("pruned", pruned)):
-            if not supports_hidden_state_scoring(model):
+            if model is not None and not supports_hidden_state_scoring(model):
                 raise ValueError(f"the {name} model scales or caps its logits; its architecture is not supported")
         self.original = original
         self.pruned = pruned
         self.pad_token_id = pad_token_id
         self.chunk_size = chunk_size
 
-    @torch.inference_mode()
-    def score(self, batch: Sequence[EncodedSample]) -> list[SampleScore]:
+    def _pack(self, batch: Sequence[EncodedSample]) -> tuple[torch.Tensor, ...]:
         width = max(len(sample.input_ids) for sample in batch)
         input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -152,50 +174,82 @@ class PairScorer:
             positions = range(sample.prompt_tokens - 1, length - 1)
             rows.extend([row] * len(positions))
             columns.extend(positions)
-        row_index, column_index = torch.tensor(rows), torch.tensor(columns)
+        return input_ids, attention_mask, torch.tensor(rows), torch.tensor(columns)
+
+    def score(self, batch: Sequence[EncodedSample]) -> list[SampleScore]:
+        """Exact scores of a batch (both models, full-vocabulary JSD)."""
+        return self.score_batch(batch).scores
+
+    @torch.inference_mode()
+    def score_batch(
+        self, batch: Sequence[EncodedSample], cache: OriginalOutputCache | None = None, top_k: int = 0
+    ) -> BatchScores:
+        """Score a batch. With ``top_k`` > 0 the JSD is the lumped top-k JSD (see ``core.topk``): read from
+        ``cache`` when it holds every sample of the batch (only the pruned model runs), else computed
+        from both models, with the original's summaries returned for the cache and the gap to the
+        exact JSD measured."""
+        input_ids, attention_mask, row_index, column_index = self._pack(batch)
         targets = input_ids[row_index, column_index + 1]
-        hidden_original = _final_hidden(self.original, input_ids, attention_mask)[row_index, column_index]
         hidden_pruned = _final_hidden(self.pruned, input_ids, attention_mask)[row_index, column_index]
-        jsd, nll_original, nll_pruned = chunked_divergence(
-            hidden_original,
-            hidden_pruned,
-            self.original.get_output_embeddings(),
-            self.pruned.get_output_embeddings(),
-            targets,
-            self.chunk_size,
-        )
-        scores = []
-        offset = 0
-        for sample in batch:
-            span = slice(offset, offset + sample.response_tokens)
-            offset += sample.response_tokens
-            scores.append(
-                SampleScore(
-                    sample.sample_id,
-                    float(jsd[span].double().mean()),
-                    float(nll_original[span].double().mean()),
-                    float(nll_pruned[span].double().mean()),
-                    sample.prompt_tokens,
-                    sample.response_tokens,
-                    sample.truncated,
+        head_pruned = self.pruned.get_output_embeddings()
+        count = targets.shape[0]
+        jsd = torch.empty(count)
+        nll_original = torch.empty(count)
+        nll_pruned = torch.empty(count)
+        use_cache = top_k > 0 and cache is not None and all(sample.sample_id in cache for sample in batch)
+        summaries: dict[str, OriginalSummary] = {}
+        errors: list[float] = []
+        if use_cache:
+            assert cache is not None
+            cached = [cache.get(sample.sample_id) for sample in batch]
+            top_ids = torch.from_numpy(np.concatenate([c.ids for c in cached]))
+            top_log_p = torch.from_numpy(np.concatenate([c.log_probs for c in cached]))
+            nll_original = torch.from_numpy(np.concatenate([c.nll for c in cached]))
+            for start in range(0, count, self.chunk_size):
+                rows = slice(start, start + self.chunk_size)
+                logits = head_pruned(hidden_pruned[rows])
+                jsd[rows] = lumped_jsd(top_ids[rows], top_log_p[rows], logits)
+                nll_pruned[rows] = -log_softmax_parts(logits).gather(-1, targets[rows].view(-1, 1)).squeeze(-1)
+        else:
+            if self.original is None:
+                raise ValueError("the original model is needed for samples missing from the original-output cache")
+            hidden_original = _final_hidden(self.original, input_ids, attention_mask)[row_index, column_index]
+            head_original = self.original.get_output_embeddings()
+            exact = torch.empty(count)
+            top_ids = torch.empty((count, max(top_k, 1)), dtype=torch.int32)
+            top_log_p = torch.empty((count, max(top_k, 1)))
+            for start in range(0, count, self.chunk_size):
+                rows = slice(start, start + self.chunk_size)
+                logits_original = head_original(hidden_original[rows])
+                logits_pruned = head_pruned(hidden_pruned[rows])
+                exact[rows], nll_original[rows], nll_pruned[rows] = divergence_and_nll(
+                    logits_original, logits_pruned, targets[rows]
                 )
+                if top_k > 0:
+                    top_ids[rows], top_log_p[rows] = topk_summary(logits_original, top_k)
+                    jsd[rows] = lumped_jsd(top_ids[rows], top_log_p[rows], logits_pruned)
+            if top_k > 0:
+                offset = 0
+                for sample in batch:
+                    span = slice(offset, offset + sample.response_tokens)
+                    offset += sample.response_tokens
+                    summaries[sample.sample_id] = OriginalSummary(
+                        top_ids[span].numpy().copy(), top_log_p[span].numpy().copy(), nll_original[span].numpy().copy()
+                    )
+                errors = [
+                    abs(a - b)
+                    for a, b in zip(_per_sample_means(exact, batch), _per_sample_means(jsd, batch), strict=True)
+                ]
+            else:
+                jsd = exact
+        scores = [
+            SampleScore(sample.sample_id, j, o, p, sample.prompt_tokens, sample.response_tokens, sample.truncated)
+            for sample, j, o, p in zip(
+                batch,
+                _per_sample_means(jsd, batch),
+                _per_sample_means(nll_original, batch),
+                _per_sample_means(nll_pruned, batch),
+                strict=True,
             )
-        return scores
-
-
-def score_samples(
-    scorer: PairScorer,
-    samples: Sequence[EncodedSample],
-    batches: Sequence[Sequence[int]],
-    on_batch: Callable[[list[SampleScore]], None] | None = None,
-) -> Iterator[list[SampleScore]]:
-    """Yield the scores of each planned batch in turn (so callers can store them as they come)."""
-    for batch in batches:
-        scores = scorer.score([samples[i] for i in batch])
-        if on_batch is not None:
-            on_batch(scores)
-        yield scores
-
-
-def mean_or_nan(values: Sequence[float]) -> float:
-    return float(sum(values) / len(values)) if values else math.nan
+        ]
+        return BatchScores(scores, summaries, errors, use_cache)

@@ -7,6 +7,7 @@ import copy
 import itertools
 import math
 import random
+import statistics
 
 import pytest
 import torch
@@ -21,9 +22,7 @@ from paser_assets.models.scoring import (
     SampleScore,
     build_prompt,
     encode_sample,
-    mean_or_nan,
     plan_batches,
-    score_samples,
 )
 from paser_assets.pool.demo import generate_demo_pool
 
@@ -284,12 +283,11 @@ def test_chunk_size_does_not_matter(sharp_pair, tokenizer, samples):
         assert a.original_nll == pytest.approx(b.original_nll, rel=1e-6)
 
 
-def test_score_samples_follows_the_plan(model, pruned, tokenizer, samples):
+def test_scoring_by_planned_batches_matches_one_batch(model, pruned, tokenizer, samples):
     plan = plan_batches([len(s.input_ids) for s in samples], token_budget=300, max_batch=3)
     assert len(plan) > 1
-    seen: list[list[SampleScore]] = []
-    results = list(score_samples(PairScorer(model, pruned, tokenizer.pad_token_id), samples, plan, seen.append))
-    assert results == seen
+    scorer = PairScorer(model, pruned, tokenizer.pad_token_id)
+    results = [scorer.score([samples[i] for i in batch]) for batch in plan]
     assert [[s.sample_id for s in batch] for batch in results] == [[samples[i].sample_id for i in b] for b in plan]
     by_id = {s.sample_id: s for batch in results for s in batch}
     together = {s.sample_id: s for s in PairScorer(model, pruned, tokenizer.pad_token_id).score(samples)}
@@ -311,8 +309,6 @@ def test_sample_score_cost_and_efficiency():
     assert score.cost == 100
     assert score.ies == pytest.approx(0.3 / math.log(100))
     assert math.isnan(SampleScore("y", 0.3, 1.0, 2.0, 1, 0, False).ies)
-    assert mean_or_nan([1.0, 2.0, 6.0]) == 3.0
-    assert math.isnan(mean_or_nan([]))
 
 
 # --- the packaged SmolLM2 ------------------------------------------------------------------------------
@@ -340,7 +336,7 @@ def test_smollm2_pruned_pair(smollm2):
     for score in scores:
         assert math.isfinite(score.jsd) and 0.0 < score.jsd <= LN2
         assert math.isfinite(score.original_nll) and math.isfinite(score.pruned_nll)
-    assert mean_or_nan([s.original_nll for s in scores]) < mean_or_nan([s.pruned_nll for s in scores])
+    assert statistics.mean(s.original_nll for s in scores) < statistics.mean(s.pruned_nll for s in scores)
 
 
 @pytest.mark.slow
@@ -349,3 +345,46 @@ def test_smollm2_against_itself_is_zero(smollm2):
     for score in PairScorer(model, model, tokenizer.pad_token_id).score(samples):
         assert score.jsd == 0.0
         assert score.original_nll == score.pruned_nll and math.isfinite(score.original_nll)
+
+
+# --- the original-output cache ---------------------------------------------------------------------------
+
+
+def test_cached_original_summaries_give_the_same_lumped_scores_with_the_pruned_model_alone(
+    model, pruned, tokenizer, samples, tmp_path
+):
+    from paser_assets.models.original_cache import OriginalOutputCache
+
+    cache = OriginalOutputCache(tmp_path, "key", k=16)
+    first = PairScorer(model, pruned, tokenizer.pad_token_id).score_batch(samples, cache, top_k=16)
+    assert not first.used_cache and len(first.summaries) == len(samples)
+    cache.put(first.summaries)
+    reopened = OriginalOutputCache(tmp_path, "key", k=16)
+    assert len(reopened) == len(samples)
+    again = PairScorer(None, pruned, tokenizer.pad_token_id).score_batch(samples, reopened, top_k=16)
+    assert again.used_cache
+    for a, b in zip(first.scores, again.scores, strict=True):
+        assert a.jsd == pytest.approx(b.jsd, abs=1e-7)
+        assert a.original_nll == pytest.approx(b.original_nll, abs=1e-6)
+        assert a.pruned_nll == pytest.approx(b.pruned_nll, abs=1e-5)
+    exact = PairScorer(model, pruned, tokenizer.pad_token_id).score(samples)
+    for lumped, full, error in zip(first.scores, exact, first.lumped_errors, strict=True):
+        assert lumped.jsd <= full.jsd + 1e-7  # lumping the tail never increases the divergence
+        assert error == pytest.approx(full.jsd - lumped.jsd, abs=1e-7)
+
+
+def test_lumped_scores_of_identical_models_are_exactly_zero(model, tokenizer, samples, tmp_path):
+    from paser_assets.models.original_cache import OriginalOutputCache
+
+    cache = OriginalOutputCache(tmp_path, "same", k=8)
+    first = PairScorer(model, model, tokenizer.pad_token_id).score_batch(samples, cache, top_k=8)
+    cache.put(first.summaries)
+    second = PairScorer(None, model, tokenizer.pad_token_id).score_batch(samples, cache, top_k=8)
+    assert all(s.jsd == 0.0 for s in first.scores + second.scores)
+
+
+def test_missing_original_model_is_a_clear_error(pruned, tokenizer, samples, tmp_path):
+    from paser_assets.models.original_cache import OriginalOutputCache
+
+    with pytest.raises(ValueError, match="original model is needed"):
+        PairScorer(None, pruned, tokenizer.pad_token_id).score_batch(samples, OriginalOutputCache(tmp_path, "x", 4), 4)
