@@ -148,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingError, VariantError, storage.DatabaseLockedError) as error:
         print(f"paser: {error}", file=sys.stderr)
         return 2
+    except dg.Failure as error:
+        print(f"paser: {error.description}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

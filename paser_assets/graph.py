@@ -9,11 +9,11 @@ import dagster as dg
 
 from paser_assets.assets.models import MODEL_ASSETS
 from paser_assets.assets.pool import recovery_pool
-from paser_assets.assets.scores import capability_degradation, degradation_scores
+from paser_assets.assets.scores import build_degradation_scores, capability_degradation
 from paser_assets.assets.selection import SELECTION_CHECKS, sample_concepts, selection, selection_export
 from paser_assets.assets.semantic import cluster_profiles, clusters, instruction_embeddings, manifold
 from paser_assets.automation import build_sensors, model_dependent_condition
-from paser_assets.resources import PaserConfig, PaserDuckDB
+from paser_assets.resources import PaserConfig, PaserDuckDB, SettingError
 
 # The settings each asset's output depends on. They are folded into the asset's code_version, so
 # that changing a setting marks exactly the assets it affects as stale in the UI.
@@ -74,7 +74,7 @@ def build_definitions(config: PaserConfig | None = None, database: PaserDuckDB |
         cluster_profiles,
         sample_concepts,
         *MODEL_ASSETS[2:],
-        degradation_scores,
+        build_degradation_scores(config.score_shards),
         capability_degradation,
         selection,
         selection_export,
@@ -84,4 +84,23 @@ def build_definitions(config: PaserConfig | None = None, database: PaserDuckDB |
         asset_checks=SELECTION_CHECKS,
         sensors=build_sensors(config),
         resources={"paser": config, "duckdb": database},
+        executor=build_executor(config),
     )
+
+
+def build_executor(config: PaserConfig) -> dg.ExecutorDefinition:
+    """The executor of runs launched from the UI or `dagster asset materialize` (PASER_EXECUTOR)."""
+    if config.executor == "multiprocess":
+        return dg.multiprocess_executor
+    if config.executor == "dask":
+        try:
+            from dagster_dask import dask_executor
+        except ImportError as error:  # pragma: no cover - dagster-dask is a dependency
+            raise SettingError("PASER_EXECUTOR=dask needs the dagster-dask package") from error
+        cluster = (
+            {"existing": {"address": config.dask_address}}
+            if config.dask_address
+            else {"local": {"n_workers": 2, "threads_per_worker": 1}}
+        )
+        return dask_executor.configured({"cluster": cluster})
+    return dg.in_process_executor

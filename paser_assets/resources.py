@@ -136,6 +136,24 @@ class PaserConfig(dg.ConfigurableResource):
     max_tokens: int = Field(default=512, description="Prompt + response tokens scored per sample (longer are cut).")
     scoring_token_budget: int = Field(default=4096, description="Padded tokens per scoring batch.")
     scoring_max_batch: int = Field(default=16, description="Rows per scoring batch.")
+    score_shards: int = Field(
+        default=1,
+        description="Shards of degradation_scores per variant (partitions), so that a backfill spreads scoring "
+        "over processes or machines.",
+    )
+    executor: Literal["in_process", "multiprocess", "dask"] = Field(
+        default="in_process",
+        description="Executor of Dagster runs launched from the UI or `dagster asset materialize`: in_process, "
+        "multiprocess, or dask (a Dask cluster; see dask_address).",
+    )
+    dask_address: str | None = Field(
+        default=None, description="Scheduler address of an existing Dask cluster; unset starts a local one."
+    )
+    original_cache: bool = Field(
+        default=True,
+        description="Keep the original model's final hidden states on the response tokens on disk (float16), "
+        "so that scoring another pruned variant runs only the pruned model.",
+    )
     budget: float = Field(default=0.2, description="Selection budget: a count, or a fraction of the pool such as 0.2.")
     # -- selection and export
     concepts_per_sample: int = Field(default=6, description="Keyphrase concepts kept per sample.")
@@ -165,6 +183,7 @@ class PaserConfig(dg.ConfigurableResource):
         "scoring_token_budget",
         "scoring_max_batch",
         "concepts_per_sample",
+        "score_shards",
     )
     @classmethod
     def _positive(cls, value: int) -> int:
@@ -224,7 +243,7 @@ class PaserConfig(dg.ConfigurableResource):
                 values[field_name] = parse_variant_map(raw)
             elif field_name == "n_clusters" and raw.lower() == "auto":
                 values[field_name] = None
-            elif field_name in ("manifold", "cluster_space", "prune_method"):
+            elif field_name in ("manifold", "cluster_space", "prune_method", "executor"):
                 values[field_name] = raw.lower()
             else:
                 values[field_name] = raw
@@ -270,6 +289,10 @@ ENV_VARS: dict[str, str] = {
     "max_tokens": "PASER_MAX_TOKENS",
     "scoring_token_budget": "PASER_SCORING_TOKEN_BUDGET",
     "scoring_max_batch": "PASER_SCORING_MAX_BATCH",
+    "score_shards": "PASER_SCORE_SHARDS",
+    "executor": "PASER_EXECUTOR",
+    "dask_address": "PASER_DASK_ADDRESS",
+    "original_cache": "PASER_ORIGINAL_CACHE",
     "budget": "PASER_BUDGET",
     "concepts_per_sample": "PASER_CONCEPTS_PER_SAMPLE",
     "conflict_tolerance": "PASER_CONFLICT_TOLERANCE",
@@ -313,7 +336,11 @@ class PaserDuckDB(DuckDBResource):
 
     @contextmanager
     def get_connection(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        conn = storage.connect(self.database, read_only=read_only, lock_timeout_s=self.lock_timeout_s)
+        try:
+            conn = storage.connect(self.database, read_only=read_only, lock_timeout_s=self.lock_timeout_s)
+        except storage.DatabaseLockedError as error:
+            # A deliberate failure with its own clear message, reported without a stack trace.
+            raise dg.Failure(description=str(error)) from None
         try:
             yield conn
         finally:

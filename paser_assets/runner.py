@@ -1,12 +1,14 @@
 """Run the graph in this process: everything, a selection, or exactly what is stale (``paser refresh``).
 
 The shared assets (pool, embeddings, clusters, concepts) are not partitioned; everything that reads
-a pruned model is partitioned by variant. A graph run is therefore one run for the shared assets
-(which also observes the checkpoints) and one run per variant.
+a pruned model is partitioned by variant, and degradation_scores also by shard. A graph run is
+therefore one run for the shared assets (which also observes the checkpoints), then per variant: a
+run for pruned_model, one per scoring shard, and one for the rest.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -18,12 +20,48 @@ from paser_assets.staleness import StaleSet, stale_or_missing
 from paser_assets.variants import VARIANT_PARTITIONS
 
 OBSERVED = (dg.AssetKey("original_model"), dg.AssetKey("pruned_checkpoint"))
+SCORES = dg.AssetKey("degradation_scores")
 LOG_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+EPHEMERAL_JOB = "__ephemeral_asset_job__"
+
+
+def _is_deliberate_failure(event) -> bool:
+    """A step or run failure caused by a ``dg.Failure`` that our code raised with a clear description."""
+    error = getattr(getattr(event, "event_specific_data", None), "error", None)
+    return error is not None and error.cls_name == "Failure"
+
+
+class _ConciseFailures(logging.Filter):
+    """On the console, a failure raised on purpose (``dg.Failure``: a bad input file, a bad setting) is shown
+    as its one header line, without Dagster's stack trace: the caller reports the message once (the CLI's
+    ``FAILED step: message`` lines) and the full error stays in the run's event log. Unexpected exceptions
+    keep their stack trace, which is what one needs to debug them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        meta = getattr(record, "dagster_meta", None)
+        event = meta.get("dagster_event") if isinstance(meta, dict) else None
+        if event is not None and (event.is_step_failure or event.is_run_failure) and _is_deliberate_failure(event):
+            record.msg = str(record.msg).split("\n\n", 1)[0]
+            record.args = ()
+        return True
+
+
+@dg.logger(
+    config_schema=dg.colored_console_logger.config_schema, description="Dagster's console logger, concise failures."
+)
+def concise_console_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
+    console = dg.colored_console_logger.logger_fn(init_context)
+    console.addFilter(_ConciseFailures())
+    return console
 
 
 def default_instance() -> dg.DagsterInstance:
     """The instance in DAGSTER_HOME (what `dagster dev` shows), or an ephemeral one when it is unset."""
-    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        return dg.DagsterInstance.ephemeral()
+    os.makedirs(home, exist_ok=True)  # a fresh checkout has no .dagster_home yet
+    return dg.DagsterInstance.get()
 
 
 @dataclass
@@ -71,8 +109,15 @@ class GraphRun:
         for result in self.results:
             for event in result.all_events:
                 if event.is_step_failure and event.step_failure_data is not None:
-                    error = event.step_failure_data.error
-                    messages.append(f"{event.step_key}: {error.message.strip() if error else 'unknown error'}")
+                    data = event.step_failure_data
+                    if data.user_failure_data is not None and data.user_failure_data.description:
+                        message = data.user_failure_data.description.strip()  # a dg.Failure's own words
+                    elif data.error is not None:
+                        causes = [data.error, *([data.error.cause] if data.error.cause else [])]
+                        message = ": ".join(error.message.strip() for error in causes)
+                    else:
+                        message = "unknown error"
+                    messages.append(f"{event.step_key}: {message}")
         return messages
 
 
@@ -87,21 +132,74 @@ def _execute(
     instance: dg.DagsterInstance,
     partition_key: str | None = None,
 ) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        [*(defs.assets or []), *(defs.asset_checks or [])],
-        selection=dg.AssetSelection.assets(*keys),
+    # What dg.materialize does, plus our console logger (materialize takes no loggers).
+    job_defs = dg.Definitions(
+        jobs=[dg.define_asset_job(EPHEMERAL_JOB, selection=dg.AssetSelection.assets(*keys))],
+        assets=[*(defs.assets or []), *(defs.asset_checks or [])],
         resources=defs.resources,
-        instance=instance,
-        partition_key=partition_key,
-        raise_on_error=False,
-        run_config=LOG_CONFIG,
+        loggers={"console": concise_console_logger},
+    )
+    return job_defs.resolve_job_def(EPHEMERAL_JOB).execute_in_process(
+        run_config=LOG_CONFIG, instance=instance, partition_key=partition_key, raise_on_error=False
     )
 
 
-def _split(defs: dg.Definitions, keys: set[dg.AssetKey]) -> tuple[set[dg.AssetKey], set[dg.AssetKey]]:
+@dataclass
+class Plan:
+    """Asset keys grouped by when they run: shared, then per variant before scoring, scoring, after."""
+
+    shared: set[dg.AssetKey] = field(default_factory=set)
+    before: set[dg.AssetKey] = field(default_factory=set)
+    scoring: set[dg.AssetKey] = field(default_factory=set)
+    after: set[dg.AssetKey] = field(default_factory=set)
+
+
+def _plan(defs: dg.Definitions, keys: set[dg.AssetKey]) -> Plan:
     graph = defs.resolve_asset_graph()
-    partitioned = {key for key in keys if graph.get(key).partitions_def is not None and key not in OBSERVED}
-    return keys - partitioned, partitioned
+    scoring = {key for key in keys if isinstance(graph.get(key).partitions_def, dg.MultiPartitionsDefinition)}
+    ancestors: set[dg.AssetKey] = set()
+    frontier = [SCORES]
+    while frontier:
+        for parent in graph.get(frontier.pop()).parent_keys:
+            if parent not in ancestors:
+                ancestors.add(parent)
+                frontier.append(parent)
+    plan = Plan(scoring=scoring)
+    for key in keys - scoring:
+        if graph.get(key).partitions_def is None or key in OBSERVED:
+            plan.shared.add(key)
+        elif key in ancestors:
+            plan.before.add(key)
+        else:
+            plan.after.add(key)
+    return plan
+
+
+def _shard_keys(defs: dg.Definitions, variant: str) -> list[dg.MultiPartitionKey]:
+    shards = defs.resolve_asset_graph().get(SCORES).partitions_def
+    assert isinstance(shards, dg.MultiPartitionsDefinition)
+    names = shards.get_partitions_def_for_dimension("shard").get_partition_keys()
+    return [dg.MultiPartitionKey({"shard": shard, "variant": variant}) for shard in names]
+
+
+def _run_variant(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    variant: str,
+    plan: Plan,
+    run: GraphRun,
+    shard_keys: list[dg.MultiPartitionKey] | None = None,
+) -> None:
+    """pruned_model, then every scoring shard, then the rest, for one variant; stops at a failure."""
+    if plan.before:
+        run.results.append(_execute(defs, plan.before, instance, partition_key=variant))
+    if plan.scoring and run.success:
+        for key in shard_keys if shard_keys is not None else _shard_keys(defs, variant):
+            run.results.append(_execute(defs, plan.scoring, instance, partition_key=key))
+            if not run.success:
+                return
+    if plan.after and run.success:
+        run.results.append(_execute(defs, plan.after, instance, partition_key=variant))
 
 
 def run_graph(
@@ -117,18 +215,18 @@ def run_graph(
         names = variants
     graph = defs.resolve_asset_graph()
     wanted = (
-        dg.AssetSelection.from_string(selection).resolve(graph)
+        # a multi-asset (recovery_pool + recovery_pool_rejected) runs whole: select its siblings too
+        dg.AssetSelection.from_string(selection).required_multi_asset_neighbors().resolve(graph)
         if selection
         else set(graph.materializable_asset_keys) | set(OBSERVED)
     )
-    shared, partitioned = _split(defs, set(wanted))
+    plan = _plan(defs, set(wanted))
     run = GraphRun()
-    if shared:
-        run.results.append(_execute(defs, shared, instance))
-        if not run.success:
-            return run
-    for name in names if partitioned else []:
-        run.results.append(_execute(defs, partitioned, instance, partition_key=name))
+    if plan.shared:
+        run.results.append(_execute(defs, plan.shared, instance))
+    for name in names if (plan.before or plan.scoring or plan.after) else []:
+        if run.success:
+            _run_variant(defs, instance, name, plan, run)
     return run
 
 
@@ -156,13 +254,33 @@ def refresh(defs: dg.Definitions, instance: dg.DagsterInstance, max_waves: int =
             break
         if stale.unpartitioned:
             run.results.append(_execute(defs, stale.unpartitioned, instance))
-            if not run.success:
-                break
             continue  # shared assets changed: look again before running variants
-        for variant, keys in sorted(stale.by_variant.items()):
-            if keys:
-                run.results.append(_execute(defs, keys, instance, partition_key=variant))
+        variants = sorted(
+            {
+                key.keys_by_dimension["variant"] if isinstance(key, dg.MultiPartitionKey) else key
+                for key in map(_partition_key, stale.by_partition)
+            }
+        )
+        for variant in variants:
+            keys = set(stale.by_partition.get(variant, set()))
+            shard_keys = [
+                _partition_key(p)
+                for p in sorted(stale.by_partition)
+                if isinstance(_partition_key(p), dg.MultiPartitionKey)
+                and _partition_key(p).keys_by_dimension["variant"] == variant
+            ]
+            plan = _plan(defs, keys)
+            plan.scoring = {key for p in shard_keys for key in stale.by_partition[str(p)]}
+            _run_variant(defs, instance, variant, plan, run, shard_keys=shard_keys)
     return run, first or []
+
+
+def _partition_key(text: str) -> str | dg.MultiPartitionKey:
+    """A stale-set partition key: a variant name, or ``shard|variant`` of degradation_scores."""
+    if "|" not in text:
+        return text
+    shard, variant = text.split("|", 1)
+    return dg.MultiPartitionKey({"shard": shard, "variant": variant})
 
 
 def registered_variant_names(instance: dg.DagsterInstance) -> list[str]:

@@ -14,24 +14,23 @@ from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, Temp
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._time import get_current_datetime
 
-from paser_assets.variants import VARIANT_PARTITIONS
-
 
 @dataclass
 class StaleSet:
-    """Stale or missing assets: unpartitioned keys, and partitioned keys per variant."""
+    """Stale or missing assets: unpartitioned keys, and partitioned keys per partition key (a variant,
+    or a ``shard|variant`` key of degradation_scores)."""
 
     unpartitioned: set[dg.AssetKey] = field(default_factory=set)
-    by_variant: dict[str, set[dg.AssetKey]] = field(default_factory=dict)
+    by_partition: dict[str, set[dg.AssetKey]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.unpartitioned) or any(self.by_variant.values())
+        return bool(self.unpartitioned) or any(self.by_partition.values())
 
     def describe(self) -> list[str]:
-        names = sorted(key.to_user_string() for key in self.unpartitioned)
-        for variant, keys in sorted(self.by_variant.items()):
-            names.extend(f"{key.to_user_string()}[{variant}]" for key in sorted(keys, key=lambda k: k.path))
-        return names
+        names = [key.to_user_string() for key in self.unpartitioned]
+        for partition, keys in self.by_partition.items():
+            names.extend(f"{key.to_user_string()}[{partition}]" for key in keys)
+        return sorted(names)
 
 
 def stale_or_missing(defs: dg.Definitions, instance: dg.DagsterInstance) -> StaleSet:
@@ -43,7 +42,6 @@ def stale_or_missing(defs: dg.Definitions, instance: dg.DagsterInstance) -> Stal
         asset_graph=graph,
     )
     resolver = CachingStaleStatusResolver(instance, graph, view)
-    variants = instance.get_dynamic_partitions(VARIANT_PARTITIONS)
     result = StaleSet()
     for key in graph.materializable_asset_keys:
         node = graph.get(key)
@@ -51,7 +49,7 @@ def stale_or_missing(defs: dg.Definitions, instance: dg.DagsterInstance) -> Stal
             if resolver.get_status(key) in (StaleStatus.STALE, StaleStatus.MISSING):
                 result.unpartitioned.add(key)
             continue
-        for variant in variants:
-            if resolver.get_status(key, variant) in (StaleStatus.STALE, StaleStatus.MISSING):
-                result.by_variant.setdefault(variant, set()).add(key)
+        for partition in node.partitions_def.get_partition_keys(dynamic_partitions_store=instance):
+            if resolver.get_status(key, partition) in (StaleStatus.STALE, StaleStatus.MISSING):
+                result.by_partition.setdefault(str(partition), set()).add(key)
     return result

@@ -39,7 +39,8 @@ def validate_identifier(name: str, what: str = "identifier") -> str:
 
 def _describe_process(pid: int) -> str:
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        cmdline = " ".join(raw.split())  # one line, also for `python -c` scripts
     except OSError:
         return f"PID {pid}"
     return f"PID {pid} ({cmdline[:160]})" if cmdline else f"PID {pid}"
@@ -50,9 +51,9 @@ def _lock_message(database: str, error: Exception, waited_s: float) -> str:
     holder = _describe_process(int(match.group(1))) if match else "another process"
     return (
         f"the DuckDB file {database} is locked by {holder}; waited {waited_s:.0f} s. "
-        "Close that connection (or open it with read_only=True only while no run writes), "
-        "or raise PASER_DB_LOCK_TIMEOUT to wait longer. To query while runs go on, query the "
-        "snapshot that each run publishes (see the README, 'Querying while runs go on')."
+        "Close that connection or let that process finish (a read-only connection blocks writers too), "
+        "or raise PASER_DB_LOCK_TIMEOUT to wait longer. To query while runs go on, see "
+        "'Querying while runs go on' in the README."
     )
 
 
@@ -116,6 +117,8 @@ def to_arrow(frame: pd.DataFrame) -> pa.Table:
         if len(column) and isinstance(column.iloc[0], np.ndarray):
             matrix = np.stack(column.to_list()).astype(np.float32)
             arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1]))
+        elif not len(column) and column.dtype == object:
+            arrays.append(pa.array([], type=pa.string()))  # an empty text column, not a NULL-typed one
         else:
             arrays.append(pa.array(column, from_pandas=True))
     return pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns])
@@ -144,12 +147,14 @@ def replace_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str, data
 
 
 def replace_partition(
-    conn: duckdb.DuckDBPyConnection, schema: str, table: str, column: str, value: str, data: pd.DataFrame
+    conn: duckdb.DuckDBPyConnection, schema: str, table: str, where: dict[str, object], data: pd.DataFrame
 ) -> None:
-    """Replace the rows of ``schema.table`` whose ``column`` equals ``value`` with ``data``; other rows stay as
-    they are, byte for byte. ``data`` must hold ``column``. Call inside :func:`transaction`."""
-    if column not in data.columns or not (data[column] == value).all():
-        raise ValueError(f"every row written to {table} for {column}={value!r} must carry that value")
+    """Replace the rows of ``schema.table`` matching ``where`` (column -> value, e.g. {"variant": "w50"}) with
+    ``data``; other rows stay as they are, byte for byte. ``data`` must carry those values. Call inside
+    :func:`transaction`."""
+    for name, expected in where.items():
+        if name not in data.columns or not (data[name] == expected).all():
+            raise ValueError(f"every row written to {table} for {name}={expected!r} must carry that value")
     if not table_exists(conn, schema, table):
         replace_table(conn, schema, table, data)
         return
@@ -160,7 +165,8 @@ def replace_partition(
             f"{schema}.{table} has columns {existing}, but this version writes {list(data.columns)}: "
             f"drop the table (DROP TABLE {schema}.{table}) and materialize its asset again"
         )
-    conn.execute(f'DELETE FROM {target} WHERE "{validate_identifier(column, "column name")}" = ?', [value])
+    condition = " AND ".join(f'"{validate_identifier(name, "column name")}" = ?' for name in where)
+    conn.execute(f"DELETE FROM {target} WHERE {condition}", list(where.values()))
     if len(data):
         view = f"_paser_partition_{table}"
         conn.register(view, to_arrow(data))

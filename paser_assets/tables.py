@@ -80,6 +80,7 @@ TABLES: dict[str, Columns] = {
     },
     "degradation_scores": {
         "variant": ("VARCHAR", "Pruned variant the scores belong to"),
+        "shard": ("BIGINT", "Scoring shard of the sample (a hash of sample_id modulo PASER_SCORE_SHARDS)"),
         "sample_id": ("VARCHAR", "Pool row"),
         "jsd": ("DOUBLE", "Mean Jensen-Shannon divergence (nats, 0..ln 2) over the response tokens"),
         "ies": ("DOUBLE", "Individual Efficiency Score = jsd / log(cost)"),

@@ -80,7 +80,7 @@ def test_reprune_with_the_documented_refresh_command(tmp_path: Path, tiny_llama_
     result = run_paser(["refresh"], env, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     expected = (
-        "capability_degradation[external], concept_graph[external], degradation_scores[external], "
+        "capability_degradation[external], concept_graph[external], degradation_scores[0|external], "
         "pruned_model[external], selection[external], selection_export[external]"
     )
     assert "materialized 6 assets" in result.stdout and expected in result.stdout

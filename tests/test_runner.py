@@ -38,6 +38,17 @@ PER_VARIANT = {
 }
 
 
+def per_variant(variant: str) -> set[str]:
+    """The per-variant asset partitions of one variant; degradation_scores is also keyed by shard (one here)."""
+    return {
+        f"{asset}[0|{variant}]" if asset == "degradation_scores" else f"{asset}[{variant}]" for asset in PER_VARIANT
+    }
+
+
+def partition_of(asset: str, variant: str) -> str:
+    return f"0|{variant}" if asset == "degradation_scores" else variant
+
+
 def save_checkpoint(folder: Path, seed: int) -> Path:
     from tiny_models import save_tiny_checkpoint  # the tests folder is on sys.path under pytest
 
@@ -111,7 +122,7 @@ def two_variants(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path,
 
 def test_first_run_materializes_everything_for_every_variant(two_variants, home) -> None:
     everything = materialized_since(home, 0)
-    expected = SHARED | {f"{a}[{v}]" for a in PER_VARIANT for v in ("mag50", "ext")}
+    expected = SHARED | per_variant("mag50") | per_variant("ext")
     assert set(everything) == expected
 
 
@@ -123,7 +134,7 @@ def test_reprune_recomputes_exactly_the_model_dependent_assets(two_variants, hom
     run, stale = refresh(setup.defs, home)
 
     assert run.success, run.failures()
-    expected = sorted(f"{asset}[ext]" for asset in PER_VARIANT)
+    expected = sorted(per_variant("ext"))
     assert stale == expected
     assert materialized_since(home, before) == expected  # read back from the instance's event log
 
@@ -148,9 +159,15 @@ def test_adding_a_variant_computes_only_it_and_keeps_the_others_byte_for_byte(ti
         run, missing = refresh(setup.defs, instance)  # what `paser variants add` runs
 
         assert run.success, run.failures()
-        expected = sorted(f"{asset}[nm24]" for asset in PER_VARIANT)
+        expected = sorted(per_variant("nm24"))
         assert missing == expected
         assert materialized_since(instance, before) == expected
+        # The new variant was scored from the original's cached outputs: only its pruned model ran.
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("degradation_scores"), asset_partitions=["0|nm24"]), limit=1
+        ).records
+        metadata = records[0].asset_materialization.metadata
+        assert int(metadata["scored_from_cached_original_outputs"].value) == int(metadata["scored_now"].value) > 0
         assert variant_rows(setup.database, "mag50") == first
         second = variant_rows(setup.database, "nm24")
         assert all(second[table] for table in VARIANT_TABLES)
@@ -187,6 +204,6 @@ def test_automation_requests_the_changed_variant_only(tiny_llama_dir: Path, tmp_
             for key in (dg.AssetKey(a) for a in PER_VARIANT)
             for partition in second.get_requested_partitions(key)
         }
-        assert requested == {(asset, "ext") for asset in PER_VARIANT}
+        assert requested == {(asset, partition_of(asset, "ext")) for asset in PER_VARIANT}
         for asset in SHARED:
             assert not second.get_requested_partitions(dg.AssetKey(asset))

@@ -76,7 +76,9 @@ def _observe_pruned(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
             versions[name] = checkpoint_version(variants[name])
         except CheckpointError as error:
             context.log.error(f"variant {name!r}: {error}")
-    return dg.DataVersionsByPartition(versions)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # the documented return type of partitioned observations
+        return dg.DataVersionsByPartition(versions)
 
 
 with warnings.catch_warnings():
@@ -165,7 +167,7 @@ def pruned_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: 
         ]
     ).astype({"sparsity": "float64"})
     with duckdb.write() as conn:
-        storage.replace_partition(conn, duckdb.schema_name, PRUNED_TABLE, "variant", variant.name, row)
+        storage.replace_partition(conn, duckdb.schema_name, PRUNED_TABLE, {"variant": variant.name}, row)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={

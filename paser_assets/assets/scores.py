@@ -6,6 +6,8 @@ started again, or a re-materialization with unchanged checkpoints, reuses them i
 the models again; the ``degradation_scores`` table is then replaced in one transaction.
 """
 
+import hashlib
+import os
 import time
 
 import dagster as dg
@@ -16,18 +18,29 @@ from paser_assets import charts, storage
 from paser_assets.core.allocation import allocate_budget, resolve_budget
 from paser_assets.core.efficiency import attention_cost, individual_efficiency
 from paser_assets.models.checkpoints import CheckpointError, reference_version
+from paser_assets.models.original_cache import OriginalOutputCache
 from paser_assets.models.scoring import PairScorer, encode_sample, plan_batches
 from paser_assets.models.store import load_pair, model_settings
 from paser_assets.progress import Progress
 from paser_assets.registry import variant_partitions
 from paser_assets.resources import PaserConfig, PaserDuckDB
-from paser_assets.tables import table_metadata
+from paser_assets.tables import TABLES, table_metadata
 
 SCORES_GROUP = "scores"
 SCORING_RECIPE = "teacher-forced-jsd/1"  # bump when the prompt or the score changes meaning
 SCORE_COLUMNS = ["jsd", "original_nll", "pruned_nll", "prompt_tokens", "response_tokens", "truncated"]
 # Scores are committed to the cache every this many seconds, so an interrupted run loses at most that much.
 COMMIT_EVERY_S = 30.0
+
+
+def _commit_every_s() -> float:
+    """The commit interval: ``COMMIT_EVERY_S``, or PASER_SCORE_COMMIT_S (a testing/tuning knob, read at call
+    time; the crash-safety tests set it low to kill a run after some scores were committed)."""
+    raw = os.environ.get("PASER_SCORE_COMMIT_S", "").strip()
+    try:
+        return max(0.0, float(raw)) if raw else COMMIT_EVERY_S
+    except ValueError:
+        raise dg.Failure(description=f"PASER_SCORE_COMMIT_S={raw!r} is not a number of seconds") from None
 
 
 def _scoring_key(original_version: str, pruned_version: str, paser: PaserConfig) -> str:
@@ -50,20 +63,39 @@ def _append_scores(duckdb: PaserDuckDB, key: str, rows: list[dict]) -> None:
         storage.append_rows(conn, duckdb.schema_name, "score_cache", frame)
 
 
-def score_pool(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> tuple[pd.DataFrame, dict]:
-    """Scores for every pool sample, from the cache where possible; returns (scores, facts for metadata)."""
+def _states_key(original_version: str, paser: PaserConfig) -> str:
+    recipe = f"{SCORING_RECIPE}|original={original_version}|max_tokens={paser.max_tokens}"
+    return hashlib.sha256(recipe.encode()).hexdigest()[:20]
+
+
+def shard_of(sample_id: str, shards: int) -> int:
+    """The scoring shard of a sample: a hash of its id, so shards are stable as the pool grows."""
+    return int(hashlib.sha256(sample_id.encode()).hexdigest()[:12], 16) % shards
+
+
+def score_pool(
+    context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB, variant: str, shard: int
+) -> tuple[pd.DataFrame, dict]:
+    """Scores for the pool samples of one shard, from the caches where possible; returns (scores, facts)."""
     from paser_assets.assets.models import pruned_reference
 
     settings = model_settings(paser, duckdb.database)
-    pruned = pruned_reference(duckdb, context.partition_key)
+    pruned = pruned_reference(duckdb, variant)
     original_version = reference_version(settings.original)
     pruned_version = reference_version(pruned)
     key = _scoring_key(original_version, pruned_version, paser)
     pool = duckdb.read("recovery_pool", "sample_id, instruction, input, output")
+    pool = pool[[shard_of(s, paser.score_shards) == shard for s in pool["sample_id"]]].reset_index(drop=True)
     cached = _cached_scores(duckdb, key).drop_duplicates("sample_id")
     done = set(cached["sample_id"])
     todo = pool[~pool["sample_id"].isin(done)].reset_index(drop=True)
     context.log.info(f"{len(pool) - len(todo)} scores reused, {len(todo)} samples to score")
+    states = (
+        OriginalOutputCache(settings.cache_dir / "original_states", _states_key(original_version, paser))
+        if paser.original_cache
+        else None
+    )
+    from_states = 0
     if len(todo):
         original, pruned_model, tokenizer = load_pair(settings, pruned)
         # Batches are planned over the whole pool and only those holding unscored samples run: a
@@ -79,29 +111,48 @@ def score_pool(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pa
             )
             if any(samples[i].sample_id not in done for i in batch)
         ]
+        head = original.get_output_embeddings()
+        if states is not None and all(samples[i].sample_id in states for batch in batches for i in batch):
+            context.log.info(f"the original's outputs are cached ({states.folder}): only the pruned model runs")
+            # Only now, when no batch needs it, the original is dropped: a batch is never scored partly
+            # from cached states, so a resumed run gives exactly the floats of an uninterrupted one.
+            original = None
         total_tokens = sum(len(samples[i].input_ids) for batch in batches for i in batch)
         progress = Progress("scoring", total_tokens, context.log.info, unit="tokens")
         scorer = PairScorer(original, pruned_model, tokenizer.pad_token_id)
         pending: list[dict] = []
+        new_states: dict = {}
+        commit_every_s = _commit_every_s()
+        committed = 0
         last_commit = time.monotonic()
         for batch in batches:
-            for score in scorer.score([samples[i] for i in batch]):
+            result = scorer.score_batch([samples[i] for i in batch], states, head)
+            from_states += len(batch) if result.used_cache else 0
+            new_states.update(result.states)
+            for score in result.scores:
                 if score.sample_id not in done:
                     pending.append({"sample_id": score.sample_id, **{c: getattr(score, c) for c in SCORE_COLUMNS}})
             progress.advance(sum(len(samples[i].input_ids) for i in batch))
-            if progress.done == total_tokens or time.monotonic() - last_commit >= COMMIT_EVERY_S:
+            if progress.done == total_tokens or time.monotonic() - last_commit >= commit_every_s:
+                if states is not None:
+                    states.put(new_states)  # before the scores: a committed score always has its states
                 _append_scores(duckdb, key, pending)
-                pending, last_commit = [], time.monotonic()
+                committed += len(pending)
+                context.log.info(f"score_cache: {committed}/{len(todo)} new scores committed")
+                pending, new_states, last_commit = [], {}, time.monotonic()
         cached = _cached_scores(duckdb, key).drop_duplicates("sample_id")
     scores = pool[["sample_id"]].merge(cached, on="sample_id", how="left", validate="one_to_one")
     facts = {
-        "variant": context.partition_key,
+        "variant": variant,
+        "shard": f"{shard + 1} of {paser.score_shards}",
         "original": settings.original.display,
         "original_hash": original_version,
         "pruned": pruned.display,
         "pruned_hash": pruned_version,
         "scored_now": len(todo),
         "reused": len(pool) - len(todo),
+        "scored_from_cached_original_outputs": from_states,
+        "original_outputs_cache": str(states.folder) if states is not None else "off",
     }
     return scores, facts
 
@@ -111,61 +162,77 @@ def score_pool(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pa
 MODEL_PARENTS = ["original_model", "pruned_checkpoint", "pruned_model"]
 
 
-@dg.asset(
-    deps=["recovery_pool", *MODEL_PARENTS],
-    partitions_def=variant_partitions,
-    group_name=SCORES_GROUP,
-    code_version="1",
-    kinds={"duckdb", "pytorch"},
-    description="Per sample: mean JSD between the original and pruned next-token distributions over the "
-    "response, token counts, cost, IES and each model's mean response NLL.",
-)
-def degradation_scores(
-    context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
-) -> dg.MaterializeResult:
-    try:
-        scores, facts = score_pool(context, paser, duckdb)
-    except CheckpointError as error:
-        raise dg.Failure(description=str(error)) from None
+def score_partitions(shards: int) -> dg.MultiPartitionsDefinition:
+    """degradation_scores is partitioned by variant and by shard, so a backfill spreads scoring over workers."""
+    return dg.MultiPartitionsDefinition(
+        {"shard": dg.StaticPartitionsDefinition([str(i) for i in range(shards)]), "variant": variant_partitions}
+    )
+
+
+def score_partition(context: dg.AssetExecutionContext) -> tuple[str, int]:
+    keys = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
+    return keys["variant"], int(keys["shard"])
+
+
+def build_degradation_scores(shards: int) -> dg.AssetsDefinition:
+    """The degradation_scores asset for ``shards`` scoring shards (one partition per variant and shard)."""
+
+    @dg.asset(
+        name="degradation_scores",
+        deps=["recovery_pool", *MODEL_PARENTS],
+        partitions_def=score_partitions(shards),
+        group_name=SCORES_GROUP,
+        code_version="1",
+        kinds={"duckdb", "pytorch"},
+        description="Per sample: mean JSD between the original and pruned next-token distributions over the "
+        "response, token counts, cost, IES and each model's mean response NLL. Partitioned by variant and shard.",
+    )
+    def degradation_scores(
+        context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
+    ) -> dg.MaterializeResult:
+        variant, shard = score_partition(context)
+        if shard >= paser.score_shards:
+            raise dg.Failure(description=f"shard {shard} does not exist with PASER_SCORE_SHARDS={paser.score_shards}")
+        try:
+            scores, facts = score_pool(context, paser, duckdb, variant, shard)
+        except CheckpointError as error:
+            raise dg.Failure(description=str(error)) from None
+        table = score_table(scores, variant, shard)
+        with duckdb.write() as conn:
+            storage.replace_partition(
+                conn, duckdb.schema_name, "degradation_scores", {"variant": variant, "shard": shard}, table
+            )
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(storage.content_hash(table)),
+            metadata={
+                **table_metadata("degradation_scores", duckdb.schema_name, len(table)),
+                **{k: dg.MetadataValue.text(str(v)) for k, v in facts.items()},
+                "mean_jsd": float(table["jsd"].mean()) if len(table) else 0.0,
+                "max_jsd": float(table["jsd"].max()) if len(table) else 0.0,
+                "mean_original_nll": float(table["original_nll"].mean()) if len(table) else 0.0,
+                "mean_pruned_nll": float(table["pruned_nll"].mean()) if len(table) else 0.0,
+                "truncated_samples": int(table["truncated"].sum()),
+            },
+        )
+
+    return degradation_scores
+
+
+def score_table(scores: pd.DataFrame, variant: str, shard: int) -> pd.DataFrame:
+    """The rows degradation_scores writes for one (variant, shard) partition."""
     costs = [
         attention_cost(int(p), int(r)) for p, r in zip(scores["prompt_tokens"], scores["response_tokens"], strict=True)
     ]
     table = scores.assign(
+        variant=variant,
+        shard=np.int64(shard),
         prompt_tokens=scores["prompt_tokens"].astype("int64"),
         response_tokens=scores["response_tokens"].astype("int64"),
         truncated=scores["truncated"].astype(bool),
         cost=np.asarray(costs, dtype=np.int64),
         ies=[individual_efficiency(float(j), c) for j, c in zip(scores["jsd"], costs, strict=True)],
-    )[
-        [
-            "sample_id",
-            "jsd",
-            "ies",
-            "cost",
-            "prompt_tokens",
-            "response_tokens",
-            "original_nll",
-            "pruned_nll",
-            "truncated",
-        ]
-    ]
-    table.insert(0, "variant", context.partition_key)
-    with duckdb.write() as conn:
-        storage.replace_partition(
-            conn, duckdb.schema_name, "degradation_scores", "variant", context.partition_key, table
-        )
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(storage.content_hash(table)),
-        metadata={
-            **table_metadata("degradation_scores", duckdb.schema_name, len(table)),
-            **{k: dg.MetadataValue.text(str(v)) for k, v in facts.items()},
-            "mean_jsd": float(table["jsd"].mean()),
-            "max_jsd": float(table["jsd"].max()),
-            "mean_original_nll": float(table["original_nll"].mean()),
-            "mean_pruned_nll": float(table["pruned_nll"].mean()),
-            "truncated_samples": int(table["truncated"].sum()),
-        },
     )
+    return table[list(TABLES["degradation_scores"])].astype({"shard": "int64"})
 
 
 @dg.asset(
@@ -193,6 +260,20 @@ def capability_degradation(
         ).df()
     if frame.empty:
         raise dg.Failure(description="clusters and degradation_scores share no sample: materialize both again")
+    with duckdb.get_connection() as conn:
+        missing = conn.execute(
+            f"""
+            SELECT count(*) FROM {storage.qualified(conn, schema, "clusters")} c
+            WHERE c.sample_id NOT IN (SELECT sample_id FROM {storage.qualified(conn, schema, "degradation_scores")}
+                                      WHERE variant = ?)
+            """,
+            [variant],
+        ).fetchall()[0][0]
+    if missing:
+        raise dg.Failure(
+            description=f"{missing} samples of variant {variant!r} have no score yet: materialize every shard of "
+            "degradation_scores for this variant first"
+        )
     per_cluster = (
         frame.groupby("cluster")
         .agg(size=("jsd", "size"), cds=("jsd", "mean"), jsd_std=("jsd", "std"), mean_ies=("ies", "mean"))
@@ -212,7 +293,7 @@ def capability_degradation(
     )[["cluster", "size", "cds", "jsd_std", "mean_ies", "budget", "budget_share"]]
     table.insert(0, "variant", variant)
     with duckdb.write() as conn:
-        storage.replace_partition(conn, schema, "capability_degradation", "variant", variant, table)
+        storage.replace_partition(conn, schema, "capability_degradation", {"variant": variant}, table)
     labels = table["cluster"].astype(str).tolist()
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(table)),

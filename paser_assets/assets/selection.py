@@ -162,8 +162,8 @@ def selection(
     ).astype({"cooccurrences": "int64"})
     graph.insert(0, "variant", variant)
     with duckdb.write() as conn:
-        storage.replace_partition(conn, duckdb.schema_name, "selection", "variant", variant, table)
-        storage.replace_partition(conn, duckdb.schema_name, "concept_graph", "variant", variant, graph)
+        storage.replace_partition(conn, duckdb.schema_name, "selection", {"variant": variant}, table)
+        storage.replace_partition(conn, duckdb.schema_name, "concept_graph", {"variant": variant}, graph)
         _create_view(conn, duckdb.schema_name)
     per_cluster = (
         table.groupby("cluster")

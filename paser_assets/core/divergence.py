@@ -18,13 +18,6 @@ def _shifted_softmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return shifted, probs, total.log()
 
 
-def log_softmax_parts(logits: torch.Tensor) -> torch.Tensor:
-    """log softmax in float32 with the partition sum accumulated in float64 (as :func:`divergence_and_nll`)."""
-    shifted = logits.float() - logits.float().amax(dim=-1, keepdim=True)
-    log_total = torch.exp(shifted).sum(dim=-1, keepdim=True, dtype=torch.float64).log()
-    return shifted - log_total.float()
-
-
 def divergence_and_nll(
     logits_p: torch.Tensor, logits_q: torch.Tensor, targets: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:

@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from paser_assets.core.divergence import divergence_and_nll, log_softmax_parts
+from paser_assets.core.divergence import chunked_divergence
 from paser_assets.core.efficiency import individual_efficiency
-from paser_assets.core.topk import lumped_jsd, topk_summary
-from paser_assets.models.original_cache import OriginalOutputCache, OriginalSummary
+from paser_assets.models.original_cache import OriginalOutputCache, OriginalStates, compact_states
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task{with_input}. "
@@ -130,12 +129,27 @@ def supports_hidden_state_scoring(model: Any) -> bool:
 
 @dataclass
 class BatchScores:
-    """Scores of a batch, plus what the original-output cache needs."""
+    """Scores of a batch, plus the original's states for the original-output cache."""
 
     scores: list[SampleScore]
-    summaries: dict[str, OriginalSummary]  # new original summaries (empty when read from the cache)
-    lumped_errors: list[float]  # |exact - lumped| sample means, measured when both were computed
+    states: dict[str, OriginalStates]  # new original states (empty when they came from the cache)
     used_cache: bool
+
+
+def _round_per_sample(
+    hidden: torch.Tensor, batch: Sequence[EncodedSample]
+) -> tuple[torch.Tensor, list[OriginalStates]]:
+    """Final hidden states rounded to float16 per sample (float32 where float16 would overflow), as cached.
+
+    Both models' states are rounded the same way before their output heads, whether the original's
+    come from the cache or from a live pass, so a score never depends on the cache being warm (and
+    identical models still score exactly 0). The rounding moves the JSD by about 1e-5 nats.
+    """
+    pieces, offset = [], 0
+    for sample in batch:
+        pieces.append(compact_states(hidden[offset : offset + sample.response_tokens].numpy()))
+        offset += sample.response_tokens
+    return torch.from_numpy(np.concatenate([p.hidden.astype(np.float32) for p in pieces])), pieces
 
 
 def _per_sample_means(values: torch.Tensor, batch: Sequence[EncodedSample]) -> list[float]:
@@ -182,66 +196,45 @@ class PairScorer:
 
     @torch.inference_mode()
     def score_batch(
-        self, batch: Sequence[EncodedSample], cache: OriginalOutputCache | None = None, top_k: int = 0
+        self,
+        batch: Sequence[EncodedSample],
+        cache: OriginalOutputCache | None = None,
+        original_head: torch.nn.Module | None = None,
     ) -> BatchScores:
-        """Score a batch. With ``top_k`` > 0 the JSD is the lumped top-k JSD (see ``core.topk``): read from
-        ``cache`` when it holds every sample of the batch (only the pruned model runs), else computed
-        from both models, with the original's summaries returned for the cache and the gap to the
-        exact JSD measured."""
+        """Score a batch. With the original model loaded, both models run and, given a ``cache``, the
+        original's states are returned for it. Without it (``original=None``), the original's logits
+        come from ``original_head`` applied to the states in ``cache``, so only the pruned model runs.
+        Both ways give the same numbers (see :func:`_round_per_sample`)."""
         input_ids, attention_mask, row_index, column_index = self._pack(batch)
         targets = input_ids[row_index, column_index + 1]
-        hidden_pruned = _final_hidden(self.pruned, input_ids, attention_mask)[row_index, column_index]
-        head_pruned = self.pruned.get_output_embeddings()
-        count = targets.shape[0]
-        jsd = torch.empty(count)
-        nll_original = torch.empty(count)
-        nll_pruned = torch.empty(count)
-        use_cache = top_k > 0 and cache is not None and all(sample.sample_id in cache for sample in batch)
-        summaries: dict[str, OriginalSummary] = {}
-        errors: list[float] = []
+        use_cache = self.original is None
+        states: dict[str, OriginalStates] = {}
         if use_cache:
-            assert cache is not None
-            cached = [cache.get(sample.sample_id) for sample in batch]
-            top_ids = torch.from_numpy(np.concatenate([c.ids for c in cached]))
-            top_log_p = torch.from_numpy(np.concatenate([c.log_probs for c in cached]))
-            nll_original = torch.from_numpy(np.concatenate([c.nll for c in cached]))
-            for start in range(0, count, self.chunk_size):
-                rows = slice(start, start + self.chunk_size)
-                logits = head_pruned(hidden_pruned[rows])
-                jsd[rows] = lumped_jsd(top_ids[rows], top_log_p[rows], logits)
-                nll_pruned[rows] = -log_softmax_parts(logits).gather(-1, targets[rows].view(-1, 1)).squeeze(-1)
-        else:
-            if self.original is None:
+            if cache is None or not all(sample.sample_id in cache for sample in batch):
                 raise ValueError("the original model is needed for samples missing from the original-output cache")
-            hidden_original = _final_hidden(self.original, input_ids, attention_mask)[row_index, column_index]
+            if original_head is None:
+                raise ValueError("scoring from cached original states needs the original model's output head")
+            hidden_original = torch.from_numpy(
+                np.concatenate([cache.get(sample.sample_id).hidden for sample in batch]).astype(np.float32)
+            )
+            head_original = original_head
+        else:
+            live = _final_hidden(self.original, input_ids, attention_mask)[row_index, column_index]
+            hidden_original, pieces = _round_per_sample(live, batch)
             head_original = self.original.get_output_embeddings()
-            exact = torch.empty(count)
-            top_ids = torch.empty((count, max(top_k, 1)), dtype=torch.int32)
-            top_log_p = torch.empty((count, max(top_k, 1)))
-            for start in range(0, count, self.chunk_size):
-                rows = slice(start, start + self.chunk_size)
-                logits_original = head_original(hidden_original[rows])
-                logits_pruned = head_pruned(hidden_pruned[rows])
-                exact[rows], nll_original[rows], nll_pruned[rows] = divergence_and_nll(
-                    logits_original, logits_pruned, targets[rows]
-                )
-                if top_k > 0:
-                    top_ids[rows], top_log_p[rows] = topk_summary(logits_original, top_k)
-                    jsd[rows] = lumped_jsd(top_ids[rows], top_log_p[rows], logits_pruned)
-            if top_k > 0:
-                offset = 0
-                for sample in batch:
-                    span = slice(offset, offset + sample.response_tokens)
-                    offset += sample.response_tokens
-                    summaries[sample.sample_id] = OriginalSummary(
-                        top_ids[span].numpy().copy(), top_log_p[span].numpy().copy(), nll_original[span].numpy().copy()
-                    )
-                errors = [
-                    abs(a - b)
-                    for a, b in zip(_per_sample_means(exact, batch), _per_sample_means(jsd, batch), strict=True)
-                ]
-            else:
-                jsd = exact
+            if cache is not None:
+                states = {sample.sample_id: piece for sample, piece in zip(batch, pieces, strict=True)}
+        hidden_pruned, _ = _round_per_sample(
+            _final_hidden(self.pruned, input_ids, attention_mask)[row_index, column_index], batch
+        )
+        jsd, nll_original, nll_pruned = chunked_divergence(
+            hidden_original,
+            hidden_pruned,
+            head_original,
+            self.pruned.get_output_embeddings(),
+            targets,
+            self.chunk_size,
+        )
         scores = [
             SampleScore(sample.sample_id, j, o, p, sample.prompt_tokens, sample.response_tokens, sample.truncated)
             for sample, j, o, p in zip(
@@ -252,4 +245,4 @@ class PairScorer:
                 strict=True,
             )
         ]
-        return BatchScores(scores, summaries, errors, use_cache)
+        return BatchScores(scores, states, use_cache)

@@ -59,7 +59,7 @@ def test_every_asset_materializes_into_duckdb(identical_run) -> None:
         "cluster_profiles",
         "sample_concepts",
         "pruned_model[external]",
-        "degradation_scores[external]",
+        "degradation_scores[0|external]",
         "capability_degradation[external]",
         "selection[external]",
         "concept_graph[external]",
@@ -128,8 +128,8 @@ def test_built_in_pruning_degrades_and_rerun_reuses_scores(tmp_path: Path, tiny_
 
     second = materialize(defs, selection="key:pruned_model or key:degradation_scores", instance=instance)
     assert second.success
-    assert second.materialized == ["degradation_scores[magnitude-50]", "pruned_model[magnitude-50]"]
-    scores = latest(instance, "degradation_scores", "magnitude-50").asset_materialization
+    assert second.materialized == ["degradation_scores[0|magnitude-50]", "pruned_model[magnitude-50]"]
+    scores = latest(instance, "degradation_scores", "0|magnitude-50").asset_materialization
     assert scores.metadata["scored_now"].value == "0"
     assert query(database, "SELECT * FROM degradation_scores ORDER BY sample_id") == before
 

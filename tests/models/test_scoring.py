@@ -9,6 +9,7 @@ import math
 import random
 import statistics
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -222,6 +223,9 @@ def test_a_separately_loaded_identical_copy_gives_exactly_zero(model, tokenizer,
     assert all(score.jsd == 0.0 and score.original_nll == score.pruned_nll for score in scores)
 
 
+ROUNDING = 3e-5  # float16 rounding of the final hidden states, with the sharpened test head
+
+
 def test_scores_match_a_full_forward_reference(sharp_pair, tokenizer, samples):
     original, pruned = sharp_pair
     scores = PairScorer(original, pruned, tokenizer.pad_token_id).score(samples)
@@ -229,9 +233,11 @@ def test_scores_match_a_full_forward_reference(sharp_pair, tokenizer, samples):
         assert (score.prompt_tokens, score.response_tokens) == (sample.prompt_tokens, sample.response_tokens)
         jsd, nll_original, nll_pruned = reference_scores(original, pruned, sample)
         assert jsd > 1e-3  # large enough for the tolerance below to mean something
-        assert score.jsd == pytest.approx(jsd, abs=1e-6), sample.sample_id
-        assert score.original_nll == pytest.approx(nll_original, abs=1e-5), sample.sample_id
-        assert score.pruned_nll == pytest.approx(nll_pruned, abs=1e-5), sample.sample_id
+        # The scorer rounds both models' final hidden states to float16 (the cached form); with this
+        # model's 40x sharpened head that moves the JSD by ~1e-5, far below what a wrong position costs.
+        assert score.jsd == pytest.approx(jsd, abs=ROUNDING), sample.sample_id
+        assert score.original_nll == pytest.approx(nll_original, abs=1e-3), sample.sample_id
+        assert score.pruned_nll == pytest.approx(nll_pruned, abs=1e-3), sample.sample_id
 
 
 def test_prompt_tokens_do_not_count(sharp_pair, tokenizer, samples):
@@ -241,8 +247,8 @@ def test_prompt_tokens_do_not_count(sharp_pair, tokenizer, samples):
     scorer = PairScorer(original, pruned, tokenizer.pad_token_id)
     for sample, score in zip(samples[:3], scorer.score(samples[:3]), strict=True):
         whole = EncodedSample(sample.sample_id, sample.input_ids, 1, False)
-        assert score.jsd == pytest.approx(reference_scores(original, pruned, sample)[0], abs=1e-6)
-        assert abs(score.jsd - reference_scores(original, pruned, whole)[0]) > 1e-4
+        assert score.jsd == pytest.approx(reference_scores(original, pruned, sample)[0], abs=ROUNDING)
+        assert abs(score.jsd - reference_scores(original, pruned, whole)[0]) > 10 * ROUNDING
 
 
 def test_padding_does_not_change_a_sample_score(sharp_pair, tokenizer, samples):
@@ -350,41 +356,50 @@ def test_smollm2_against_itself_is_zero(smollm2):
 # --- the original-output cache ---------------------------------------------------------------------------
 
 
-def test_cached_original_summaries_give_the_same_lumped_scores_with_the_pruned_model_alone(
+def test_cached_original_states_give_the_same_scores_with_the_pruned_model_alone(
     model, pruned, tokenizer, samples, tmp_path
 ):
     from paser_assets.models.original_cache import OriginalOutputCache
 
-    cache = OriginalOutputCache(tmp_path, "key", k=16)
-    first = PairScorer(model, pruned, tokenizer.pad_token_id).score_batch(samples, cache, top_k=16)
-    assert not first.used_cache and len(first.summaries) == len(samples)
-    cache.put(first.summaries)
-    reopened = OriginalOutputCache(tmp_path, "key", k=16)
+    cache = OriginalOutputCache(tmp_path, "key")
+    first = PairScorer(model, pruned, tokenizer.pad_token_id).score_batch(samples, cache)
+    assert not first.used_cache and len(first.states) == len(samples)
+    assert all(s.hidden.dtype == np.float16 for s in first.states.values())
+    cache.put(first.states)
+    reopened = OriginalOutputCache(tmp_path, "key")
     assert len(reopened) == len(samples)
-    again = PairScorer(None, pruned, tokenizer.pad_token_id).score_batch(samples, reopened, top_k=16)
+    again = PairScorer(None, pruned, tokenizer.pad_token_id).score_batch(
+        samples, reopened, model.get_output_embeddings()
+    )
     assert again.used_cache
-    for a, b in zip(first.scores, again.scores, strict=True):
-        assert a.jsd == pytest.approx(b.jsd, abs=1e-7)
-        assert a.original_nll == pytest.approx(b.original_nll, abs=1e-6)
-        assert a.pruned_nll == pytest.approx(b.pruned_nll, abs=1e-5)
-    exact = PairScorer(model, pruned, tokenizer.pad_token_id).score(samples)
-    for lumped, full, error in zip(first.scores, exact, first.lumped_errors, strict=True):
-        assert lumped.jsd <= full.jsd + 1e-7  # lumping the tail never increases the divergence
-        assert error == pytest.approx(full.jsd - lumped.jsd, abs=1e-7)
+    # The live pass rounds the states exactly as they are cached: the numbers are the same to the bit.
+    assert first.scores == again.scores
 
 
-def test_lumped_scores_of_identical_models_are_exactly_zero(model, tokenizer, samples, tmp_path):
+def test_identical_models_score_exactly_zero_with_and_without_the_cache(model, tokenizer, samples, tmp_path):
     from paser_assets.models.original_cache import OriginalOutputCache
 
-    cache = OriginalOutputCache(tmp_path, "same", k=8)
-    first = PairScorer(model, model, tokenizer.pad_token_id).score_batch(samples, cache, top_k=8)
-    cache.put(first.summaries)
-    second = PairScorer(None, model, tokenizer.pad_token_id).score_batch(samples, cache, top_k=8)
+    cache = OriginalOutputCache(tmp_path, "same")
+    first = PairScorer(model, model, tokenizer.pad_token_id).score_batch(samples, cache)
+    cache.put(first.states)
+    second = PairScorer(None, model, tokenizer.pad_token_id).score_batch(samples, cache, model.get_output_embeddings())
+    assert second.used_cache
     assert all(s.jsd == 0.0 for s in first.scores + second.scores)
 
 
-def test_missing_original_model_is_a_clear_error(pruned, tokenizer, samples, tmp_path):
+def test_states_that_overflow_float16_are_kept_in_float32():
+    from paser_assets.models.original_cache import compact_states
+
+    assert compact_states(np.array([[1.5, -2.0]], dtype=np.float32)).hidden.dtype == np.float16
+    assert compact_states(np.array([[1e6, 0.0]], dtype=np.float32)).hidden.dtype == np.float32
+
+
+def test_missing_original_model_or_head_is_a_clear_error(model, pruned, tokenizer, samples, tmp_path):
     from paser_assets.models.original_cache import OriginalOutputCache
 
     with pytest.raises(ValueError, match="original model is needed"):
-        PairScorer(None, pruned, tokenizer.pad_token_id).score_batch(samples, OriginalOutputCache(tmp_path, "x", 4), 4)
+        PairScorer(None, pruned, tokenizer.pad_token_id).score_batch(samples, OriginalOutputCache(tmp_path, "x"))
+    cache = OriginalOutputCache(tmp_path, "y")
+    cache.put(PairScorer(model, pruned, tokenizer.pad_token_id).score_batch(samples, cache).states)
+    with pytest.raises(ValueError, match="output head"):
+        PairScorer(None, pruned, tokenizer.pad_token_id).score_batch(samples, cache)

