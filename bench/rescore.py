@@ -46,7 +46,7 @@ from paser_assets.models.checkpoints import (  # noqa: E402
 )
 from paser_assets.models.original_cache import OriginalOutputCache  # noqa: E402
 from paser_assets.models.pruning import PruneRecipe, calibration_batch, prune_model  # noqa: E402
-from paser_assets.models.scoring import PairScorer, _final_hidden, encode_sample, plan_batches  # noqa: E402
+from paser_assets.models.scoring import PairScorer, _final_hidden, encode_sample, pack_batch, plan_batches  # noqa: E402
 from paser_assets.resources import PaserConfig  # noqa: E402
 
 
@@ -86,7 +86,7 @@ def lumped_topk_jsd(logits_p: torch.Tensor, logits_q: torch.Tensor, k: int) -> t
 @torch.inference_mode()
 def exact_and_lumped(original, pruned, scorer: PairScorer, batch, ks: list[int]) -> tuple[list[float], dict]:
     """Per-sample exact JSD and the lumped JSD for every k, from one forward pass of each model."""
-    input_ids, mask, rows, columns = scorer._pack(batch)
+    input_ids, mask, rows, columns = pack_batch(batch, scorer.pad_token_id)
     hidden_p = _final_hidden(original, input_ids, mask)[rows, columns]
     hidden_q = _final_hidden(pruned, input_ids, mask)[rows, columns]
     logits_p = original.get_output_embeddings()(hidden_p)

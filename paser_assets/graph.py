@@ -8,7 +8,8 @@ import json
 import dagster as dg
 
 from paser_assets.assets.models import MODEL_ASSETS
-from paser_assets.assets.pool import recovery_pool
+from paser_assets.assets.pool import holdout_split, recovery_pool
+from paser_assets.assets.recovery import RECOVERY_ASSETS
 from paser_assets.assets.scores import build_degradation_scores, capability_degradation
 from paser_assets.assets.selection import SELECTION_CHECKS, sample_concepts, selection, selection_export
 from paser_assets.assets.semantic import cluster_profiles, clusters, instruction_embeddings, manifold
@@ -30,6 +31,9 @@ SETTINGS_BY_ASSET: dict[str, tuple[str, ...]] = {
     "selection": ("conflict_tolerance",),
     "concept_graph": ("conflict_tolerance",),
     "selection_export": ("export_dir",),
+    "holdout_split": ("holdout_fraction", "holdout_max", "seed"),
+    "baseline_selections": ("seed", "recovery_methods"),
+    "recovered_model": ("lora_r", "lora_alpha", "lora_learning_rate", "lora_epochs", "lora_batch_size", "seed"),
 }
 # Assets whose result depends on the pruned model; they go stale together when it changes.
 MODEL_DEPENDENT = (
@@ -39,6 +43,11 @@ MODEL_DEPENDENT = (
     "selection",
     "concept_graph",
     "selection_export",
+    "baseline_selections",
+    "recovered_model",
+    "reference_evaluation",
+    "recovery_evaluation",
+    "recovery_comparison",
 )
 
 
@@ -73,11 +82,13 @@ def build_definitions(config: PaserConfig | None = None, database: PaserDuckDB |
         clusters,
         cluster_profiles,
         sample_concepts,
+        holdout_split,
         *MODEL_ASSETS[2:],
         build_degradation_scores(config.score_shards),
         capability_degradation,
         selection,
         selection_export,
+        *RECOVERY_ASSETS,
     ]
     return dg.Definitions(
         assets=[*MODEL_ASSETS[:2], *(_stamp(asset, config) for asset in materializable)],

@@ -23,6 +23,8 @@ from paser_assets.pool.demo import DEFAULT_DEMO_SIZE
 DEFAULT_DB = "paser.duckdb"
 DEFAULT_SCHEMA = "paser"
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# Selection methods compared by the recovery assets: PASER and the baselines at the same budget.
+RECOVERY_METHODS = ("paser", "random", "uniform", "top_jsd", "ifd", "paser_no_concepts")
 
 
 class SettingError(ValueError):
@@ -155,6 +157,26 @@ class PaserConfig(dg.ConfigurableResource):
         "so that scoring another pruned variant runs only the pruned model.",
     )
     budget: float = Field(default=0.2, description="Selection budget: a count, or a fraction of the pool such as 0.2.")
+    # -- held-out split and recovery
+    holdout_fraction: float = Field(
+        default=0.1, description="Share of the pool kept out of every selection to evaluate recovery on."
+    )
+    holdout_max: int = Field(default=300, description="At most this many held-out samples.")
+    recovery_methods: list[str] = Field(
+        default_factory=lambda: list(RECOVERY_METHODS),
+        description="Selection methods to recover with and compare: paser, random, uniform, top_jsd, ifd, "
+        "paser_no_concepts. Env form: 'paser,random'.",
+    )
+    recovery: bool = Field(
+        default=False,
+        description="Include the recovery assets (LoRA fine-tunes and held-out evaluation, slow on a CPU) in "
+        "`paser materialize` and `paser refresh`; the UI always shows them.",
+    )
+    lora_r: int = Field(default=8, description="LoRA rank of the recovery fine-tune.")
+    lora_alpha: int = Field(default=16, description="LoRA alpha.")
+    lora_learning_rate: float = Field(default=3e-4, description="Learning rate of the recovery fine-tune.")
+    lora_epochs: int = Field(default=1, description="Epochs over the selection.")
+    lora_batch_size: int = Field(default=8, description="Samples per optimizer step.")
     # -- selection and export
     concepts_per_sample: int = Field(default=6, description="Keyphrase concepts kept per sample.")
     conflict_tolerance: float = Field(
@@ -184,6 +206,11 @@ class PaserConfig(dg.ConfigurableResource):
         "scoring_max_batch",
         "concepts_per_sample",
         "score_shards",
+        "holdout_max",
+        "lora_r",
+        "lora_alpha",
+        "lora_epochs",
+        "lora_batch_size",
     )
     @classmethod
     def _positive(cls, value: int) -> int:
@@ -221,6 +248,21 @@ class PaserConfig(dg.ConfigurableResource):
             validate_variant_name(name)
         return value
 
+    @field_validator("holdout_fraction")
+    @classmethod
+    def _holdout(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"holdout_fraction must lie in [0, 1), got {value}")
+        return value
+
+    @field_validator("recovery_methods")
+    @classmethod
+    def _methods(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(RECOVERY_METHODS))
+        if unknown or not value:
+            raise ValueError(f"unknown recovery methods {unknown}; choose from {', '.join(RECOVERY_METHODS)}")
+        return [m for m in RECOVERY_METHODS if m in value]
+
     @field_validator("budget")
     @classmethod
     def _budget(cls, value: float) -> float:
@@ -241,6 +283,8 @@ class PaserConfig(dg.ConfigurableResource):
                 values[field_name] = parse_field_map(raw)
             elif field_name == "variants":
                 values[field_name] = parse_variant_map(raw)
+            elif field_name == "recovery_methods":
+                values[field_name] = [m.strip() for m in raw.split(",") if m.strip()]
             elif field_name == "n_clusters" and raw.lower() == "auto":
                 values[field_name] = None
             elif field_name in ("manifold", "cluster_space", "prune_method", "executor"):
@@ -294,6 +338,15 @@ ENV_VARS: dict[str, str] = {
     "dask_address": "PASER_DASK_ADDRESS",
     "original_cache": "PASER_ORIGINAL_CACHE",
     "budget": "PASER_BUDGET",
+    "holdout_fraction": "PASER_HOLDOUT",
+    "holdout_max": "PASER_HOLDOUT_MAX",
+    "recovery_methods": "PASER_RECOVERY_METHODS",
+    "recovery": "PASER_RECOVERY",
+    "lora_r": "PASER_LORA_R",
+    "lora_alpha": "PASER_LORA_ALPHA",
+    "lora_learning_rate": "PASER_LORA_LR",
+    "lora_epochs": "PASER_LORA_EPOCHS",
+    "lora_batch_size": "PASER_LORA_BATCH_SIZE",
     "concepts_per_sample": "PASER_CONCEPTS_PER_SAMPLE",
     "conflict_tolerance": "PASER_CONFLICT_TOLERANCE",
     "export_dir": "PASER_EXPORT_DIR",

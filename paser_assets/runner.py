@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 
@@ -144,42 +145,56 @@ def _execute(
     )
 
 
+def _kind(node: Any) -> str:
+    """shared, variant, shard (degradation_scores: shard x variant) or method (recovery: method x variant)."""
+    partitions = node.partitions_def
+    if partitions is None:
+        return "shared"
+    if isinstance(partitions, dg.MultiPartitionsDefinition):
+        return "shard" if "shard" in partitions.partition_dimension_names else "method"
+    return "variant"
+
+
 @dataclass
 class Plan:
-    """Asset keys grouped by when they run: shared, then per variant before scoring, scoring, after."""
+    """Asset keys in the order they run: the shared ones, then per variant a list of stages, each one kind
+    of partitioning (variant, shard or method) in topological order."""
 
     shared: set[dg.AssetKey] = field(default_factory=set)
-    before: set[dg.AssetKey] = field(default_factory=set)
-    scoring: set[dg.AssetKey] = field(default_factory=set)
-    after: set[dg.AssetKey] = field(default_factory=set)
+    stages: list[tuple[str, set[dg.AssetKey]]] = field(default_factory=list)
+
+    @property
+    def per_variant(self) -> bool:
+        return bool(self.stages)
 
 
 def _plan(defs: dg.Definitions, keys: set[dg.AssetKey]) -> Plan:
     graph = defs.resolve_asset_graph()
-    scoring = {key for key in keys if isinstance(graph.get(key).partitions_def, dg.MultiPartitionsDefinition)}
-    ancestors: set[dg.AssetKey] = set()
-    frontier = [SCORES]
-    while frontier:
-        for parent in graph.get(frontier.pop()).parent_keys:
-            if parent not in ancestors:
-                ancestors.add(parent)
-                frontier.append(parent)
-    plan = Plan(scoring=scoring)
-    for key in keys - scoring:
-        if graph.get(key).partitions_def is None or key in OBSERVED:
+    plan = Plan()
+    for key in graph.toposorted_asset_keys:
+        if key not in keys:
+            continue
+        kind = "shared" if key in OBSERVED else _kind(graph.get(key))
+        if kind == "shared":
             plan.shared.add(key)
-        elif key in ancestors:
-            plan.before.add(key)
+        elif plan.stages and plan.stages[-1][0] == kind:
+            plan.stages[-1][1].add(key)
         else:
-            plan.after.add(key)
+            plan.stages.append((kind, {key}))
     return plan
 
 
-def _shard_keys(defs: dg.Definitions, variant: str) -> list[dg.MultiPartitionKey]:
-    shards = defs.resolve_asset_graph().get(SCORES).partitions_def
-    assert isinstance(shards, dg.MultiPartitionsDefinition)
-    names = shards.get_partitions_def_for_dimension("shard").get_partition_keys()
-    return [dg.MultiPartitionKey({"shard": shard, "variant": variant}) for shard in names]
+def _stage_keys(defs: dg.Definitions, kind: str, variant: str) -> list[str | dg.MultiPartitionKey]:
+    """The partition keys a stage runs for one variant."""
+    if kind == "variant":
+        return [variant]
+    config, _ = _resources(defs)
+    if kind == "shard":
+        partitions = defs.resolve_asset_graph().get(SCORES).partitions_def
+        assert isinstance(partitions, dg.MultiPartitionsDefinition)
+        shards = partitions.get_partitions_def_for_dimension("shard").get_partition_keys()
+        return [dg.MultiPartitionKey({"shard": shard, "variant": variant}) for shard in shards]
+    return [dg.MultiPartitionKey({"method": method, "variant": variant}) for method in config.recovery_methods]
 
 
 def _run_variant(
@@ -188,18 +203,26 @@ def _run_variant(
     variant: str,
     plan: Plan,
     run: GraphRun,
-    shard_keys: list[dg.MultiPartitionKey] | None = None,
+    only: set[str] | None = None,
 ) -> None:
-    """pruned_model, then every scoring shard, then the rest, for one variant; stops at a failure."""
-    if plan.before:
-        run.results.append(_execute(defs, plan.before, instance, partition_key=variant))
-    if plan.scoring and run.success:
-        for key in shard_keys if shard_keys is not None else _shard_keys(defs, variant):
-            run.results.append(_execute(defs, plan.scoring, instance, partition_key=key))
+    """Every stage of the plan for one variant, in order; ``only`` limits the partition keys; stops at a failure."""
+    for kind, keys in plan.stages:
+        for partition_key in _stage_keys(defs, kind, variant):
+            if only is not None and str(partition_key) not in only:
+                continue
+            run.results.append(_execute(defs, keys, instance, partition_key=partition_key))
             if not run.success:
                 return
-    if plan.after and run.success:
-        run.results.append(_execute(defs, plan.after, instance, partition_key=variant))
+
+
+def default_selection(defs: dg.Definitions) -> set[dg.AssetKey]:
+    """Everything, observations included, but the recovery group unless PASER_RECOVERY is set."""
+    config, _ = _resources(defs)
+    graph = defs.resolve_asset_graph()
+    keys = set(graph.materializable_asset_keys) | set(OBSERVED)
+    if not config.recovery:
+        keys = {key for key in keys if graph.get(key).group_name != "recovery"}
+    return keys
 
 
 def run_graph(
@@ -218,13 +241,13 @@ def run_graph(
         # a multi-asset (recovery_pool + recovery_pool_rejected) runs whole: select its siblings too
         dg.AssetSelection.from_string(selection).required_multi_asset_neighbors().resolve(graph)
         if selection
-        else set(graph.materializable_asset_keys) | set(OBSERVED)
+        else default_selection(defs)
     )
     plan = _plan(defs, set(wanted))
     run = GraphRun()
     if plan.shared:
         run.results.append(_execute(defs, plan.shared, instance))
-    for name in names if (plan.before or plan.scoring or plan.after) else []:
+    for name in names if plan.per_variant else []:
         if run.success:
             _run_variant(defs, instance, name, plan, run)
     return run
@@ -238,16 +261,23 @@ def observe(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.ExecuteInP
 def refresh(defs: dg.Definitions, instance: dg.DagsterInstance, max_waves: int = 5) -> tuple[GraphRun, list[str]]:
     """Observe the checkpoints, then materialize exactly the stale or missing assets until none is left.
 
-    Each wave materializes what Dagster reports stale or missing; materializing can make further
-    assets stale (a changed result), so the next wave looks again. Returns the runs and the stale
-    set found by the first look.
+    Each wave materializes what Dagster reports stale or missing (within the default selection);
+    materializing can make further assets stale (a changed result), so the next wave looks again.
+    Returns the runs and the stale set found by the first look.
     """
     config, database = _resources(defs)
     sync_variants(instance, database, config)
+    scope = default_selection(defs)
     run = GraphRun(results=[observe(defs, instance)])
     first: list[str] | None = None
     for _ in range(max_waves):
         stale: StaleSet = stale_or_missing(defs, instance)
+        stale.unpartitioned &= scope
+        stale.by_partition = {
+            partition: keys & scope
+            for partition, keys in stale.by_partition.items()
+            if keys & scope and _in_scope(_partition_key(partition), config.recovery_methods)
+        }
         if first is None:
             first = stale.describe()
         if not stale or not run.success:
@@ -255,32 +285,32 @@ def refresh(defs: dg.Definitions, instance: dg.DagsterInstance, max_waves: int =
         if stale.unpartitioned:
             run.results.append(_execute(defs, stale.unpartitioned, instance))
             continue  # shared assets changed: look again before running variants
-        variants = sorted(
-            {
-                key.keys_by_dimension["variant"] if isinstance(key, dg.MultiPartitionKey) else key
-                for key in map(_partition_key, stale.by_partition)
-            }
-        )
+        variants = sorted({_variant_of(_partition_key(p)) for p in stale.by_partition})
         for variant in variants:
-            keys = set(stale.by_partition.get(variant, set()))
-            shard_keys = [
-                _partition_key(p)
-                for p in sorted(stale.by_partition)
-                if isinstance(_partition_key(p), dg.MultiPartitionKey)
-                and _partition_key(p).keys_by_dimension["variant"] == variant
-            ]
-            plan = _plan(defs, keys)
-            plan.scoring = {key for p in shard_keys for key in stale.by_partition[str(p)]}
-            _run_variant(defs, instance, variant, plan, run, shard_keys=shard_keys)
+            mine = {p: keys for p, keys in stale.by_partition.items() if _variant_of(_partition_key(p)) == variant}
+            plan = _plan(defs, set().union(*mine.values()))
+            _run_variant(defs, instance, variant, plan, run, only=set(mine))
     return run, first or []
 
 
+def _variant_of(key: str | dg.MultiPartitionKey) -> str:
+    return key.keys_by_dimension["variant"] if isinstance(key, dg.MultiPartitionKey) else key
+
+
+def _in_scope(key: str | dg.MultiPartitionKey, methods: list[str]) -> bool:
+    """Method partitions of methods that are not configured are never run."""
+    if isinstance(key, dg.MultiPartitionKey) and "method" in key.keys_by_dimension:
+        return key.keys_by_dimension["method"] in methods
+    return True
+
+
 def _partition_key(text: str) -> str | dg.MultiPartitionKey:
-    """A stale-set partition key: a variant name, or ``shard|variant`` of degradation_scores."""
+    """A stale-set partition key: a variant name, ``shard|variant`` or ``method|variant``."""
     if "|" not in text:
         return text
-    shard, variant = text.split("|", 1)
-    return dg.MultiPartitionKey({"shard": shard, "variant": variant})
+    first, variant = text.split("|", 1)
+    dimension = "shard" if first.isdigit() else "method"
+    return dg.MultiPartitionKey({dimension: first, "variant": variant})
 
 
 def registered_variant_names(instance: dg.DagsterInstance) -> list[str]:

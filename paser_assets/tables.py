@@ -24,6 +24,10 @@ TABLES: dict[str, Columns] = {
         name: ("BIGINT" if name == "source_row" else "VARCHAR", description)
         for name, description in REJECTED_COLUMNS.items()
     },
+    "holdout": {
+        "sample_id": ("VARCHAR", "Pool row kept out of every selection to evaluate recovery on"),
+        "family": ("VARCHAR", "Its family label, when the data has one"),
+    },
     "instruction_embeddings": {
         "sample_id": ("VARCHAR", "Pool row"),
         "embedding": ("FLOAT[]", "L2-normalised sentence embedding of instruction + input"),
@@ -123,6 +127,36 @@ TABLES: dict[str, Columns] = {
         "concept_a": ("VARCHAR", "A concept of a selected sample"),
         "concept_b": ("VARCHAR", "Another concept of the same selected sample (concept_a < concept_b)"),
         "cooccurrences": ("BIGINT", "Selected samples holding both concepts"),
+    },
+    "baseline_selection": {
+        "variant": ("VARCHAR", "Pruned variant"),
+        "method": ("VARCHAR", "random, uniform, top_jsd, ifd or paser_no_concepts"),
+        "rank": ("BIGINT", "Order in which the method picked the sample"),
+        "sample_id": ("VARCHAR", "Selected pool row"),
+    },
+    "heldout_nll": {
+        "variant": ("VARCHAR", "Pruned variant"),
+        "method": ("VARCHAR", "Selection method of the recovered model, or 'reference'"),
+        "model": ("VARCHAR", "original, pruned or recovered"),
+        "sample_id": ("VARCHAR", "Held-out pool row"),
+        "nll": ("DOUBLE", "Mean NLL of the response tokens"),
+    },
+    "general_text_nll": {
+        "variant": ("VARCHAR", "Pruned variant"),
+        "method": ("VARCHAR", "Selection method of the recovered model, or 'reference'"),
+        "model": ("VARCHAR", "original, pruned or recovered"),
+        "mean_nll": ("DOUBLE", "Mean NLL per token of Python's standard-library documentation"),
+        "perplexity": ("DOUBLE", "exp(mean_nll)"),
+        "tokens": ("BIGINT", "Tokens scored"),
+    },
+    "recovery_comparison": {
+        "variant": ("VARCHAR", "Pruned variant"),
+        "method": ("VARCHAR", "original, pruned, or the selection method the pruned model was recovered with"),
+        "cluster": ("BIGINT", "Cluster of the held-out samples; NULL for all of them"),
+        "samples": ("BIGINT", "Held-out samples"),
+        "heldout_nll": ("DOUBLE", "Mean response NLL on the held-out samples"),
+        "heldout_ppl": ("DOUBLE", "exp(heldout_nll)"),
+        "general_ppl": ("DOUBLE", "Perplexity on general text"),
     },
 }
 

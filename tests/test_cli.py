@@ -33,7 +33,7 @@ def test_demo_materializes_and_prints_sql_summary(tmp_path: Path, tiny_llama_dir
     }
     result = run_paser(["demo"], env, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "materialized 13 assets" in result.stdout
+    assert "materialized 14 assets" in result.stdout
     assert "selection[magnitude-50]" in result.stdout
     assert "Clusters" in result.stdout and "SQL: SELECT cluster, size" in result.stdout
     with duckdb.connect(env["PASER_DB"], read_only=True) as conn:
@@ -68,7 +68,7 @@ def test_reprune_with_the_documented_refresh_command(tmp_path: Path, tiny_llama_
     }
     first = run_paser(["materialize"], env, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "materialized 13 assets" in first.stdout
+    assert "materialized 14 assets" in first.stdout
 
     unchanged = run_paser(["refresh"], env, tmp_path)
     assert unchanged.returncode == 0, unchanged.stderr[-3000:]

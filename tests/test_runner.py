@@ -27,6 +27,7 @@ SHARED = {
     "clusters",
     "cluster_profiles",
     "sample_concepts",
+    "holdout_split",
 }
 PER_VARIANT = {
     "pruned_model",

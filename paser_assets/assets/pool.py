@@ -5,11 +5,13 @@ from collections.abc import Iterator
 import dagster as dg
 
 from paser_assets import storage
+from paser_assets.core.baselines import seeded_order
 from paser_assets.pool import PoolInputError, load_pool
 from paser_assets.resources import PaserConfig, PaserDuckDB
 from paser_assets.tables import table_metadata
 
 POOL_GROUP = "pool"
+HOLDOUT_TABLE = "holdout"
 
 
 @dg.multi_asset(
@@ -73,5 +75,31 @@ def recovery_pool(
         metadata={
             **table_metadata("recovery_pool_rejected", duckdb.schema_name, len(build.rejected)),
             "reasons": dg.MetadataValue.json(build.rejection_counts),
+        },
+    )
+
+
+@dg.asset(
+    deps=["recovery_pool"],
+    group_name=POOL_GROUP,
+    code_version="1",
+    kinds={"duckdb"},
+    description="Samples kept out of every selection, to measure recovery on: a seeded choice by sample_id.",
+)
+def holdout_split(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
+    pool = duckdb.read("recovery_pool", "sample_id, family")
+    size = min(paser.holdout_max, round(paser.holdout_fraction * len(pool)))
+    if size >= len(pool):
+        raise dg.Failure(description=f"PASER_HOLDOUT={paser.holdout_fraction} leaves no selectable sample")
+    chosen = set(seeded_order(pool["sample_id"].tolist(), paser.seed)[:size])
+    table = pool[pool["sample_id"].isin(chosen)].sort_values("sample_id").reset_index(drop=True)
+    with duckdb.write() as conn:
+        storage.replace_table(conn, duckdb.schema_name, HOLDOUT_TABLE, table)
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(storage.content_hash(table)),
+        metadata={
+            **table_metadata(HOLDOUT_TABLE, duckdb.schema_name, len(table)),
+            "fraction": paser.holdout_fraction,
+            "selectable": len(pool) - len(table),
         },
     )

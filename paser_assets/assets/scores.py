@@ -236,12 +236,13 @@ def score_table(scores: pd.DataFrame, variant: str, shard: int) -> pd.DataFrame:
 
 
 @dg.asset(
-    deps=["degradation_scores", "clusters", *MODEL_PARENTS],
+    deps=["degradation_scores", "clusters", "holdout_split", *MODEL_PARENTS],
     partitions_def=variant_partitions,
     group_name=SCORES_GROUP,
     code_version="1",
     kinds={"duckdb"},
-    description="Per cluster: size, Capability Degradation Score (mean JSD) and its share of the budget.",
+    description="Per cluster: size, Capability Degradation Score (mean JSD) and its share of the budget, "
+    "over the selectable samples (the held-out split excluded).",
 )
 def capability_degradation(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
@@ -255,6 +256,7 @@ def capability_degradation(
             FROM {storage.qualified(conn, schema, "clusters")} c
             JOIN {storage.qualified(conn, schema, "degradation_scores")} s USING (sample_id)
             WHERE s.variant = ?
+              AND c.sample_id NOT IN (SELECT sample_id FROM {storage.qualified(conn, schema, "holdout")})
             """,
             [variant],
         ).df()

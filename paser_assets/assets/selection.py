@@ -64,6 +64,7 @@ def _candidates(duckdb: PaserDuckDB, variant: str) -> tuple[pd.DataFrame, pd.Dat
             JOIN {storage.qualified(conn, schema, "clusters")} c USING (sample_id)
             JOIN {storage.qualified(conn, schema, "sample_concepts")} k USING (sample_id)
             WHERE s.variant = ?
+              AND s.sample_id NOT IN (SELECT sample_id FROM {storage.qualified(conn, schema, "holdout")})
             ORDER BY s.sample_id
             """,
             [variant],
@@ -96,7 +97,14 @@ def _create_view(conn: duckdb.DuckDBPyConnection, schema: str) -> None:
     )
 
 
-SELECTION_PARENTS = ["capability_degradation", "degradation_scores", "clusters", "sample_concepts", *MODEL_PARENTS]
+SELECTION_PARENTS = [
+    "capability_degradation",
+    "degradation_scores",
+    "clusters",
+    "sample_concepts",
+    "holdout_split",
+    *MODEL_PARENTS,
+]
 
 
 @dg.multi_asset(

@@ -160,6 +160,23 @@ def _per_sample_means(values: torch.Tensor, batch: Sequence[EncodedSample]) -> l
     return means
 
 
+def pack_batch(batch: Sequence[EncodedSample], pad_token_id: int) -> tuple[torch.Tensor, ...]:
+    """Right-padded ids and mask, and the (row, position) pairs whose next token is a response token."""
+    width = max(len(sample.input_ids) for sample in batch)
+    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    rows, columns = [], []
+    for row, sample in enumerate(batch):
+        length = len(sample.input_ids)
+        input_ids[row, :length] = torch.tensor(sample.input_ids)
+        attention_mask[row, :length] = 1
+        # Position t predicts token t + 1: the response tokens are predicted from prompt_tokens - 1 on.
+        positions = range(sample.prompt_tokens - 1, length - 1)
+        rows.extend([row] * len(positions))
+        columns.extend(positions)
+    return input_ids, attention_mask, torch.tensor(rows), torch.tensor(columns)
+
+
 class PairScorer:
     """Scores batches of encoded samples through an (original, pruned) pair of models.
 
@@ -174,21 +191,6 @@ class PairScorer:
         self.pruned = pruned
         self.pad_token_id = pad_token_id
         self.chunk_size = chunk_size
-
-    def _pack(self, batch: Sequence[EncodedSample]) -> tuple[torch.Tensor, ...]:
-        width = max(len(sample.input_ids) for sample in batch)
-        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        rows, columns = [], []
-        for row, sample in enumerate(batch):
-            length = len(sample.input_ids)
-            input_ids[row, :length] = torch.tensor(sample.input_ids)
-            attention_mask[row, :length] = 1
-            # Position t predicts token t + 1: the response tokens are predicted from prompt_tokens - 1 on.
-            positions = range(sample.prompt_tokens - 1, length - 1)
-            rows.extend([row] * len(positions))
-            columns.extend(positions)
-        return input_ids, attention_mask, torch.tensor(rows), torch.tensor(columns)
 
     def score(self, batch: Sequence[EncodedSample]) -> list[SampleScore]:
         """Exact scores of a batch (both models, full-vocabulary JSD)."""
@@ -205,7 +207,7 @@ class PairScorer:
         original's states are returned for it. Without it (``original=None``), the original's logits
         come from ``original_head`` applied to the states in ``cache``, so only the pruned model runs.
         Both ways give the same numbers (see :func:`_round_per_sample`)."""
-        input_ids, attention_mask, row_index, column_index = self._pack(batch)
+        input_ids, attention_mask, row_index, column_index = pack_batch(batch, self.pad_token_id)
         targets = input_ids[row_index, column_index + 1]
         use_cache = self.original is None
         states: dict[str, OriginalStates] = {}

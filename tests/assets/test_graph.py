@@ -58,6 +58,7 @@ def test_every_asset_materializes_into_duckdb(identical_run) -> None:
         "clusters",
         "cluster_profiles",
         "sample_concepts",
+        "holdout_split",
         "pruned_model[external]",
         "degradation_scores[0|external]",
         "capability_degradation[external]",
@@ -107,10 +108,13 @@ def test_pruned_equal_to_original_scores_exactly_zero(identical_run) -> None:
 def test_budget_is_allocated_exactly(identical_run) -> None:
     _, database, _ = identical_run
     pool_rows = query(database, "SELECT count(*) FROM recovery_pool")[0][0]
-    total, over_capacity = query(
-        database, "SELECT sum(budget), count(*) FILTER (WHERE budget > size) FROM capability_degradation"
+    held_out = query(database, "SELECT count(*) FROM holdout")[0][0]
+    assert held_out == round(0.1 * pool_rows)  # the default held-out split is never selectable
+    total, over_capacity, sizes = query(
+        database, "SELECT sum(budget), count(*) FILTER (WHERE budget > size), sum(size) FROM capability_degradation"
     )[0]
-    assert total == math.floor(0.2 * pool_rows + 0.5)
+    assert sizes == pool_rows - held_out
+    assert total == math.floor(0.2 * (pool_rows - held_out) + 0.5)
     assert over_capacity == 0
 
 

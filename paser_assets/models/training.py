@@ -1,0 +1,178 @@
+"""Recovery fine-tuning of a pruned model with LoRA (peft), and held-out evaluation.
+
+The loss is the mean NLL of the response tokens (prompt tokens are masked), the same positions the
+degradation scores read. Batches are length-bucketed and their order is shuffled by the seed, so a
+run is deterministic for a seed on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from paser_assets.models.scoring import EncodedSample, pack_batch, plan_batches
+from paser_assets.progress import format_duration
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    learning_rate: float = 3e-4
+    epochs: int = 1
+    batch_size: int = 8
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    seed: int = 0
+
+
+@dataclass
+class TrainingLog:
+    """Loss per optimizer step and how long training took."""
+
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+def _batch_tensors(batch: Sequence[EncodedSample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(sample.input_ids) for sample in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, -100)  # -100: ignored by the loss (prompt and padding)
+    for row, sample in enumerate(batch):
+        length = len(sample.input_ids)
+        input_ids[row, :length] = torch.tensor(sample.input_ids)
+        attention_mask[row, :length] = 1
+        labels[row, sample.prompt_tokens : length] = input_ids[row, sample.prompt_tokens : length]
+    return input_ids, attention_mask, labels
+
+
+def train_lora(
+    model: Any,
+    samples: Sequence[EncodedSample],
+    pad_id: int,
+    settings: LoraSettings,
+    log: Callable[[str], None] | None = None,
+) -> tuple[Any, TrainingLog]:
+    """Wrap ``model`` with LoRA adapters and train them on ``samples``; returns the peft model and its log."""
+    from peft import LoraConfig, get_peft_model
+
+    if not samples:
+        raise ValueError("no samples to train on")
+    torch.manual_seed(settings.seed)
+    random.seed(settings.seed)
+    np.random.seed(settings.seed)
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in settings.target_modules if t in present]
+    if not targets:
+        raise ValueError(f"none of the LoRA target modules {settings.target_modules} exists in the model")
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    peft_model.train()
+    optimizer = torch.optim.AdamW(
+        [p for p in peft_model.parameters() if p.requires_grad], lr=settings.learning_rate, weight_decay=0.0
+    )
+    batches = plan_batches([len(s.input_ids) for s in samples], token_budget=1 << 30, max_batch=settings.batch_size)
+    total_steps = len(batches) * settings.epochs
+    record = TrainingLog()
+    start = time.monotonic()
+    last_log = start
+    step = 0
+    for epoch in range(settings.epochs):
+        order = list(range(len(batches)))
+        random.Random(settings.seed * 1000 + epoch).shuffle(order)
+        for index in order:
+            input_ids, attention_mask, labels = _batch_tensors([samples[i] for i in batches[index]], pad_id)
+            loss = peft_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            record.steps.append(step)
+            record.losses.append(float(loss.detach()))
+            record.tokens += int(attention_mask.sum())
+            now = time.monotonic()
+            if log is not None and (now - last_log >= 10 or step == total_steps):
+                last_log = now
+                rate = step / (now - start)
+                log(
+                    f"LoRA step {step}/{total_steps}, loss {record.losses[-1]:.4f}, "
+                    f"{rate:.2f} steps/s, ETA {format_duration((total_steps - step) / rate)}"
+                )
+    record.seconds = time.monotonic() - start
+    peft_model.eval()
+    return peft_model, record
+
+
+def save_adapter(peft_model: Any, folder: Path) -> Path:
+    """Save the LoRA adapter as safetensors (``adapter_model.safetensors`` + ``adapter_config.json``)."""
+    peft_model.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def load_adapter(model: Any, folder: Path) -> Any:
+    """``model`` with the adapter in ``folder`` applied (safetensors only), in eval mode."""
+    from peft import PeftModel
+
+    if not (folder / "adapter_model.safetensors").exists():
+        raise FileNotFoundError(f"{folder} holds no adapter_model.safetensors")
+    recovered = PeftModel.from_pretrained(model, str(folder))
+    recovered.eval()
+    return recovered
+
+
+@torch.inference_mode()
+def response_nll(
+    model: Any, samples: Sequence[EncodedSample], pad_id: int, token_budget: int = 4096, chunk_size: int = 128
+) -> dict[str, float]:
+    """Mean NLL of each sample's response tokens under ``model`` (prompt and padding excluded).
+
+    The output head runs on response positions only, a chunk at a time, as in scoring.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's LoRA'd base
+    head = inner.get_output_embeddings()
+    result: dict[str, float] = {}
+    for batch_indices in plan_batches([len(s.input_ids) for s in samples], token_budget=token_budget, max_batch=32):
+        batch = [samples[i] for i in batch_indices]
+        input_ids, attention_mask, row_index, column_index = pack_batch(batch, pad_id)
+        hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        hidden = hidden.last_hidden_state[row_index, column_index]
+        targets = input_ids[row_index, column_index + 1]
+        nll = torch.cat(
+            [
+                torch.nn.functional.cross_entropy(
+                    head(hidden[start : start + chunk_size]).float(),
+                    targets[start : start + chunk_size],
+                    reduction="none",
+                )
+                for start in range(0, len(targets), chunk_size)
+            ]
+        )
+        offset = 0
+        for sample in batch:
+            result[sample.sample_id] = float(nll[offset : offset + sample.response_tokens].double().mean())
+            offset += sample.response_tokens
+    return result
+
+
+def perplexity(mean_nll: float) -> float:
+    """exp(mean NLL), the per-token perplexity."""
+    return math.exp(mean_nll) if math.isfinite(mean_nll) and mean_nll < 700 else math.inf

@@ -1,0 +1,593 @@
+"""The Dagster UI in a real browser: `dagster dev` (webserver and daemon) driven by headless Chromium.
+
+The test starts `dagster dev` on a free localhost port with tiny models, and through the UI:
+observes the model checkpoints, materializes the whole graph (one backfill over all partitions),
+opens the `clusters` asset and checks that the cluster map renders, then overwrites the pruned
+checkpoint, observes it again and checks that the score assets of the variant show as unsynced
+(stale) while `clusters` does not. Dagster's GraphQL API (what the UI itself calls) is used only
+to wait for runs and to confirm what the UI shows. Screenshots go to `test-artifacts/ui/`.
+
+It needs Debian's `chromium` (`.ci/run` installs it) and the `playwright` Python package (the
+`dev` extra); Playwright never downloads a browser here. Without them the test is skipped, with
+the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tiny_models import save_tiny_checkpoint
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts" / "ui"
+VARIANT = "external"  # the single variant of PASER_PRUNED_MODEL
+SCORE_PARTITION = f"0|{VARIANT}"  # degradation_scores: shard 0 of the variant
+# Without the networking flags Chromium keeps trying to reach Google's services.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# The per-variant assets that read the pruned model: stale after a re-prune. (asset, partition)
+MODEL_DEPENDENT = [
+    ("pruned_model", VARIANT),
+    ("degradation_scores", SCORE_PARTITION),
+    ("capability_degradation", VARIANT),
+    ("selection", VARIANT),
+    ("concept_graph", VARIANT),
+    ("selection_export", VARIANT),
+]
+# Checked in the UI as well as through GraphQL.
+SCORE_ASSETS = [("degradation_scores", SCORE_PARTITION), ("capability_degradation", VARIANT), ("selection", VARIANT)]
+SHARED_ASSETS = [
+    "recovery_pool",
+    "instruction_embeddings",
+    "manifold",
+    "clusters",
+    "cluster_profiles",
+    "sample_concepts",
+]
+# The demo graph: everything but the recovery assets (LoRA fine-tunes and their evaluation, slow on a CPU and
+# left out of `paser materialize` too). Typed into the lineage page's asset selection; a no-op without them.
+DEMO_SELECTION = "not group:recovery"
+DEMO_EXCLUDED_GROUPS = {"recovery"}
+SERVER_START_TIMEOUT = 240
+OBSERVE_TIMEOUT = 240
+BACKFILL_TIMEOUT = 600
+UI_TIMEOUT_MS = 60_000
+
+
+def _log(message: str) -> None:
+    print(f"[test_ui {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def chromium_path() -> str | None:
+    """Debian's Chromium (or PASER_TEST_CHROMIUM); Playwright cannot download its own browser here."""
+    candidates = [os.environ.get("PASER_TEST_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")]
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+
+
+def _skip(reason: str) -> None:
+    print(f"SKIPPED test_ui: {reason}", file=sys.stderr, flush=True)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium through Playwright, or a skip that says why it is not available."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as error:
+        _skip(f"the playwright package is not installed ({error}); `pip install playwright` (the dev extra)")
+    executable = chromium_path()
+    if executable is None:
+        _skip("Chromium is not installed (/usr/bin/chromium missing); `apt-get install chromium`, see .ci/run")
+    manager = sync_playwright().start()
+    try:
+        launched = manager.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+    except Exception as error:
+        manager.stop()
+        _skip(f"Chromium at {executable} cannot be launched by Playwright: {error}")
+    _log(f"Chromium {launched.version} at {executable}")
+    try:
+        yield launched
+    finally:
+        launched.close()
+        manager.stop()
+
+
+# ----------------------------------------------------------------------------------------------------
+# `dagster dev` and its GraphQL API
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class DagsterDev:
+    url: str
+    pruned_dir: Path
+    log_path: Path
+    process: subprocess.Popen
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        request = urllib.request.Request(f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            payload = json.load(response)
+        assert not payload.get("errors"), f"GraphQL errors: {payload['errors']}"
+        return payload["data"]
+
+    def demo_assets(self) -> list[str]:
+        """The materializable assets of the demo graph, from Dagster's GraphQL API."""
+        nodes = self.graphql("{ assetNodes { assetKey { path } groupName isMaterializable } }")["assetNodes"]
+        return sorted(
+            "/".join(n["assetKey"]["path"])
+            for n in nodes
+            if n["isMaterializable"] and n["groupName"] not in DEMO_EXCLUDED_GROUPS
+        )
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+def _server_env(tmp: Path, original: Path, pruned: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PASER_", "DAGSTER_"))}
+    env.update(
+        {
+            "DAGSTER_HOME": str(tmp / "dagster_home"),
+            "PASER_DB": str(tmp / "paser.duckdb"),
+            "PASER_ORIGINAL_MODEL": str(original),
+            "PASER_PRUNED_MODEL": str(pruned),
+            "PASER_DEMO_SIZE": "48",
+            "PASER_MODEL_CACHE": str(tmp / "model_cache"),
+            "PASER_ORIGINAL_CACHE": "0",
+            "PASER_EXPORT_DIR": str(tmp / "export"),
+            "HF_HUB_OFFLINE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
+    return env
+
+
+DAGSTER_YAML = """\
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+"""
+
+
+def _default_signals() -> None:  # pragma: no cover - runs in the child before exec
+    # The test runner may ignore SIGINT/SIGTERM (and children inherit that); dagster dev needs them to shut down.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Stop `dagster dev` and everything it started (its own process group): SIGTERM, then SIGKILL."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # the webserver, daemon and code servers, whatever is left
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def dagster_dev(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Iterator[DagsterDev]:
+    tmp = tmp_path_factory.mktemp("ui")
+    pruned = save_tiny_checkpoint(tmp / "pruned", seed=1)
+    home = tmp / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    env = _server_env(tmp, tiny_llama_dir, pruned)
+
+    # Register the variant (DuckDB registry and the instance's dynamic partition) before the server
+    # starts, instead of waiting for the paser_variants sensor.
+    listed = subprocess.run(
+        [sys.executable, "-m", "paser_assets.cli", "variants", "list"],
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert f"{VARIANT}\tcheckpoint" in listed.stdout, listed.stdout
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log_path = ARTIFACTS / "dagster-dev.log"
+    port = free_port()
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster) if dagster.exists() else "dagster", "dev", "-m", "paser_assets.definitions"]
+    command += ["-h", "127.0.0.1", "-p", str(port)]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=tmp,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, killed as a whole at teardown
+            preexec_fn=_default_signals,
+        )
+    server = DagsterDev(f"http://127.0.0.1:{port}", pruned, log_path, process)
+    _log(f"dagster dev (pid {process.pid}) on {server.url}, log {log_path}")
+    try:
+        _wait_for_server(server)
+        yield server
+    finally:
+        _stop_group(process)
+        _log("dagster dev stopped")
+
+
+def _wait_for_server(server: DagsterDev) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while True:
+        if server.process.poll() is not None:
+            pytest.fail(f"dagster dev exited with {server.process.returncode}:\n{server.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/server_info", timeout=10) as response:
+                response.read()
+            if server.demo_assets():  # the code location has loaded
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, AssertionError):
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"dagster dev did not answer within {SERVER_START_TIMEOUT} s:\n{server.log_tail()}")
+        time.sleep(2)
+
+
+RUNS_QUERY = """
+{ runsOrError(limit: 100) { ... on Runs { results { runId status assetSelection { path } } } } }
+"""
+RUN_EVENTS_QUERY = """
+query($runId: ID!) { runOrError(runId: $runId) { ... on Run { eventConnection { events {
+  __typename ... on MessageEvent { message } ... on ExecutionStepFailureEvent { stepKey error { message } }
+} } } } }
+"""
+BACKFILLS_QUERY = "{ partitionBackfillsOrError(limit: 20) { ... on PartitionBackfills { results { id status } } } }"
+TERMINAL_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def run_ids(server: DagsterDev) -> set[str]:
+    return {run["runId"] for run in server.graphql(RUNS_QUERY)["runsOrError"]["results"]}
+
+
+def backfill_ids(server: DagsterDev) -> set[str]:
+    return {b["id"] for b in server.graphql(BACKFILLS_QUERY)["partitionBackfillsOrError"]["results"]}
+
+
+def failure_report(server: DagsterDev, runs: list[dict[str, Any]]) -> str:
+    lines = []
+    for run in runs:
+        if run["status"] == "SUCCESS":
+            continue
+        events = server.graphql(RUN_EVENTS_QUERY, {"runId": run["runId"]})["runOrError"]["eventConnection"]["events"]
+        errors = [
+            f"  {e.get('stepKey') or ''}: {(e.get('error') or {}).get('message') or e.get('message')}"
+            for e in events
+            if e["__typename"] in ("ExecutionStepFailureEvent", "RunFailureEvent", "EngineEvent")
+            and ("error" in e or "fail" in (e.get("message") or "").lower())
+        ]
+        lines.append(f"run {run['runId']} {run['status']}:\n" + "\n".join(errors[-10:]))
+    return "\n".join(lines) + f"\n--- dagster dev log ---\n{server.log_tail()}"
+
+
+def wait_for_runs(server: DagsterDev, before: set[str], what: str, timeout: float, settle: Callable[[], bool]) -> None:
+    """Wait until the runs started after ``before`` have finished and ``settle()`` holds; all must succeed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = [r for r in server.graphql(RUNS_QUERY)["runsOrError"]["results"] if r["runId"] not in before]
+        finished = runs and all(r["status"] in TERMINAL_RUN for r in runs)
+        if finished and any(r["status"] != "SUCCESS" for r in runs):
+            pytest.fail(f"{what}: a run failed\n{failure_report(server, runs)}")
+        if finished and settle():
+            _log(f"{what}: {len(runs)} run(s) succeeded")
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not done after {timeout} s: {runs}\n{failure_report(server, runs)}")
+        time.sleep(3)
+
+
+NODE_QUERY = """
+query($key: AssetKeyInput!, $partitions: [String!]) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
+  dataVersion dataVersionByPartition(partitions: $partitions)
+  staleStatus staleCauses { key { path } reason }
+  staleStatusByPartition(partitions: $partitions)
+  staleCausesByPartition(partitions: $partitions) { key { path } reason }
+} } }
+"""
+
+
+def asset_node(server: DagsterDev, asset: str, partition: str | None) -> dict[str, Any]:
+    variables = {"key": {"path": [asset]}, "partitions": [partition] if partition else []}
+    return server.graphql(NODE_QUERY, variables)["assetNodeOrError"]
+
+
+def data_version(server: DagsterDev, asset: str, partition: str | None = None) -> str | None:
+    node = asset_node(server, asset, partition)
+    return node["dataVersionByPartition"][0] if partition else node["dataVersion"]
+
+
+def stale_status(server: DagsterDev, asset: str, partition: str | None = None) -> tuple[str, list[str]]:
+    """Dagster's stale status of an asset (partition) and its causes, as the UI shows them."""
+    node = asset_node(server, asset, partition)
+    if partition:
+        status, causes = node["staleStatusByPartition"][0], node["staleCausesByPartition"][0]
+    else:
+        status, causes = node["staleStatus"], node["staleCauses"]
+    return status, [f"{'/'.join(c['key']['path'])} {c['reason']}" for c in causes]
+
+
+def materialization_counts(server: DagsterDev) -> dict[str, tuple[int, int]]:
+    """Per demo asset: (materialized partitions, partitions); (1, 1) or (0, 1) when unpartitioned."""
+    query = """{ assetNodes { assetKey { path } isMaterializable isPartitioned
+        partitionStats { numMaterialized numPartitions } assetMaterializations(limit: 1) { timestamp } } }"""
+    counts = {}
+    demo = set(server.demo_assets())
+    for node in server.graphql(query)["assetNodes"]:
+        name = "/".join(node["assetKey"]["path"])
+        if name not in demo:
+            continue
+        if node["isPartitioned"]:
+            stats = node["partitionStats"]
+            counts[name] = (stats["numMaterialized"], stats["numPartitions"])
+        else:
+            counts[name] = (len(node["assetMaterializations"]), 1)
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------------
+# The browser side
+
+
+def open_page(browser: Any, width: int = 1600, height: int = 1000) -> Any:
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    # Dagster greets a new instance with a "Join the Dagster community" dialog: skip it whenever it shows.
+    page.add_locator_handler(
+        page.get_by_text("Join the Dagster community"),
+        lambda _: page.get_by_role("button", name="Skip").click(),
+    )
+    return page
+
+
+def screenshot(page: Any, name: str, shots: list[Path]) -> None:
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path))
+    shots.append(path)
+    _log(f"screenshot {path}")
+
+
+def open_lineage(page: Any, server: DagsterDev) -> Any:
+    """The global asset lineage filtered to the demo graph; returns its "Materialize all (N)" button."""
+    page.goto(f"{server.url}/asset-groups")
+    page.get_by_role("button", name=re.compile(r"Materialize all \(\d+\)")).wait_for()
+    page.locator(".CodeMirror").first.click()  # the "Search and filter assets" box (a CodeMirror editor)
+    page.keyboard.type(DEMO_SELECTION)
+    page.keyboard.press("Enter")
+    count = len(server.demo_assets())
+    button = page.get_by_role("button", name=re.compile(rf"Materialize all \({count}\)"))
+    button.wait_for()
+    return button
+
+
+def observe_all_from_ui(page: Any, server: DagsterDev) -> None:
+    from playwright.sync_api import expect
+
+    materialize_all = open_lineage(page, server)
+    materialize_all.locator("xpath=following::button[1]").click()  # the arrow next to "Materialize all"
+    page.get_by_role("menuitem", name=re.compile(r"Observe all \(2\)")).click()
+    expect(page.get_by_text(re.compile(r"Launched run"))).to_be_visible()
+
+
+def materialize_all_from_ui(page: Any, server: DagsterDev) -> None:
+    """'Materialize all' on the global lineage: one backfill of every asset over all partitions."""
+    from playwright.sync_api import expect
+
+    open_lineage(page, server).click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text(f"Launch runs to materialize {len(server.demo_assets())} assets")
+    expect(dialog).to_contain_text("All partitions")
+    dialog.get_by_role("button", name="Launch backfill").click()
+    expect(page.get_by_text(re.compile(r"Created backfill"))).to_be_visible()
+
+
+def screenshot_asset_graph(browser: Any, server: DagsterDev, name: str, shots: list[Path]) -> None:
+    """The whole lineage with the groups expanded, in a viewport tall enough for it to fit."""
+    page = open_page(browser, 1800, 2400)
+    try:
+        open_lineage(page, server)
+        page.get_by_role("button", name="settings", exact=True).click()  # the graph's settings, not the nav's
+        page.get_by_role("menuitem", name=re.compile("Expand all groups")).click()
+        page.reload()  # the graph fits itself to the viewport when it loads; the URL keeps the filter
+        page.get_by_role("button", name=re.compile(rf"Materialize all \({len(server.demo_assets())}\)")).wait_for()
+        for asset in ("cluster_profiles", "selection_export", "pruned_checkpoint"):
+            page.get_by_text(asset, exact=True).last.wait_for()
+        page.wait_for_timeout(1500)
+        screenshot(page, name, shots)
+    finally:
+        page.close()
+
+
+def check_cluster_map(page: Any, server: DagsterDev, shots: list[Path]) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{server.url}/assets/clusters")
+    row = page.get_by_role("row").filter(has=page.get_by_text("cluster_map", exact=True))
+    row.get_by_text("Show Markdown").click()
+    dialog = page.get_by_role("dialog").filter(has_text="cluster_map")
+    image = dialog.locator("img[src^='data:image/png;base64,']")
+    expect(image).to_be_visible()
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0 && img.naturalHeight > 0", arg=image.element_handle()
+    )
+    size = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    _log(f"cluster map renders: {size[0]}x{size[1]} px")
+    assert size[0] > 100 and size[1] > 100, size
+    expect(dialog).to_contain_text("clusters of 47 instructions")  # the chart's title, from the asset
+    screenshot(page, "03-clusters-cluster-map.png", shots)
+    dialog.get_by_role("button", name="Close").click()
+
+
+def observe_pruned_checkpoint_from_ui(page: Any, server: DagsterDev) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{server.url}/assets/pruned_checkpoint")
+    page.get_by_text("Latest observation").wait_for()
+    page.get_by_role("button", name=re.compile(r"\bObserve$")).click()
+    expect(page.get_by_text(re.compile(r"Launched run"))).to_be_visible()
+
+
+def check_unsynced_in_ui(page: Any, server: DagsterDev, asset: str, partition: str, name: str, shots: list[Path]):
+    """The asset's partition page shows the 'Unsynced' tag, caused by the new checkpoint version."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{server.url}/assets/{asset}?view=partitions&partition={partition}")
+    tag = page.get_by_text(re.compile(r"^Unsynced \(\d+\)$"))
+    expect(tag).to_be_visible()
+    tag.hover()
+    expect(page.get_by_text("has a new data version")).to_be_visible()
+    expect(page.get_by_text("1 upstream data version change")).to_be_visible()
+    screenshot(page, name, shots)
+
+
+def check_fresh_in_ui(page: Any, server: DagsterDev, shots: list[Path]) -> None:
+    """The clusters page, fully loaded, shows no 'Unsynced' tag."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{server.url}/assets/clusters")
+    expect(page.get_by_text("Latest materialization")).to_be_visible()
+    expect(page.get_by_text("cluster_map", exact=True)).to_be_visible()  # metadata loaded with the node
+    page.wait_for_timeout(2000)
+    expect(page.get_by_text(re.compile(r"^Unsynced"))).to_have_count(0)
+    screenshot(page, "07-clusters-not-stale.png", shots)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_ui_materialize_cluster_map_and_stale_after_reprune(
+    browser: Any, dagster_dev: DagsterDev, record_property: Callable[[str, object], None]
+) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    server, shots = dagster_dev, []
+    started = time.monotonic()
+    page = open_page(browser)
+    try:
+        # 1. Observe the checkpoints, then materialize everything, from the UI.
+        before = run_ids(server)
+        observe_all_from_ui(page, server)
+        wait_for_runs(
+            server,
+            before,
+            "observe sources",
+            OBSERVE_TIMEOUT,
+            lambda: (
+                data_version(server, "pruned_checkpoint", VARIANT) is not None
+                and data_version(server, "original_model") is not None
+            ),
+        )
+        first_version = data_version(server, "pruned_checkpoint", VARIANT)
+
+        before, backfills_before = run_ids(server), backfill_ids(server)
+        materialize_all_from_ui(page, server)
+
+        def backfill_done() -> bool:
+            results = server.graphql(BACKFILLS_QUERY)["partitionBackfillsOrError"]["results"]
+            new = [b for b in results if b["id"] not in backfills_before]
+            assert len(new) == 1, f"expected one new backfill, got {new}"
+            status = new[0]["status"]
+            if status in ("FAILED", "CANCELED", "COMPLETED_FAILED"):
+                pytest.fail(f"backfill {new[0]['id']} ended {status}\n{server.log_tail()}")
+            return status in ("COMPLETED", "COMPLETED_SUCCESS")
+
+        wait_for_runs(server, before, "materialize all (backfill)", BACKFILL_TIMEOUT, backfill_done)
+        counts = materialization_counts(server)
+        missing = {name: count for name, count in counts.items() if count[0] != count[1] or count[1] == 0}
+        assert counts and not missing, f"not materialized: {missing}"
+        for asset, partition in MODEL_DEPENDENT:
+            assert stale_status(server, asset, partition)[0] == "FRESH", (asset, stale_status(server, asset, partition))
+        _log(f"everything materialized after {time.monotonic() - started:.0f} s")
+        screenshot_asset_graph(browser, server, "01-asset-graph-materialized.png", shots)
+        page.goto(f"{server.url}/assets")
+        expect(page.get_by_text(re.compile(r"^Materialized$")).first).to_be_visible()
+        screenshot(page, "02-catalog-materialized.png", shots)
+
+        # 2. The cluster map of `clusters` renders.
+        check_cluster_map(page, server, shots)
+
+        # 3. Re-prune in place, observe the checkpoint from the UI: the score assets go stale, clusters do not.
+        shutil.rmtree(server.pruned_dir)
+        save_tiny_checkpoint(server.pruned_dir, seed=2)
+        before = run_ids(server)
+        observe_pruned_checkpoint_from_ui(page, server)
+        wait_for_runs(
+            server,
+            before,
+            "observe pruned_checkpoint",
+            OBSERVE_TIMEOUT,
+            lambda: data_version(server, "pruned_checkpoint", VARIANT) not in (None, first_version),
+        )
+        for asset, partition in MODEL_DEPENDENT:
+            status, causes = stale_status(server, asset, partition)
+            assert status == "STALE", (asset, partition, status, causes)
+            assert "pruned_checkpoint has a new data version" in causes, (asset, causes)
+        for asset in SHARED_ASSETS:
+            assert stale_status(server, asset) == ("FRESH", []), (asset, stale_status(server, asset))
+        for number, (asset, partition) in enumerate(SCORE_ASSETS, start=4):
+            check_unsynced_in_ui(page, server, asset, partition, f"0{number}-stale-{asset}.png", shots)
+        check_fresh_in_ui(page, server, shots)
+        screenshot_asset_graph(browser, server, "08-asset-graph-after-reprune.png", shots)
+    except Exception:
+        if not page.is_closed():
+            page.screenshot(path=str(ARTIFACTS / "failure.png"))
+            _log(f"screenshot at failure: {ARTIFACTS / 'failure.png'}")
+        raise
+    finally:
+        page.close()
+        record_property("screenshots", [str(path) for path in shots])
+        print("\nscreenshots:\n" + "\n".join(f"  {path}" for path in shots), flush=True)
+    _log(f"UI test done in {time.monotonic() - started:.0f} s")
