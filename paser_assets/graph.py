@@ -32,8 +32,17 @@ SETTINGS_BY_ASSET: dict[str, tuple[str, ...]] = {
     "concept_graph": ("conflict_tolerance",),
     "selection_export": ("export_dir",),
     "holdout_split": ("holdout_fraction", "holdout_max", "seed"),
-    "baseline_selections": ("seed", "recovery_methods"),
-    "recovered_model": ("lora_r", "lora_alpha", "lora_learning_rate", "lora_epochs", "lora_batch_size", "seed"),
+    "baseline_selections": ("seed", "recovery_seed", "recovery_methods"),
+    "recovered_model": (
+        "lora_r",
+        "lora_alpha",
+        "lora_learning_rate",
+        "lora_epochs",
+        "lora_batch_size",
+        "lora_layers",
+        "seed",
+        "recovery_seed",
+    ),
 }
 # Assets whose result depends on the pruned model; they go stale together when it changes.
 MODEL_DEPENDENT = (

@@ -172,6 +172,16 @@ class PaserConfig(dg.ConfigurableResource):
         description="Include the recovery assets (LoRA fine-tunes and held-out evaluation, slow on a CPU) in "
         "`paser materialize` and `paser refresh`; the UI always shows them.",
     )
+    recovery_seed: int | None = Field(
+        default=None,
+        description="Seed of the recovery runs (random baselines, LoRA initialisation and data order); "
+        "None uses `seed`. Varying it alone keeps the pool, clusters and scores fixed.",
+    )
+    lora_layers: int = Field(
+        default=0,
+        description="Put LoRA adapters in the top N decoder layers only (0: every layer); fewer layers make "
+        "the backward pass, and so training, cheaper.",
+    )
     lora_r: int = Field(default=8, description="LoRA rank of the recovery fine-tune.")
     lora_alpha: int = Field(default=16, description="LoRA alpha.")
     lora_learning_rate: float = Field(default=3e-4, description="Learning rate of the recovery fine-tune.")
@@ -342,6 +352,8 @@ ENV_VARS: dict[str, str] = {
     "holdout_max": "PASER_HOLDOUT_MAX",
     "recovery_methods": "PASER_RECOVERY_METHODS",
     "recovery": "PASER_RECOVERY",
+    "recovery_seed": "PASER_RECOVERY_SEED",
+    "lora_layers": "PASER_LORA_LAYERS",
     "lora_r": "PASER_LORA_R",
     "lora_alpha": "PASER_LORA_ALPHA",
     "lora_learning_rate": "PASER_LORA_LR",

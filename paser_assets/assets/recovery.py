@@ -116,8 +116,8 @@ def baseline_selections(
     budget = int(budgets["budget"].sum())
     ids = frame["sample_id"].tolist()
     picks: dict[str, list[str]] = {
-        "random": random_selection(ids, budget, paser.seed),
-        "uniform": uniform_selection(dict(zip(ids, frame["cluster"], strict=True)), budget, paser.seed),
+        "random": random_selection(ids, budget, recovery_seed(paser)),
+        "uniform": uniform_selection(dict(zip(ids, frame["cluster"], strict=True)), budget, recovery_seed(paser)),
         "top_jsd": top_score_selection(dict(zip(ids, frame["jsd"], strict=True)), budget),
     }
     unfiltered = select(
@@ -179,6 +179,10 @@ def method_selection(duckdb: PaserDuckDB, method: str, variant: str) -> pd.DataF
     return _query(duckdb, sql, [variant, method])
 
 
+def recovery_seed(paser: PaserConfig) -> int:
+    return paser.seed if paser.recovery_seed is None else paser.recovery_seed
+
+
 def lora_settings(paser: PaserConfig) -> LoraSettings:
     return LoraSettings(
         r=paser.lora_r,
@@ -186,7 +190,8 @@ def lora_settings(paser: PaserConfig) -> LoraSettings:
         learning_rate=paser.lora_learning_rate,
         epochs=paser.lora_epochs,
         batch_size=paser.lora_batch_size,
-        seed=paser.seed,
+        top_layers=paser.lora_layers,
+        seed=recovery_seed(paser),
     )
 
 

@@ -33,6 +33,7 @@ class LoraSettings:
     epochs: int = 1
     batch_size: int = 8
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    top_layers: int = 0  # 0: every decoder layer; N: only the top N (no gradient flows below them)
     seed: int = 0
 
 
@@ -78,11 +79,18 @@ def train_lora(
     targets = [t for t in settings.target_modules if t in present]
     if not targets:
         raise ValueError(f"none of the LoRA target modules {settings.target_modules} exists in the model")
+    layers = None
+    if settings.top_layers > 0:
+        from paser_assets.models.pruning import decoder_layers
+
+        count = len(decoder_layers(model))
+        layers = list(range(max(0, count - settings.top_layers), count))
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=targets,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, config)

@@ -1,0 +1,174 @@
+"""Baseline selection methods (paser_assets.core.baselines): seeded order, random, uniform across clusters,
+top score and instruction-following difficulty (IFD)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from paser_assets.core.baselines import (
+    ifd_selection,
+    instruction_following_difficulty,
+    random_selection,
+    seeded_order,
+    top_score_selection,
+    uniform_selection,
+)
+
+IDS = [f"s{i:03d}" for i in range(50)]
+
+
+def clusters_of(sizes: dict[int, int]) -> dict[str, int]:
+    """sample_id -> cluster with ``sizes[c]`` samples in cluster c (ids ``c<c>-<i>``)."""
+    return {f"c{cluster}-{i:02d}": cluster for cluster, size in sizes.items() for i in range(size)}
+
+
+def per_cluster(selected: list[str], clusters: dict[str, int]) -> dict[int, int]:
+    counts = {cluster: 0 for cluster in set(clusters.values())}
+    for sample_id in selected:
+        counts[clusters[sample_id]] += 1
+    return counts
+
+
+# -- seeded_order
+
+
+def test_seeded_order_is_a_deterministic_permutation() -> None:
+    order = seeded_order(IDS, seed=7)
+    assert order == seeded_order(IDS, seed=7)
+    assert sorted(order) == IDS
+    assert order != IDS  # 50 ids in their sorted order by chance: probability 1/50!
+
+
+def test_seeded_order_depends_on_the_seed() -> None:
+    assert seeded_order(IDS, seed=0) != seeded_order(IDS, seed=1)
+
+
+def test_seeded_order_ignores_the_input_order() -> None:
+    shuffled = IDS.copy()
+    random.Random(3).shuffle(shuffled)
+    assert seeded_order(shuffled, seed=5) == seeded_order(IDS, seed=5) == seeded_order(IDS[::-1], seed=5)
+
+
+def test_seeded_order_of_a_subset_keeps_the_relative_order() -> None:
+    # The order depends only on each id's own hash: dropping ids does not reorder the others.
+    full = seeded_order(IDS, seed=2)
+    subset = set(IDS[::3])
+    assert seeded_order(sorted(subset), seed=2) == [s for s in full if s in subset]
+
+
+# -- random_selection
+
+
+@pytest.mark.parametrize("budget", [0, 1, 17, 50])
+def test_random_selection_has_the_budget_and_no_repeat(budget: int) -> None:
+    chosen = random_selection(IDS, budget, seed=4)
+    assert len(chosen) == budget
+    assert len(set(chosen)) == budget
+    assert set(chosen) <= set(IDS)
+
+
+def test_random_selection_is_seeded_and_nested() -> None:
+    assert random_selection(IDS, 10, seed=4) == random_selection(list(reversed(IDS)), 10, seed=4)
+    assert random_selection(IDS, 10, seed=4) != random_selection(IDS, 10, seed=5)
+    assert random_selection(IDS, 20, seed=4)[:10] == random_selection(IDS, 10, seed=4)
+
+
+def test_random_selection_over_the_pool_size_takes_everything() -> None:
+    assert sorted(random_selection(IDS, 80, seed=0)) == IDS
+
+
+# -- uniform_selection
+
+
+def test_uniform_selection_splits_equally_across_clusters() -> None:
+    clusters = clusters_of({0: 10, 1: 10, 2: 10})
+    chosen = uniform_selection(clusters, 9, seed=0)
+    assert len(chosen) == len(set(chosen)) == 9
+    assert per_cluster(chosen, clusters) == {0: 3, 1: 3, 2: 3}
+
+
+def test_uniform_selection_spreads_the_remainder_one_each() -> None:
+    clusters = clusters_of({0: 10, 1: 10, 2: 10})
+    counts = per_cluster(uniform_selection(clusters, 11, seed=0), clusters)
+    assert sorted(counts.values()) == [3, 4, 4]
+    assert sum(counts.values()) == 11
+
+
+def test_a_small_cluster_gives_its_excess_to_the_others() -> None:
+    clusters = clusters_of({0: 1, 1: 10, 2: 10, 3: 2})
+    chosen = uniform_selection(clusters, 12, seed=1)
+    counts = per_cluster(chosen, clusters)
+    # B / k = 3 each, but cluster 0 holds 1 and cluster 3 holds 2: their excess (2 + 1) goes to clusters 1
+    # and 2, 4.5 each; the odd unit goes to the lower cluster id.
+    assert counts == {0: 1, 1: 5, 2: 4, 3: 2}
+    assert len(chosen) == len(set(chosen)) == 12
+
+
+@pytest.mark.parametrize("budget", [1, 5, 13, 22, 23])
+def test_uniform_selection_sizes_sum_to_the_budget(budget: int) -> None:
+    clusters = clusters_of({0: 1, 1: 10, 2: 7, 3: 2, 4: 3})
+    chosen = uniform_selection(clusters, budget, seed=2)
+    counts = per_cluster(chosen, clusters)
+    assert sum(counts.values()) == len(chosen) == len(set(chosen)) == budget
+    sizes = {0: 1, 1: 10, 2: 7, 3: 2, 4: 3}
+    assert all(counts[c] <= sizes[c] for c in sizes)
+    # Equal shares: an uncapped cluster never gets more than one sample over another uncapped cluster.
+    uncapped = [counts[c] for c in sizes if counts[c] < sizes[c]]
+    assert not uncapped or max(uncapped) - min(uncapped) <= 1
+    # Only a cluster no bigger than the equal share (plus a remainder unit) is taken whole.
+    assert all(counts[c] <= max(uncapped) + 1 for c in sizes if counts[c] == sizes[c] and uncapped)
+
+
+def test_uniform_selection_draws_at_random_inside_each_cluster() -> None:
+    clusters = clusters_of({0: 10, 1: 10})
+    chosen = uniform_selection(clusters, 6, seed=3)
+    for cluster in (0, 1):
+        members = sorted(s for s, c in clusters.items() if c == cluster)
+        assert [s for s in chosen if clusters[s] == cluster] == seeded_order(members, 3)[:3]
+    assert uniform_selection(clusters, 6, seed=3) == chosen
+    assert uniform_selection(clusters, 6, seed=4) != chosen
+
+
+# -- top_score_selection
+
+
+def test_top_score_selection_takes_the_highest_first_ties_by_id() -> None:
+    scores = {"a": 0.1, "b": 0.9, "c": 0.5, "d": 0.9, "e": -1.0}
+    assert top_score_selection(scores, 3) == ["b", "d", "c"]
+    assert top_score_selection(scores, 10) == ["b", "d", "c", "a", "e"]
+
+
+def test_top_score_selection_puts_nan_last() -> None:
+    scores = {"a": math.nan, "b": -5.0, "c": 0.0, "d": math.nan}
+    assert top_score_selection(scores, 4) == ["c", "b", "a", "d"]
+    assert top_score_selection(scores, 2) == ["c", "b"]  # a NaN score is never preferred to a real one
+
+
+# -- instruction-following difficulty
+
+
+def test_ifd_is_conditioned_over_unconditioned_nll() -> None:
+    assert instruction_following_difficulty(1.5, 3.0) == pytest.approx(0.5)
+    assert instruction_following_difficulty(4.0, 2.0) == pytest.approx(2.0)
+    assert instruction_following_difficulty(0.0, 2.0) == 0.0
+
+
+@pytest.mark.parametrize("denominator", [0.0, -1.0, math.nan])
+def test_ifd_is_nan_for_a_non_positive_denominator(denominator: float) -> None:
+    assert math.isnan(instruction_following_difficulty(1.0, denominator))
+
+
+def test_ifd_selection_prefers_the_highest_ifd_below_one() -> None:
+    ifd = {"a": 0.9, "b": 0.5, "c": 1.2, "d": 1.0, "e": 3.0, "f": 0.95}
+    assert ifd_selection(ifd, 2) == ["f", "a"]
+    assert ifd_selection(ifd, 3) == ["f", "a", "b"]  # every IFD < 1, none >= 1 although they score higher
+
+
+def test_ifd_selection_fills_with_the_lowest_ifd_at_least_one_only_when_needed() -> None:
+    ifd = {"a": 0.9, "b": 0.5, "c": 1.2, "d": 1.0, "e": 3.0, "f": math.nan}
+    assert ifd_selection(ifd, 4) == ["a", "b", "d", "c"]
+    assert ifd_selection(ifd, 6) == ["a", "b", "d", "c", "e", "f"]  # NaN (no usable IFD) comes last
+    assert ifd_selection(ifd, 10) == ["a", "b", "d", "c", "e", "f"]

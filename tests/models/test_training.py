@@ -1,0 +1,228 @@
+"""LoRA recovery training, adapter save/load, held-out NLL and the general text set
+(paser_assets.models.training, paser_assets.models.general_text), on the tiny Llama."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from paser_assets.models.general_text import general_text, general_text_samples
+from paser_assets.models.scoring import EncodedSample, encode_sample
+from paser_assets.models.training import (
+    LoraSettings,
+    load_adapter,
+    perplexity,
+    response_nll,
+    save_adapter,
+    train_lora,
+)
+from paser_assets.pool.demo import generate_demo_pool
+
+EPOCHS = 8
+SETTINGS = LoraSettings(learning_rate=1e-2, epochs=EPOCHS, batch_size=4, seed=0)
+MAX_TOKENS = 64
+
+
+@pytest.fixture(scope="module")
+def base(tiny_pair):
+    """The tiny Llama (not to be modified: train on deep copies)."""
+    return tiny_pair[0]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_pair):
+    return tiny_pair[1]
+
+
+@pytest.fixture(scope="module")
+def samples(tokenizer) -> list[EncodedSample]:
+    rows = generate_demo_pool(16, seed=4)
+    return [
+        encode_sample(tokenizer, f"s{i:02d}", r["instruction"], r["input"], r["output"], MAX_TOKENS)
+        for i, r in enumerate(rows)
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(base, tokenizer, samples):
+    """(peft model, training log) of 8 epochs over 16 samples, batches of 4 (32 steps)."""
+    return train_lora(copy.deepcopy(base), samples, tokenizer.pad_token_id, SETTINGS)
+
+
+def epoch_means(losses: list[float], epochs: int) -> list[float]:
+    steps = len(losses) // epochs
+    return [sum(losses[e * steps : (e + 1) * steps]) / steps for e in range(epochs)]
+
+
+def logits(model, sample: EncodedSample) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([sample.input_ids])).logits[0].float()
+
+
+# -- train_lora
+
+
+def test_lora_training_reduces_the_training_loss(trained, samples) -> None:
+    _, log = trained
+    assert len(log.losses) == EPOCHS * math.ceil(len(samples) / SETTINGS.batch_size)
+    assert log.steps == list(range(1, len(log.losses) + 1))
+    assert all(math.isfinite(loss) for loss in log.losses)
+    means = epoch_means(log.losses, EPOCHS)
+    assert means[0] > 5.0  # a random model over ~600 tokens starts near ln(600) = 6.4
+    assert means[-1] < means[0] - 0.1, means
+    assert all(mean < means[0] for mean in means[1:]), means
+    assert log.tokens == EPOCHS * sum(len(s.input_ids) for s in samples)
+    assert log.seconds > 0
+
+
+def test_only_the_lora_parameters_change(base, trained) -> None:
+    peft_model, _ = trained
+    original = dict(base.named_parameters())
+    lora, frozen = 0, 0
+    for name, parameter in peft_model.named_parameters():
+        if "lora_" in name:
+            lora += 1
+            assert parameter.requires_grad, name
+            continue
+        frozen += 1
+        assert not parameter.requires_grad, name
+        base_name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        assert torch.equal(parameter, original[base_name]), name
+    assert frozen == len(original)
+    # Two LoRA matrices per targeted linear: 7 projections in each of the 2 layers.
+    assert lora == 2 * 7 * 2
+    layer = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+    assert torch.equal(layer.base_layer.weight, base.model.layers[0].self_attn.q_proj.weight)
+    assert layer.lora_B["default"].weight.abs().sum() > 0  # B starts at zero: training moved it
+
+
+def test_training_changes_the_model_outputs(base, trained, samples) -> None:
+    peft_model, _ = trained
+    assert not torch.allclose(logits(peft_model, samples[0]), logits(base, samples[0]), atol=1e-4)
+
+
+def test_training_is_deterministic_for_a_seed(base, tokenizer, samples, trained) -> None:
+    short = LoraSettings(learning_rate=1e-2, epochs=2, batch_size=4, seed=0)
+    _, first = train_lora(copy.deepcopy(base), samples, tokenizer.pad_token_id, short)
+    _, again = train_lora(copy.deepcopy(base), samples, tokenizer.pad_token_id, short)
+    assert first.losses == again.losses
+    assert first.losses == trained[1].losses[: len(first.losses)]  # the same first two epochs as the long run
+    _, other = train_lora(
+        copy.deepcopy(base), samples, tokenizer.pad_token_id, LoraSettings(learning_rate=1e-2, epochs=2, seed=1)
+    )
+    assert other.losses != first.losses
+
+
+def test_training_refuses_no_samples_and_missing_targets(base, tokenizer, samples) -> None:
+    with pytest.raises(ValueError, match="no samples"):
+        train_lora(copy.deepcopy(base), [], tokenizer.pad_token_id, SETTINGS)
+    with pytest.raises(ValueError, match="target modules"):
+        train_lora(copy.deepcopy(base), samples, tokenizer.pad_token_id, LoraSettings(target_modules=("nope",)))
+
+
+def test_training_logs_progress_with_an_eta(base, tokenizer, samples) -> None:
+    lines: list[str] = []
+    train_lora(copy.deepcopy(base), samples[:4], tokenizer.pad_token_id, LoraSettings(batch_size=2), lines.append)
+    assert lines and lines[-1].startswith("LoRA step 2/2, loss ")
+    assert "ETA" in lines[-1]
+
+
+# -- save_adapter / load_adapter
+
+
+def test_adapter_round_trips_through_safetensors(base, trained, samples, tmp_path: Path) -> None:
+    peft_model, _ = trained
+    folder = save_adapter(peft_model, tmp_path / "adapter")
+    files = {path.name for path in folder.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= files
+    assert not any(name.endswith(".bin") for name in files)
+    recovered = load_adapter(copy.deepcopy(base), folder)
+    assert not recovered.training
+    for sample in samples[:3]:
+        expected = logits(peft_model, sample)
+        assert torch.allclose(logits(recovered, sample), expected, atol=1e-5, rtol=0)
+
+
+def test_load_adapter_refuses_a_folder_without_safetensors(base, trained, tmp_path: Path) -> None:
+    folder = save_adapter(trained[0], tmp_path / "adapter")
+    (folder / "adapter_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"adapter_model\.safetensors"):
+        load_adapter(copy.deepcopy(base), folder)
+
+
+# -- response_nll
+
+
+def manual_nll(model, sample: EncodedSample, first: int | None = None) -> float:
+    """Mean cross-entropy of tokens ``first..`` (default: the response) from the full logits of the sample alone."""
+    first = sample.prompt_tokens if first is None else first
+    log_probs = torch.log_softmax(logits(model, sample).double(), dim=-1)
+    targets = torch.tensor(sample.input_ids[first:])
+    return float(-log_probs[first - 1 : len(sample.input_ids) - 1].gather(1, targets[:, None]).mean())
+
+
+def test_response_nll_matches_a_manual_cross_entropy(base, tokenizer, samples) -> None:
+    result = response_nll(base, samples, tokenizer.pad_token_id)
+    assert set(result) == {s.sample_id for s in samples}
+    for sample in samples:
+        assert result[sample.sample_id] == pytest.approx(manual_nll(base, sample), abs=1e-5)
+
+
+def test_response_nll_excludes_the_prompt_tokens(base, tokenizer, samples) -> None:
+    sample = samples[0]
+    assert sample.prompt_tokens > 2
+    whole = manual_nll(base, sample, first=1)  # every token after the first, prompt included
+    response = response_nll(base, [sample], tokenizer.pad_token_id)[sample.sample_id]
+    assert abs(response - whole) > 1e-3
+    # Moving the prompt/response boundary changes which positions count, and only those.
+    shifted = EncodedSample(sample.sample_id, sample.input_ids, sample.prompt_tokens + 3, sample.truncated)
+    moved = response_nll(base, [shifted], tokenizer.pad_token_id)[sample.sample_id]
+    assert moved == pytest.approx(manual_nll(base, shifted), abs=1e-5)
+    assert abs(moved - response) > 1e-4
+
+
+def test_response_nll_does_not_depend_on_the_batch(base, tokenizer, samples) -> None:
+    together = response_nll(base, samples, tokenizer.pad_token_id)
+    small = response_nll(base, samples, tokenizer.pad_token_id, token_budget=128, chunk_size=7)
+    for sample in samples:
+        assert small[sample.sample_id] == pytest.approx(together[sample.sample_id], abs=1e-5)
+
+
+def test_response_nll_of_a_peft_model_uses_its_adapter(trained, tokenizer, samples) -> None:
+    peft_model, _ = trained
+    result = response_nll(peft_model, samples[:4], tokenizer.pad_token_id)
+    for sample in samples[:4]:
+        assert result[sample.sample_id] == pytest.approx(manual_nll(peft_model, sample), abs=1e-5)
+
+
+# -- general text and perplexity
+
+
+def test_general_text_samples_are_fixed_length_consecutive_segments(tokenizer) -> None:
+    segments = general_text_samples(tokenizer, tokens=32, limit=5)
+    assert [s.sample_id for s in segments] == [f"general-{i:03d}" for i in range(5)]
+    assert all(len(s.input_ids) == 32 and s.prompt_tokens == 1 and s.response_tokens == 31 for s in segments)
+    assert not any(s.truncated for s in segments)
+    ids = tokenizer(general_text(), add_special_tokens=False)["input_ids"]
+    assert [t for s in segments for t in s.input_ids] == ids[: 5 * 32]
+    assert general_text_samples(tokenizer, tokens=32, limit=5) == segments
+
+
+def test_general_text_is_long_prose() -> None:
+    text = general_text()
+    assert len(text.split()) > 20_000  # enough for the 32 segments of 256 tokens the evaluation reads
+    assert text == general_text()
+    assert "argparse" in text.lower()
+
+
+def test_perplexity_is_exp_of_the_mean_nll() -> None:
+    assert perplexity(0.0) == 1.0
+    assert perplexity(math.log(5.0)) == pytest.approx(5.0)
+    assert perplexity(2.5) == pytest.approx(math.exp(2.5))
+    assert perplexity(1000.0) == math.inf  # exp would overflow
+    assert perplexity(math.inf) == math.inf
+    assert perplexity(math.nan) == math.inf
