@@ -96,6 +96,7 @@ def score_pool(
         else None
     )
     from_states = 0
+    rounding_errors: list[float] = []
     if len(todo):
         original, pruned_model, tokenizer = load_pair(settings, pruned)
         # Batches are planned over the whole pool and only those holding unscored samples run: a
@@ -125,8 +126,10 @@ def score_pool(
         commit_every_s = _commit_every_s()
         committed = 0
         last_commit = time.monotonic()
-        for batch in batches:
-            result = scorer.score_batch([samples[i] for i in batch], states, head)
+        for number, batch in enumerate(batches):
+            # The first batch scored live also measures what rounding the states to float16 costs.
+            result = scorer.score_batch([samples[i] for i in batch], states, head, measure_rounding=number == 0)
+            rounding_errors.extend(result.rounding_errors)
             from_states += len(batch) if result.used_cache else 0
             new_states.update(result.states)
             for score in result.scores:
@@ -152,6 +155,12 @@ def score_pool(
         "scored_now": len(todo),
         "reused": len(pool) - len(todo),
         "scored_from_cached_original_outputs": from_states,
+        "float16_rounding_jsd_error": (
+            f"mean {np.mean(rounding_errors):.2e}, max {np.max(rounding_errors):.2e} "
+            f"over {len(rounding_errors)} samples"
+            if rounding_errors
+            else "not measured in this run (no sample scored with the original model loaded)"
+        ),
         "original_outputs_cache": str(states.folder) if states is not None else "off",
     }
     return scores, facts

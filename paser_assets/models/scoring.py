@@ -9,7 +9,7 @@ applied to response positions alone, a chunk at a time (see ``core.divergence``)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -134,6 +134,7 @@ class BatchScores:
     scores: list[SampleScore]
     states: dict[str, OriginalStates]  # new original states (empty when they came from the cache)
     used_cache: bool
+    rounding_errors: list[float] = field(default_factory=list)  # |JSD from float16 states - unrounded JSD|
 
 
 def _round_per_sample(
@@ -202,11 +203,14 @@ class PairScorer:
         batch: Sequence[EncodedSample],
         cache: OriginalOutputCache | None = None,
         original_head: torch.nn.Module | None = None,
+        measure_rounding: bool = False,
     ) -> BatchScores:
         """Score a batch. With the original model loaded, both models run and, given a ``cache``, the
         original's states are returned for it. Without it (``original=None``), the original's logits
         come from ``original_head`` applied to the states in ``cache``, so only the pruned model runs.
-        Both ways give the same numbers (see :func:`_round_per_sample`)."""
+        Both ways give the same numbers (see :func:`_round_per_sample`). With ``measure_rounding`` (and
+        the original loaded), the JSD is also computed from the unrounded states, and the per-sample
+        gap is returned in ``rounding_errors``."""
         input_ids, attention_mask, row_index, column_index = pack_batch(batch, self.pad_token_id)
         targets = input_ids[row_index, column_index + 1]
         use_cache = self.original is None
@@ -226,9 +230,8 @@ class PairScorer:
             head_original = self.original.get_output_embeddings()
             if cache is not None:
                 states = {sample.sample_id: piece for sample, piece in zip(batch, pieces, strict=True)}
-        hidden_pruned, _ = _round_per_sample(
-            _final_hidden(self.pruned, input_ids, attention_mask)[row_index, column_index], batch
-        )
+        live_pruned = _final_hidden(self.pruned, input_ids, attention_mask)[row_index, column_index]
+        hidden_pruned, _ = _round_per_sample(live_pruned, batch)
         jsd, nll_original, nll_pruned = chunked_divergence(
             hidden_original,
             hidden_pruned,
@@ -237,6 +240,14 @@ class PairScorer:
             targets,
             self.chunk_size,
         )
+        rounding_errors: list[float] = []
+        if measure_rounding and not use_cache:
+            exact = chunked_divergence(
+                live, live_pruned, head_original, self.pruned.get_output_embeddings(), targets, self.chunk_size
+            )[0]
+            rounding_errors = [
+                abs(a - b) for a, b in zip(_per_sample_means(jsd, batch), _per_sample_means(exact, batch), strict=True)
+            ]
         scores = [
             SampleScore(sample.sample_id, j, o, p, sample.prompt_tokens, sample.response_tokens, sample.truncated)
             for sample, j, o, p in zip(
@@ -247,4 +258,4 @@ class PairScorer:
                 strict=True,
             )
         ]
-        return BatchScores(scores, states, use_cache)
+        return BatchScores(scores, states, use_cache, rounding_errors)

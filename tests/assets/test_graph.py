@@ -125,6 +125,8 @@ def test_built_in_pruning_degrades_and_rerun_reuses_scores(tmp_path: Path, tiny_
     assert first.success
     jsd_min, jsd_max = query(database, "SELECT min(jsd), max(jsd) FROM degradation_scores")[0]
     assert 0.0 < jsd_min <= jsd_max <= math.log(2)
+    first_scores = latest(instance, "degradation_scores", "0|magnitude-50").asset_materialization
+    assert first_scores.metadata["float16_rounding_jsd_error"].value.startswith("mean ")
     sparsity = query(database, "SELECT sparsity FROM pruned_checkpoints")[0][0]
     assert abs(sparsity - 0.5) < 0.01
     assert query(database, "SELECT sum(budget) FROM capability_degradation")[0][0] == 10
