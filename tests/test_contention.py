@@ -9,6 +9,7 @@ while any other process has it open, read-only included. These tests pin that do
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -39,6 +40,11 @@ print("released", flush=True)
 """
 
 
+def _default_sigterm() -> None:  # pragma: no cover - runs in the child before exec
+    # A test runner started from a background shell may ignore SIGTERM, and children inherit that.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class Holder:
     """A process that opens the DuckDB file, prints 'ready', holds it for ``hold_s`` seconds, then closes it."""
 
@@ -50,6 +56,7 @@ class Holder:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_default_sigterm,
         )
 
     def wait_ready(self, timeout: float = 120) -> float:
@@ -67,6 +74,10 @@ class Holder:
     def release(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # SIGTERM ignored (inherited from a background shell): no choice
+                self.proc.kill()
         self.proc.wait(timeout=60)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
