@@ -136,6 +136,11 @@ class PaserConfig(dg.ConfigurableResource):
     )
     # -- scoring and budget
     max_tokens: int = Field(default=512, description="Prompt + response tokens scored per sample (longer are cut).")
+    jsd_compile: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Run the JSD kernel through torch.compile: 'auto' when the vocabulary has >= 16384 tokens "
+        "(about 6x faster there), 'on', or 'off'. Falls back to eager PyTorch if compiling fails.",
+    )
     scoring_token_budget: int = Field(default=4096, description="Padded tokens per scoring batch.")
     scoring_max_batch: int = Field(default=16, description="Rows per scoring batch.")
     score_shards: int = Field(
@@ -297,7 +302,7 @@ class PaserConfig(dg.ConfigurableResource):
                 values[field_name] = [m.strip() for m in raw.split(",") if m.strip()]
             elif field_name == "n_clusters" and raw.lower() == "auto":
                 values[field_name] = None
-            elif field_name in ("manifold", "cluster_space", "prune_method", "executor"):
+            elif field_name in ("manifold", "cluster_space", "prune_method", "executor", "jsd_compile"):
                 values[field_name] = raw.lower()
             else:
                 values[field_name] = raw
@@ -341,6 +346,7 @@ ENV_VARS: dict[str, str] = {
     "trust_remote_code": "PASER_TRUST_REMOTE_CODE",
     "model_cache_dir": "PASER_MODEL_CACHE",
     "max_tokens": "PASER_MAX_TOKENS",
+    "jsd_compile": "PASER_JSD_COMPILE",
     "scoring_token_budget": "PASER_SCORING_TOKEN_BUDGET",
     "scoring_max_batch": "PASER_SCORING_MAX_BATCH",
     "score_shards": "PASER_SCORE_SHARDS",

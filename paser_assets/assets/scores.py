@@ -120,7 +120,8 @@ def score_pool(
             original = None
         total_tokens = sum(len(samples[i].input_ids) for batch in batches for i in batch)
         progress = Progress("scoring", total_tokens, context.log.info, unit="tokens")
-        scorer = PairScorer(original, pruned_model, tokenizer.pad_token_id)
+        compile_jsd = {"auto": None, "on": True, "off": False}[paser.jsd_compile]
+        scorer = PairScorer(original, pruned_model, tokenizer.pad_token_id, compile_jsd=compile_jsd)
         pending: list[dict] = []
         new_states: dict = {}
         commit_every_s = _commit_every_s()

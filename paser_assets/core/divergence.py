@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -51,6 +53,30 @@ def jensen_shannon(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tens
     return divergence_and_nll(logits_p, logits_q)[0]
 
 
+DivergenceKernel = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor | None],
+    tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None],
+]
+_compiled_kernel: DivergenceKernel | None = None
+
+
+def _fused_divergence_and_nll(
+    logits_p: torch.Tensor, logits_q: torch.Tensor, targets: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`divergence_and_nll` compiled by torch.compile, or eager if compiling fails."""
+    global _compiled_kernel
+    if _compiled_kernel is None:
+        # Eager, the ~20 elementwise passes over (chunk x vocabulary) floats cost about as much as a
+        # 135M model's forward pass; inductor fuses them into a few loops (measured 6x faster at 49k).
+        _compiled_kernel = torch.compile(divergence_and_nll, dynamic=True)
+    try:
+        return _compiled_kernel(logits_p, logits_q, targets)
+    except Exception as error:  # no C compiler, an unsupported platform: the eager kernel is as exact
+        warnings.warn(f"torch.compile of the JSD kernel failed, using eager PyTorch: {error}", stacklevel=2)
+        _compiled_kernel = divergence_and_nll
+        return divergence_and_nll(logits_p, logits_q, targets)
+
+
 def chunked_divergence(
     hidden_p: torch.Tensor,
     hidden_q: torch.Tensor,
@@ -58,20 +84,21 @@ def chunked_divergence(
     head_q: torch.nn.Module,
     targets: torch.Tensor,
     chunk_size: int = 128,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-position JSD and both NLLs from final hidden states, holding one chunk of logits at a time.
 
     ``hidden_p``/``hidden_q`` are (positions, hidden) for the positions whose next token is scored
     and ``targets`` holds those next tokens. The output heads run ``chunk_size`` rows at a time,
-    so peak memory is a few (chunk_size x vocabulary) tensors whatever the batch.
+    so peak memory is a few (chunk_size x vocabulary) tensors whatever the batch. ``compiled`` runs
+    the per-chunk kernel through torch.compile (same formula; results differ from eager by ~1e-8).
     """
+    kernel = _fused_divergence_and_nll if compiled else divergence_and_nll
     count = hidden_p.shape[0]
     jsd = torch.empty(count, dtype=torch.float32)
     nll_p = torch.empty(count, dtype=torch.float32)
     nll_q = torch.empty(count, dtype=torch.float32)
     for start in range(0, count, chunk_size):
         rows = slice(start, start + chunk_size)
-        jsd[rows], nll_p[rows], nll_q[rows] = divergence_and_nll(
-            head_p(hidden_p[rows]), head_q(hidden_q[rows]), targets[rows]
-        )
+        jsd[rows], nll_p[rows], nll_q[rows] = kernel(head_p(hidden_p[rows]), head_q(hidden_q[rows]), targets[rows])
     return jsd, nll_p, nll_q

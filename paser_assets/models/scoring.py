@@ -178,13 +178,24 @@ def pack_batch(batch: Sequence[EncodedSample], pad_token_id: int) -> tuple[torch
     return input_ids, attention_mask, torch.tensor(rows), torch.tensor(columns)
 
 
+# Below this the eager JSD kernel is cheap next to the forward passes, and compiling costs 10-30 s.
+COMPILE_MIN_VOCABULARY = 16384
+
+
 class PairScorer:
     """Scores batches of encoded samples through an (original, pruned) pair of models.
 
     ``original`` may be None when every batch is scored from the original-output cache.
     """
 
-    def __init__(self, original: Any | None, pruned: Any, pad_token_id: int, chunk_size: int = 128) -> None:
+    def __init__(
+        self,
+        original: Any | None,
+        pruned: Any,
+        pad_token_id: int,
+        chunk_size: int = 128,
+        compile_jsd: bool | None = None,
+    ) -> None:
         for name, model in (("original", original), ("pruned", pruned)):
             if model is not None and not supports_hidden_state_scoring(model):
                 raise ValueError(f"the {name} model scales or caps its logits; its architecture is not supported")
@@ -192,6 +203,9 @@ class PairScorer:
         self.pruned = pruned
         self.pad_token_id = pad_token_id
         self.chunk_size = chunk_size
+        # None: compile the JSD kernel when the vocabulary is large enough for it to pay off.
+        vocabulary = pruned.get_output_embeddings().weight.shape[0]
+        self.compile_jsd = vocabulary >= COMPILE_MIN_VOCABULARY if compile_jsd is None else compile_jsd
 
     def score(self, batch: Sequence[EncodedSample]) -> list[SampleScore]:
         """Exact scores of a batch (both models, full-vocabulary JSD)."""
@@ -239,11 +253,18 @@ class PairScorer:
             self.pruned.get_output_embeddings(),
             targets,
             self.chunk_size,
+            self.compile_jsd,
         )
         rounding_errors: list[float] = []
         if measure_rounding and not use_cache:
             exact = chunked_divergence(
-                live, live_pruned, head_original, self.pruned.get_output_embeddings(), targets, self.chunk_size
+                live,
+                live_pruned,
+                head_original,
+                self.pruned.get_output_embeddings(),
+                targets,
+                self.chunk_size,
+                self.compile_jsd,
             )[0]
             rounding_errors = [
                 abs(a - b) for a, b in zip(_per_sample_means(jsd, batch), _per_sample_means(exact, batch), strict=True)

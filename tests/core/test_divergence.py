@@ -235,3 +235,21 @@ def test_chunked_with_no_positions():
     empty = torch.zeros(0, 8)
     jsd, nll_p, nll_q = chunked_divergence(empty, empty, head_p, head_q, torch.zeros(0, dtype=torch.long))
     assert jsd.shape == nll_p.shape == nll_q.shape == (0,)
+
+
+def test_compiled_kernel_matches_the_float64_reference_and_keeps_exact_zero():
+    # torch.compile fuses the same formula; chunk sizes vary so the dynamic-shape kernel is exercised.
+    logits_p = random_logits(200, 4096, 4.0, seed=71)
+    logits_q = logits_p + random_logits(200, 4096, 1.0, seed=72)
+    targets = torch.randint(0, 4096, (200,), generator=torch.Generator().manual_seed(73))
+    identity = torch.nn.Identity()
+    with torch.inference_mode():
+        eager = chunked_divergence(logits_p, logits_q, identity, identity, targets, 64)
+        compiled = chunked_divergence(logits_p, logits_q, identity, identity, targets, 64, compiled=True)
+        same = chunked_divergence(logits_p, logits_p.clone(), identity, identity, targets, 37, compiled=True)
+    assert (compiled[0] - reference_jsd(logits_p, logits_q)).abs().max() < 1e-6
+    assert (compiled[0] - eager[0]).abs().max() < 1e-6
+    assert (compiled[1] - reference_nll(logits_p, targets)).abs().max() < 1e-5
+    assert torch.equal(compiled[2], eager[2]) or (compiled[2] - eager[2]).abs().max() < 1e-5
+    assert torch.equal(same[0], torch.zeros(200))
+    assert bool(((compiled[0] >= 0) & (compiled[0] <= LN2)).all())

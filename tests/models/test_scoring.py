@@ -403,3 +403,21 @@ def test_missing_original_model_or_head_is_a_clear_error(model, pruned, tokenize
     cache.put(PairScorer(model, pruned, tokenizer.pad_token_id).score_batch(samples, cache).states)
     with pytest.raises(ValueError, match="output head"):
         PairScorer(None, pruned, tokenizer.pad_token_id).score_batch(samples, cache)
+
+
+def test_the_jsd_kernel_is_compiled_only_for_large_vocabularies(model, tokenizer):
+    from paser_assets.models.scoring import COMPILE_MIN_VOCABULARY
+
+    vocabulary = model.get_output_embeddings().weight.shape[0]
+    assert vocabulary < COMPILE_MIN_VOCABULARY  # the tiny test model
+    assert PairScorer(model, model, tokenizer.pad_token_id).compile_jsd is False
+    assert PairScorer(model, model, tokenizer.pad_token_id, compile_jsd=True).compile_jsd is True
+
+
+def test_compiled_scoring_matches_eager_scoring(model, pruned, tokenizer, samples):
+    eager = PairScorer(model, pruned, tokenizer.pad_token_id, compile_jsd=False).score(samples)
+    compiled = PairScorer(model, pruned, tokenizer.pad_token_id, compile_jsd=True).score(samples)
+    for a, b in zip(eager, compiled, strict=True):
+        assert a.sample_id == b.sample_id
+        assert abs(a.jsd - b.jsd) < 1e-6 and abs(a.pruned_nll - b.pruned_nll) < 1e-5
+    assert all(s.jsd == 0.0 for s in PairScorer(model, model, tokenizer.pad_token_id, compile_jsd=True).score(samples))
