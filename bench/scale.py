@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 DATA_FILES = ["gsm8k_train.json", "gpteacher_toolformer.json", "gpteacher_roleplay.json", "gpteacher_codegen.json"]
 SHARED_STEPS = [
     "recovery_pool",
+    "holdout_split",  # capability_degradation and selection exclude these rows
     "instruction_embeddings",
     "manifold",
     "clusters",
