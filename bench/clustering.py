@@ -63,12 +63,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from shared_data import DATA_FILES  # bench/ is on sys.path when a bench runs as a script
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 CACHE_DIR = BENCH_DIR / ".cache"
-DATA_FILES = ("gsm8k_train.json", "gpteacher_toolformer.json", "gpteacher_roleplay.json", "gpteacher_codegen.json")
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DENSE_MAX_ROWS = 8_000
 SAMPLE_SEED = 0

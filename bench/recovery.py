@@ -30,8 +30,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-DATA_FILES = ["gsm8k_train.json", "gpteacher_toolformer.json", "gpteacher_roleplay.json", "gpteacher_codegen.json"]
+from shared_data import read_records  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -40,17 +41,7 @@ def log(message: str) -> None:
 
 def write_pool(data: Path, rows: int, seed: int, target: Path) -> None:
     """``rows`` records sampled uniformly from the four files (the file name as ``family``), as JSONL."""
-    records = []
-    for name in DATA_FILES:
-        for record in json.loads((data / name).read_text()):
-            records.append(
-                {
-                    "instruction": record["instruction"],
-                    "input": record.get("input", ""),
-                    "output": record.get("output", record.get("response", "")),
-                    "family": name.split(".")[0],
-                }
-            )
+    records = read_records(data)
     picks = sorted(np.random.default_rng(seed).choice(len(records), size=min(rows, len(records)), replace=False))
     target.write_text("".join(json.dumps(records[i]) + "\n" for i in picks))
 

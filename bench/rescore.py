@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,32 +32,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from scoring import load_rows, log  # noqa: E402
+from scoring import load_rows, log, pruned_variant  # noqa: E402
+from shared_data import median_time  # noqa: E402
 
 from paser_assets.core.divergence import LN2, divergence_and_nll  # noqa: E402
 from paser_assets.models.checkpoints import (  # noqa: E402
-    ModelReference,
     load_causal_lm,
     parse_model_reference,
-    reference_version,
-    save_checkpoint,
 )
 from paser_assets.models.original_cache import OriginalOutputCache  # noqa: E402
-from paser_assets.models.pruning import PruneRecipe, calibration_batch, prune_model  # noqa: E402
+from paser_assets.models.pruning import PruneRecipe  # noqa: E402
 from paser_assets.models.scoring import PairScorer, _final_hidden, encode_sample, pack_batch, plan_batches  # noqa: E402
 from paser_assets.resources import PaserConfig  # noqa: E402
-
-
-def pruned_variant(cache: Path, recipe: PruneRecipe, texts: list[str]):
-    original_ref = parse_model_reference(None)
-    target = cache / f"smollm2-{recipe.name}-{reference_version(original_ref)}"
-    if not (target / "config.json").exists():
-        log(f"pruning SmolLM2 with {recipe.name} (once; cached)")
-        model, tokenizer = load_causal_lm(original_ref, cache)
-        calibration = calibration_batch(tokenizer, texts, 32, 128) if recipe.method == "wanda" else None
-        prune_model(model, recipe, calibration)
-        save_checkpoint(model, tokenizer, target)
-    return load_causal_lm(ModelReference("folder", str(target)), cache)[0]
 
 
 def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -106,15 +90,6 @@ def cache_first(scorer: PairScorer, batch, caches: list[OriginalOutputCache]) ->
     """First scoring of a batch into the next scratch cache (a fresh one per repeat)."""
     cache = caches.pop()
     cache.put(scorer.score_batch(batch, cache).states)
-
-
-def timed_pass(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -165,7 +140,7 @@ def main() -> None:
         first_s = rescore_s = 0.0
         for number, batch in enumerate(batches, start=1):
             fresh = [OriginalOutputCache(Path(folder), f"scratch-{number}-{r}") for r in range(args.repeats)]
-            first_s += timed_pass(
+            first_s += median_time(
                 lambda batch=batch, fresh=fresh: cache_first(first_scorer, batch, fresh), args.repeats
             )
             cache.put(first_scorer.score_batch(batch, cache).states)
@@ -175,7 +150,7 @@ def main() -> None:
                 assert result.used_cache
                 cached_scores.update({s.sample_id: s.jsd for s in result.scores})
 
-            rescore_s += timed_pass(rescore, args.repeats)
+            rescore_s += median_time(rescore, args.repeats)
             log(f"batch {number}/{len(batches)}: first {first_s:.1f} s, re-score {rescore_s:.1f} s")
         cache_mb = cache.size_bytes() / 2**20
         log(f"re-scoring with the cache: {rescore_s:.1f} s")

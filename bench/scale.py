@@ -32,8 +32,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-DATA_FILES = ["gsm8k_train.json", "gpteacher_toolformer.json", "gpteacher_roleplay.json", "gpteacher_codegen.json"]
+from shared_data import read_records  # noqa: E402
+
 SHARED_STEPS = [
     "recovery_pool",
     "holdout_split",  # capability_degradation and selection exclude these rows
@@ -62,17 +64,7 @@ def peak_gb() -> float:
 
 def write_pool(data: Path, rows: int, target: Path) -> None:
     """Write the replicated pool as JSONL: row i is source record i % n, copy i // n."""
-    records = []
-    for name in DATA_FILES:
-        for record in json.loads((data / name).read_text()):
-            records.append(
-                {
-                    "instruction": record["instruction"],
-                    "input": record.get("input", ""),
-                    "output": record.get("output", record.get("response", "")),
-                    "family": name.split(".")[0],
-                }
-            )
+    records = read_records(data)
     with target.open("w") as handle:
         for index in range(rows):
             source, copy = index % len(records), index // len(records)

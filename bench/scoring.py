@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from shared_data import median_time, read_records  # noqa: E402
 
 from paser_assets.core.divergence import jensen_shannon  # noqa: E402
 from paser_assets.models.checkpoints import (  # noqa: E402
@@ -42,36 +44,26 @@ from paser_assets.models.checkpoints import (  # noqa: E402
 from paser_assets.models.pruning import PruneRecipe, calibration_batch, prune_model  # noqa: E402
 from paser_assets.models.scoring import PairScorer, encode_sample, plan_batches  # noqa: E402
 
-DATA_FILES = ["gsm8k_train.json", "gpteacher_toolformer.json", "gpteacher_roleplay.json", "gpteacher_codegen.json"]
-
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 def load_rows(data_dir: Path, rows: int, seed: int) -> list[dict[str, str]]:
-    records = []
-    for name in DATA_FILES:
-        for record in json.loads((data_dir / name).read_text()):
-            records.append(
-                {
-                    "instruction": record["instruction"],
-                    "input": record.get("input", ""),
-                    "output": record.get("output", record.get("response", "")),
-                }
-            )
+    records = read_records(data_dir)
     picks = np.random.default_rng(seed).choice(len(records), size=min(rows, len(records)), replace=False)
     return [records[i] for i in picks]
 
 
-def pruned_copy(cache: Path, texts: list[str]):
-    """A Wanda 50% pruned SmolLM2, made once and cached in ``cache``."""
+def pruned_variant(cache: Path, recipe: PruneRecipe, texts: list[str]):
+    """SmolLM2 pruned by ``recipe``, made once and cached in ``cache``."""
     original_ref = parse_model_reference(None)
-    target = cache / f"smollm2-wanda-50-{reference_version(original_ref)}"
+    target = cache / f"smollm2-{recipe.name}-{reference_version(original_ref)}"
     if not (target / "config.json").exists():
-        log("pruning SmolLM2 with Wanda 50% (once; cached)")
+        log(f"pruning SmolLM2 with {recipe.name} (once; cached)")
         model, tokenizer = load_causal_lm(original_ref, cache)
-        prune_model(model, PruneRecipe("wanda", 0.5), calibration_batch(tokenizer, texts, 32, 128))
+        calibration = calibration_batch(tokenizer, texts, 32, 128) if recipe.method == "wanda" else None
+        prune_model(model, recipe, calibration)
         save_checkpoint(model, tokenizer, target)
     return load_causal_lm(ModelReference("folder", str(target)), cache)[0]
 
@@ -101,15 +93,6 @@ def reference_procedure(original, pruned, tokenizer, instruction: str) -> float:
     return float(0.5 * (jensen_shannon(logits_p, logits_q).sum() + jensen_shannon(logits_p2, logits_q2).sum()))
 
 
-def timed(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200)
@@ -126,7 +109,7 @@ def main() -> None:
     rows = load_rows(args.data, args.rows, args.seed)
     texts = [f"{r['instruction']}\n{r['input']}\n{r['output']}" for r in rows]
     original, tokenizer = load_causal_lm(parse_model_reference(None), args.cache)
-    pruned = pruned_copy(args.cache, texts)
+    pruned = pruned_variant(args.cache, PruneRecipe("wanda", 0.5), texts)
     samples = [
         encode_sample(tokenizer, str(i), r["instruction"], r["input"], r["output"], args.max_tokens)
         for i, r in enumerate(rows)
@@ -142,10 +125,10 @@ def main() -> None:
     paser_s = floor_s = 0.0
     for number, batch_indices in enumerate(batches, start=1):
         batch = [samples[i] for i in batch_indices]
-        floor_s += timed(
+        floor_s += median_time(
             lambda batch=batch: floor_forward(original, pruned, batch, tokenizer.pad_token_id), args.repeats
         )
-        paser_s += timed(lambda batch=batch: scorer.score(batch), args.repeats)
+        paser_s += median_time(lambda batch=batch: scorer.score(batch), args.repeats)
         if number % 5 == 0 or number == len(batches):
             log(f"batch {number}/{len(batches)}: paser {paser_s:.1f} s, floor {floor_s:.1f} s")
 

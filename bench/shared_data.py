@@ -1,0 +1,40 @@
+"""What the benchmarks share: the four files of ``../shared/data`` read as Alpaca records, and a timer."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+DATA_FILES = ("gsm8k_train.json", "gpteacher_toolformer.json", "gpteacher_roleplay.json", "gpteacher_codegen.json")
+
+
+def read_records(data_dir: Path) -> list[dict[str, str]]:
+    """Every record of the four files in order, with the file's stem as ``family``.
+
+    The answer field is ``output``, or ``response`` in gpteacher_codegen.json.
+    """
+    records = []
+    for name in DATA_FILES:
+        for record in json.loads((data_dir / name).read_text(encoding="utf-8")):
+            records.append(
+                {
+                    "instruction": record["instruction"],
+                    "input": record.get("input", ""),
+                    "output": record.get("output", record.get("response", "")),
+                    "family": name.split(".")[0],
+                }
+            )
+    return records
+
+
+def median_time(function: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``function``."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
