@@ -65,6 +65,13 @@ def parse_variant_map(raw: str) -> dict[str, str]:
     return mapping
 
 
+def _in_unit_interval(name: str, value: float, include_one: bool) -> float:
+    """``value`` if it lies in [0, 1] ([0, 1) without ``include_one``), else a ValueError naming ``name``."""
+    if not (0.0 <= value and (value <= 1.0 if include_one else value < 1.0)):
+        raise ValueError(f"{name} must lie in [0, {'1]' if include_one else '1)'}, got {value}")
+    return value
+
+
 class PaserConfig(dg.ConfigurableResource):
     """Settings of the PASER pipeline. Every field has a ``PASER_*`` environment variable (see ``ENV_VARS``)."""
 
@@ -243,16 +250,12 @@ class PaserConfig(dg.ConfigurableResource):
     @field_validator("sparsity")
     @classmethod
     def _sparsity(cls, value: float) -> float:
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"sparsity must lie in [0, 1), got {value}")
-        return value
+        return _in_unit_interval("sparsity", value, include_one=False)
 
     @field_validator("conflict_tolerance")
     @classmethod
     def _tolerance(cls, value: float) -> float:
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"conflict_tolerance must lie in [0, 1], got {value}")
-        return value
+        return _in_unit_interval("conflict_tolerance", value, include_one=True)
 
     @field_validator("variants")
     @classmethod
@@ -266,9 +269,7 @@ class PaserConfig(dg.ConfigurableResource):
     @field_validator("holdout_fraction")
     @classmethod
     def _holdout(cls, value: float) -> float:
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"holdout_fraction must lie in [0, 1), got {value}")
-        return value
+        return _in_unit_interval("holdout_fraction", value, include_one=False)
 
     @field_validator("recovery_methods")
     @classmethod

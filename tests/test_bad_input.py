@@ -15,12 +15,12 @@ import os
 import re
 import resource
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from paser_cli import run_paser
 
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions, storage
 
@@ -315,14 +315,7 @@ def run_cli(tmp_path: Path, dataset: Path) -> subprocess.CompletedProcess[str]:
         "PASER_DB": str(tmp_path / "cli.duckdb"),
         "DAGSTER_HOME": "",
     }
-    return subprocess.run(
-        [sys.executable, "-m", "paser_assets.cli", "materialize", "--select", "key:recovery_pool"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_paser(["materialize", "--select", "key:recovery_pool"], env, tmp_path, timeout=300)
 
 
 def test_cli_reports_a_missing_dataset_once_without_a_traceback(tmp_path: Path) -> None:

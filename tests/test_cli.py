@@ -5,21 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
+import paser_cli
 
 
 def run_paser(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "paser_assets.cli", *args],
-        env={**os.environ, **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return paser_cli.run_paser(args, {**os.environ, **env}, cwd)
 
 
 def test_demo_materializes_and_prints_sql_summary(tmp_path: Path, tiny_llama_dir: Path) -> None:

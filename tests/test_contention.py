@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from paser_cli import PASER, run_paser
 
 from paser_assets import storage
 
@@ -115,14 +116,7 @@ def paser_env(tmp_path: Path, tiny_llama_dir: Path, **extra: str) -> dict[str, s
 
 def materialize(env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
     start = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "paser_assets.cli", "materialize"],
-        env=env,
-        cwd=Path(env["PASER_DB"]).parent,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_paser(["materialize"], env, Path(env["PASER_DB"]).parent)
     return result, time.monotonic() - start
 
 
@@ -195,7 +189,7 @@ def test_holder_that_arrives_mid_run_fails_the_step_with_a_clear_message(
 ) -> None:
     env = paser_env(tmp_path, tiny_llama_dir)
     run = subprocess.Popen(
-        [sys.executable, "-m", "paser_assets.cli", "materialize"],
+        [*PASER, "materialize"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,

@@ -16,13 +16,13 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import duckdb
 import pytest
+from paser_cli import PASER, run_paser
 
 DEMO_SIZE = "300"  # 282 distinct samples; scoring them takes ~6 s here, long enough to kill it midway
 RUN_TIMEOUT_S = 600
@@ -47,14 +47,7 @@ def paser_env(db: Path, models: Path, tiny_llama_dir: Path, **extra: str) -> dic
 
 
 def run_to_completion(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "paser_assets.cli", "materialize"],
-        env=env,
-        cwd=Path(env["PASER_DB"]).parent,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-    )
+    return run_paser(["materialize"], env, Path(env["PASER_DB"]).parent, RUN_TIMEOUT_S)
 
 
 class KillableRun:
@@ -64,7 +57,7 @@ class KillableRun:
         cwd = Path(env["PASER_DB"]).parent
         self.stdout = open(cwd / "killed-run.stdout", "w")  # closed in kill()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "paser_assets.cli", "materialize"],
+            [*PASER, "materialize"],
             env=env,
             cwd=cwd,
             stdout=self.stdout,

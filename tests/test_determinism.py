@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from paser_cli import run_paser
 
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
 from paser_assets.runner import run_graph
@@ -53,14 +52,7 @@ def run_in_subprocess(root: Path, tiny_llama_dir: Path) -> Path:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PASER_")}
     hash_seed = str(int(os.environ.get("PYTHONHASHSEED", "0") or 0) + 1)
     env.update(settings(root, tiny_llama_dir), DAGSTER_HOME="", PYTHONHASHSEED=hash_seed)
-    result = subprocess.run(
-        [sys.executable, "-m", "paser_assets.cli", "materialize"],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_paser(["materialize"], env, root)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"selection_export[{VARIANT}]" in result.stdout
     return root

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paser_cli import run_paser
 from tiny_models import save_tiny_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -231,14 +232,7 @@ def dagster_dev(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) 
 
     # Register the variant (DuckDB registry and the instance's dynamic partition) before the server
     # starts, instead of waiting for the paser_variants sensor.
-    listed = subprocess.run(
-        [sys.executable, "-m", "paser_assets.cli", "variants", "list"],
-        env=env,
-        cwd=tmp,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    listed = run_paser(["variants", "list"], env, tmp, timeout=300)
     assert listed.returncode == 0, listed.stderr[-3000:]
     assert f"{VARIANT}\tcheckpoint" in listed.stdout, listed.stdout
 

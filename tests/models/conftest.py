@@ -35,6 +35,12 @@ def tiny_pair(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return load_causal_lm(parse_model_reference(str(tiny_llama_dir)), tmp_path_factory.mktemp("tiny-cache"))
 
 
+@pytest.fixture(scope="module")
+def tokenizer(tiny_pair: tuple[Any, Any]) -> Any:
+    """The tiny Llama's tokenizer."""
+    return tiny_pair[1]
+
+
 @dataclass(frozen=True)
 class Conversion:
     gguf: Path

@@ -34,11 +34,6 @@ def calibration_texts(seed: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_pair):
-    return tiny_pair[1]
-
-
-@pytest.fixture(scope="module")
 def calibration(tokenizer) -> torch.Tensor:
     return calibration_batch(tokenizer, calibration_texts(seed=11), samples=8, tokens=32)
 

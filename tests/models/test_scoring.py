@@ -36,11 +36,6 @@ def model(tiny_pair):
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_pair):
-    return tiny_pair[1]
-
-
-@pytest.fixture(scope="module")
 def pruned(model):
     copied = copy.deepcopy(model)
     prune_model(copied, PruneRecipe("magnitude", 0.5))

@@ -34,11 +34,6 @@ def base(tiny_pair):
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_pair):
-    return tiny_pair[1]
-
-
-@pytest.fixture(scope="module")
 def samples(tokenizer) -> list[EncodedSample]:
     rows = generate_demo_pool(16, seed=4)
     return [
