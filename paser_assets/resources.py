@@ -148,6 +148,12 @@ class PaserConfig(dg.ConfigurableResource):
         description="Run the JSD kernel through torch.compile: 'auto' when the vocabulary has >= 16384 tokens "
         "(about 6x faster there), 'on', or 'off'. Falls back to eager PyTorch if compiling fails.",
     )
+    head_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Precision of the output heads when scoring: 'auto' is bfloat16 on a CPU with AMX for a "
+        "vocabulary of >= 16384 tokens (target-centred, about 2e-4 nats of JSD from float32, 1.9x faster "
+        "heads and JSD), float32 elsewhere.",
+    )
     scoring_token_budget: int = Field(default=4096, description="Padded tokens per scoring batch.")
     scoring_max_batch: int = Field(default=16, description="Rows per scoring batch.")
     score_shards: int = Field(
@@ -303,7 +309,7 @@ class PaserConfig(dg.ConfigurableResource):
                 values[field_name] = [m.strip() for m in raw.split(",") if m.strip()]
             elif field_name == "n_clusters" and raw.lower() == "auto":
                 values[field_name] = None
-            elif field_name in ("manifold", "cluster_space", "prune_method", "executor", "jsd_compile"):
+            elif field_name in LOWERCASE_SETTINGS:
                 values[field_name] = raw.lower()
             else:
                 values[field_name] = raw
@@ -317,6 +323,9 @@ class PaserConfig(dg.ConfigurableResource):
             )
             raise SettingError(f"invalid setting: {problems}") from None
 
+
+# Settings whose values are names, read case-insensitively from the environment.
+LOWERCASE_SETTINGS = ("manifold", "cluster_space", "prune_method", "executor", "jsd_compile", "head_precision")
 
 # Environment variable of every PaserConfig field.
 ENV_VARS: dict[str, str] = {
@@ -348,6 +357,7 @@ ENV_VARS: dict[str, str] = {
     "model_cache_dir": "PASER_MODEL_CACHE",
     "max_tokens": "PASER_MAX_TOKENS",
     "jsd_compile": "PASER_JSD_COMPILE",
+    "head_precision": "PASER_HEAD_PRECISION",
     "scoring_token_budget": "PASER_SCORING_TOKEN_BUDGET",
     "scoring_max_batch": "PASER_SCORING_MAX_BATCH",
     "score_shards": "PASER_SCORE_SHARDS",

@@ -33,12 +33,14 @@ def test_environment_values_are_parsed() -> None:
             "PASER_PRUNE_NM": "2:4",
             "PASER_ALLOW_PICKLE": "true",
             "PASER_MANIFOLD": "Diffusion",
+            "PASER_HEAD_PRECISION": "BFloat16",
         }
     )
     assert config.dataset == "data/my.jsonl"
     assert config.field_map == {"output": "answer", "instruction": "question"}
     assert config.n_clusters == 12 and config.budget == 150 and config.sparsity == 0.6
     assert config.prune_n_m == "2:4" and config.allow_pickle is True and config.manifold == "diffusion"
+    assert config.head_precision == "bfloat16" and PaserConfig().head_precision == "auto"
     assert PaserConfig.from_env({"PASER_CLUSTERS": "auto"}).n_clusters is None
     assert PaserConfig.from_env({"PASER_DATASET": "  "}).dataset is None
 
@@ -54,6 +56,7 @@ def test_environment_values_are_parsed() -> None:
         ("PASER_MANIFOLD", "tsne"),
         ("PASER_DEMO_SIZE", "0"),
         ("PASER_ALLOW_PICKLE", "perhaps"),
+        ("PASER_HEAD_PRECISION", "float16"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str) -> None:

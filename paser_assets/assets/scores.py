@@ -17,6 +17,7 @@ import pandas as pd
 from paser_assets import charts, storage
 from paser_assets.core.allocation import allocate_budget, resolve_budget
 from paser_assets.core.efficiency import attention_cost, individual_efficiency
+from paser_assets.core.output_head import bfloat16_matmul_is_fast
 from paser_assets.models.checkpoints import CheckpointError, reference_version
 from paser_assets.models.original_cache import OriginalOutputCache
 from paser_assets.models.scoring import PairScorer, encode_sample, plan_batches
@@ -44,7 +45,17 @@ def _commit_every_s() -> float:
 
 
 def _scoring_key(original_version: str, pruned_version: str, paser: PaserConfig) -> str:
-    return f"{SCORING_RECIPE}|original={original_version}|pruned={pruned_version}|max_tokens={paser.max_tokens}"
+    return (
+        f"{SCORING_RECIPE}|original={original_version}|pruned={pruned_version}|max_tokens={paser.max_tokens}"
+        f"|head={_head_setting(paser)}"
+    )
+
+
+def _head_setting(paser: PaserConfig) -> str:
+    """The head precision as it bears on the scores: 'auto' resolves differently with and without AMX."""
+    if paser.head_precision != "auto":
+        return paser.head_precision
+    return "auto:amx" if bfloat16_matmul_is_fast() else "auto:no-amx"
 
 
 def _cached_scores(duckdb: PaserDuckDB, key: str) -> pd.DataFrame:
@@ -96,6 +107,7 @@ def score_pool(
         else None
     )
     from_states = 0
+    head_precision = "none (nothing scored in this run)"
     rounding_errors: list[float] = []
     if len(todo):
         original, pruned_model, tokenizer = load_pair(settings, pruned)
@@ -121,7 +133,10 @@ def score_pool(
         total_tokens = sum(len(samples[i].input_ids) for batch in batches for i in batch)
         progress = Progress("scoring", total_tokens, context.log.info, unit="tokens")
         compile_jsd = {"auto": None, "on": True, "off": False}[paser.jsd_compile]
-        scorer = PairScorer(original, pruned_model, tokenizer.pad_token_id, compile_jsd=compile_jsd)
+        scorer = PairScorer(
+            original, pruned_model, tokenizer.pad_token_id, compile_jsd=compile_jsd, head_precision=paser.head_precision
+        )
+        head_precision = scorer.head_precision
         pending: list[dict] = []
         new_states: dict = {}
         commit_every_s = _commit_every_s()
@@ -163,6 +178,7 @@ def score_pool(
             else "not measured in this run (no sample scored with the original model loaded)"
         ),
         "original_outputs_cache": str(states.folder) if states is not None else "off",
+        "output_head_precision": head_precision,
     }
     return scores, facts
 

@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import torch
 
+from paser_assets.core.output_head import TargetCentredBFloat16Head, head_logits
+
 LN2 = math.log(2.0)
 
 
@@ -80,8 +82,8 @@ def _fused_divergence_and_nll(
 def chunked_divergence(
     hidden_p: torch.Tensor,
     hidden_q: torch.Tensor,
-    head_p: torch.nn.Module,
-    head_q: torch.nn.Module,
+    head_p: torch.nn.Module | TargetCentredBFloat16Head,
+    head_q: torch.nn.Module | TargetCentredBFloat16Head,
     targets: torch.Tensor,
     chunk_size: int = 128,
     compiled: bool = False,
@@ -92,6 +94,7 @@ def chunked_divergence(
     and ``targets`` holds those next tokens. The output heads run ``chunk_size`` rows at a time,
     so peak memory is a few (chunk_size x vocabulary) tensors whatever the batch. ``compiled`` runs
     the per-chunk kernel through torch.compile (same formula; results differ from eager by ~1e-8).
+    A head may be a :class:`TargetCentredBFloat16Head`, which reads the targets too.
     """
     kernel = _fused_divergence_and_nll if compiled else divergence_and_nll
     count = hidden_p.shape[0]
@@ -100,5 +103,7 @@ def chunked_divergence(
     nll_q = torch.empty(count, dtype=torch.float32)
     for start in range(0, count, chunk_size):
         rows = slice(start, start + chunk_size)
-        jsd[rows], nll_p[rows], nll_q[rows] = kernel(head_p(hidden_p[rows]), head_q(hidden_q[rows]), targets[rows])
+        logits_p = head_logits(head_p, hidden_p[rows], targets[rows])
+        logits_q = head_logits(head_q, hidden_q[rows], targets[rows])
+        jsd[rows], nll_p[rows], nll_q[rows] = kernel(logits_p, logits_q, targets[rows])
     return jsd, nll_p, nll_q

@@ -17,6 +17,7 @@ import torch
 
 from paser_assets.core.divergence import chunked_divergence
 from paser_assets.core.efficiency import individual_efficiency
+from paser_assets.core.output_head import HeadPrecision, TargetCentredBFloat16Head, bfloat16_matmul_is_fast
 from paser_assets.models.original_cache import OriginalOutputCache, OriginalStates, compact_states
 
 ALPACA_PROMPT = (
@@ -178,8 +179,19 @@ def pack_batch(batch: Sequence[EncodedSample], pad_token_id: int) -> tuple[torch
     return input_ids, attention_mask, torch.tensor(rows), torch.tensor(columns)
 
 
-# Below this the eager JSD kernel is cheap next to the forward passes, and compiling costs 10-30 s.
+# Below this the eager JSD kernel and float32 output heads are cheap next to the forward passes, and
+# compiling costs 10-30 s.
 COMPILE_MIN_VOCABULARY = 16384
+
+
+def resolve_head_precision(setting: str, vocabulary: int, device: torch.device | str = "cpu") -> HeadPrecision:
+    """'auto' -> bfloat16 on a CPU with AMX for a vocabulary of >= 16,384 tokens, else float32."""
+    if setting in ("float32", "bfloat16"):
+        return setting  # type: ignore[return-value]
+    if setting != "auto":
+        raise ValueError(f"head precision must be 'auto', 'float32' or 'bfloat16', not {setting!r}")
+    fast = torch.device(device).type == "cpu" and bfloat16_matmul_is_fast()
+    return "bfloat16" if fast and vocabulary >= COMPILE_MIN_VOCABULARY else "float32"
 
 
 class PairScorer:
@@ -195,6 +207,7 @@ class PairScorer:
         pad_token_id: int,
         chunk_size: int = 128,
         compile_jsd: bool | None = None,
+        head_precision: str = "auto",
     ) -> None:
         for name, model in (("original", original), ("pruned", pruned)):
             if model is not None and not supports_hidden_state_scoring(model):
@@ -206,9 +219,22 @@ class PairScorer:
         # None: compile the JSD kernel when the vocabulary is large enough for it to pay off.
         vocabulary = pruned.get_output_embeddings().weight.shape[0]
         self.compile_jsd = vocabulary >= COMPILE_MIN_VOCABULARY if compile_jsd is None else compile_jsd
+        head_weight = pruned.get_output_embeddings().weight
+        self.head_precision = resolve_head_precision(head_precision, vocabulary, head_weight.device)
+        self._centred_heads: dict[int, tuple[torch.Tensor, TargetCentredBFloat16Head]] = {}
+
+    def _head(self, module: torch.nn.Module) -> torch.nn.Module | TargetCentredBFloat16Head:
+        """The output head at ``head_precision``; bfloat16 copies are made once per weight tensor."""
+        if self.head_precision == "float32":
+            return module
+        weight = module.weight
+        # The weight is held with its copy, so its id() cannot be reused by another tensor meanwhile.
+        if id(weight) not in self._centred_heads:
+            self._centred_heads[id(weight)] = (weight, TargetCentredBFloat16Head(weight, getattr(module, "bias", None)))
+        return self._centred_heads[id(weight)][1]
 
     def score(self, batch: Sequence[EncodedSample]) -> list[SampleScore]:
-        """Exact scores of a batch (both models, full-vocabulary JSD)."""
+        """Scores of a batch (both models, full-vocabulary JSD)."""
         return self.score_batch(batch).scores
 
     @torch.inference_mode()
@@ -237,20 +263,21 @@ class PairScorer:
             hidden_original = torch.from_numpy(
                 np.concatenate([cache.get(sample.sample_id).hidden for sample in batch]).astype(np.float32)
             )
-            head_original = original_head
+            head_original = self._head(original_head)
         else:
             live = _final_hidden(self.original, input_ids, attention_mask)[row_index, column_index]
             hidden_original, pieces = _round_per_sample(live, batch)
-            head_original = self.original.get_output_embeddings()
+            head_original = self._head(self.original.get_output_embeddings())
             if cache is not None:
                 states = {sample.sample_id: piece for sample, piece in zip(batch, pieces, strict=True)}
         live_pruned = _final_hidden(self.pruned, input_ids, attention_mask)[row_index, column_index]
         hidden_pruned, _ = _round_per_sample(live_pruned, batch)
+        head_pruned = self._head(self.pruned.get_output_embeddings())
         jsd, nll_original, nll_pruned = chunked_divergence(
             hidden_original,
             hidden_pruned,
             head_original,
-            self.pruned.get_output_embeddings(),
+            head_pruned,
             targets,
             self.chunk_size,
             self.compile_jsd,
@@ -261,7 +288,7 @@ class PairScorer:
                 live,
                 live_pruned,
                 head_original,
-                self.pruned.get_output_embeddings(),
+                head_pruned,
                 targets,
                 self.chunk_size,
                 self.compile_jsd,
