@@ -17,10 +17,9 @@ import pandas as pd
 from paser_assets import charts, storage
 from paser_assets.core.allocation import allocate_budget, resolve_budget
 from paser_assets.core.efficiency import attention_cost, individual_efficiency
-from paser_assets.core.output_head import bfloat16_matmul_is_fast
 from paser_assets.models.checkpoints import CheckpointError, reference_version
 from paser_assets.models.original_cache import OriginalOutputCache
-from paser_assets.models.scoring import PairScorer, encode_sample, plan_batches
+from paser_assets.models.scoring import PairScorer, encode_sample, head_precision_key, plan_batches
 from paser_assets.models.store import load_pair, model_settings
 from paser_assets.progress import Progress
 from paser_assets.registry import variant_partitions
@@ -47,15 +46,8 @@ def _commit_every_s() -> float:
 def _scoring_key(original_version: str, pruned_version: str, paser: PaserConfig) -> str:
     return (
         f"{SCORING_RECIPE}|original={original_version}|pruned={pruned_version}|max_tokens={paser.max_tokens}"
-        f"|head={_head_setting(paser)}"
+        f"|head={head_precision_key(paser.head_precision)}"
     )
-
-
-def _head_setting(paser: PaserConfig) -> str:
-    """The head precision as it bears on the scores: 'auto' resolves differently with and without AMX."""
-    if paser.head_precision != "auto":
-        return paser.head_precision
-    return "auto:amx" if bfloat16_matmul_is_fast() else "auto:no-amx"
 
 
 def _cached_scores(duckdb: PaserDuckDB, key: str) -> pd.DataFrame:

@@ -194,6 +194,14 @@ def resolve_head_precision(setting: str, vocabulary: int, device: torch.device |
     return "bfloat16" if fast and vocabulary >= COMPILE_MIN_VOCABULARY else "float32"
 
 
+def head_precision_key(setting: str) -> str:
+    """The head-precision setting as it bears on stored scores, known before any model is loaded: the
+    model's hash fixes its vocabulary, so what 'auto' resolves to varies only with the CPU (AMX or not)."""
+    if setting != "auto":
+        return setting
+    return "auto:amx" if bfloat16_matmul_is_fast() else "auto:no-amx"
+
+
 class PairScorer:
     """Scores batches of encoded samples through an (original, pruned) pair of models.
 
@@ -216,10 +224,10 @@ class PairScorer:
         self.pruned = pruned
         self.pad_token_id = pad_token_id
         self.chunk_size = chunk_size
-        # None: compile the JSD kernel when the vocabulary is large enough for it to pay off.
-        vocabulary = pruned.get_output_embeddings().weight.shape[0]
-        self.compile_jsd = vocabulary >= COMPILE_MIN_VOCABULARY if compile_jsd is None else compile_jsd
         head_weight = pruned.get_output_embeddings().weight
+        vocabulary = head_weight.shape[0]
+        # None: compile the JSD kernel when the vocabulary is large enough for it to pay off.
+        self.compile_jsd = vocabulary >= COMPILE_MIN_VOCABULARY if compile_jsd is None else compile_jsd
         self.head_precision = resolve_head_precision(head_precision, vocabulary, head_weight.device)
         self._centred_heads: dict[int, tuple[torch.Tensor, TargetCentredBFloat16Head]] = {}
 
