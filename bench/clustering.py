@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_args(argv)
     config = PaserConfig()
-    params = {"n_neighbors": config.n_neighbors, "regularization": config.graph_regularization}
+    params = {"n_neighbors": config.semantic.n_neighbors, "regularization": config.semantic.graph_regularization}
     log(f"data: {args.data}")
     pool = load_pool(args.data)
     embeddings = load_embeddings(pool, args.data)

@@ -84,7 +84,7 @@ def main() -> None:
             budget=args.budget,
             holdout_max=args.holdout,
             max_tokens=args.max_tokens,
-            recovery=True,
+            include_recovery=True,
             recovery_seed=seed,
             recovery_methods=methods,
             lora_layers=args.lora_layers,

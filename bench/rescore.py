@@ -122,7 +122,7 @@ def main() -> None:
     magnitude = pruned_variant(args.cache, PruneRecipe("magnitude", 0.5), texts)
     config = PaserConfig()
     samples = [
-        encode_sample(tokenizer, str(i), r["instruction"], r["input"], r["output"], config.max_tokens)
+        encode_sample(tokenizer, str(i), r["instruction"], r["input"], r["output"], config.scoring.max_tokens)
         for i, r in enumerate(rows)
     ]
     batches = [

@@ -89,7 +89,7 @@ def seed_embeddings(workdir: Path) -> None:
     base = load_embeddings(load_source_pool(data), data)  # the same row order as write_pool's records
 
     config = PaserConfig(dataset=str(workdir / "pool.jsonl"))
-    build = load_pool(config.dataset, max_chars=config.max_chars)
+    build = load_pool(config.pool.dataset, max_chars=config.pool.max_chars)
     rng = np.random.default_rng(0)
     vectors = []
     for row in build.accepted["source_row"].to_numpy():
@@ -101,7 +101,7 @@ def seed_embeddings(workdir: Path) -> None:
         vectors.append(vector.astype(np.float32))
     frame = pd.DataFrame(
         {
-            "model_key": _embedding_model_key(config.embedding_model),
+            "model_key": _embedding_model_key(config.semantic.embedding_model),
             "sample_id": build.accepted["sample_id"].to_numpy(),
             "embedding": vectors,
         }

@@ -69,7 +69,9 @@ def build_sensors(config: PaserConfig) -> list[dg.SensorDefinition]:
     automation = dg.AutomationConditionSensorDefinition(
         "paser_automation",
         target=target,
-        default_status=dg.DefaultSensorStatus.RUNNING if config.automation else dg.DefaultSensorStatus.STOPPED,
+        default_status=dg.DefaultSensorStatus.RUNNING
+        if config.execution.automation
+        else dg.DefaultSensorStatus.STOPPED,
         description="Observes the model checkpoints and recomputes what depends on a changed one.",
     )
     return [paser_variants, automation]

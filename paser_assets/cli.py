@@ -14,7 +14,7 @@ from paser_assets.assets.selection import export_folder
 from paser_assets.registry import add_variant, registered_variants, remove_variant, sync_variants
 from paser_assets.resources import PaserDuckDB, SettingError
 from paser_assets.runner import GraphRun, default_instance, refresh, run_graph
-from paser_assets.variants import VariantError, parse_variant_spec, recipe_defaults, validate_variant_name
+from paser_assets.variants import VariantError, parse_variant_spec, validate_variant_name
 
 SUMMARY_QUERIES: list[tuple[str, str]] = [
     (
@@ -87,11 +87,11 @@ def _variants_command(args: argparse.Namespace) -> int:
     instance = default_instance()
     if args.action == "list":
         sync_variants(instance, database, config)
-        for name, variant in sorted(registered_variants(database, recipe_defaults(config)).items()):
+        for name, variant in sorted(registered_variants(database, config.pruning.recipe()).items()):
             print(f"{name}\t{variant.kind}\t{variant.spec}")
         return 0
     if args.action == "add":
-        variant = parse_variant_spec(validate_variant_name(args.name), args.spec, recipe_defaults(config))
+        variant = parse_variant_spec(validate_variant_name(args.name), args.spec, config.pruning.recipe())
         add_variant(instance, database, variant, replace=args.replace)
         print(f"registered variant {variant.name} ({variant.kind}: {variant.spec})")
         if args.no_materialize:
@@ -100,7 +100,12 @@ def _variants_command(args: argparse.Namespace) -> int:
         run, _ = refresh(defs, instance)  # the new variant's partitions are missing; nothing else is
         _report(run, time.monotonic() - start)
         return 0 if run.success else 1
-    deleted = remove_variant(instance, database, validate_variant_name(args.name), export_folder(config, database))
+    deleted = remove_variant(
+        instance,
+        database,
+        validate_variant_name(args.name),
+        export_folder(config.selection.export_dir, database.database),
+    )
     print(f"removed variant {args.name}: " + ", ".join(f"{table} {rows} rows" for table, rows in deleted.items()))
     return 0
 
@@ -115,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "refresh", help="observe the checkpoints and materialize exactly what is stale or missing (after a re-prune)"
     )
     commands.add_parser("summary", help="print the SQL summary of the DuckDB file")
+    commands.add_parser("settings", help="list every setting with its environment variable, default and meaning")
     variants = commands.add_parser("variants", help="list, add or remove pruned variants")
     actions = variants.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="list the registered variants")
@@ -129,6 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "summary":
             print(summary())
+            return 0
+        if args.command == "settings":
+            from paser_assets.settings import settings_markdown
+
+            print(settings_markdown(PaserDuckDB.documented_settings()), end="")
             return 0
         if args.command == "variants":
             return _variants_command(args)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import dagster as dg
 
 from paser_assets.assets.models import MODEL_ASSETS
@@ -15,66 +12,30 @@ from paser_assets.assets.selection import SELECTION_CHECKS, sample_concepts, sel
 from paser_assets.assets.semantic import cluster_profiles, clusters, instruction_embeddings, manifold
 from paser_assets.automation import build_sensors, model_dependent_condition
 from paser_assets.resources import PaserConfig, PaserDuckDB, SettingError
-
-# The settings each asset's output depends on. They are folded into the asset's code_version, so
-# that changing a setting marks exactly the assets it affects as stale in the UI.
-SETTINGS_BY_ASSET: dict[str, tuple[str, ...]] = {
-    "recovery_pool": ("dataset", "dataset_split", "field_map", "max_chars", "demo_size", "seed"),
-    "recovery_pool_rejected": ("dataset", "dataset_split", "field_map", "max_chars", "demo_size", "seed"),
-    "instruction_embeddings": ("embedding_model",),
-    "manifold": ("manifold", "manifold_dims", "n_neighbors", "seed"),
-    "clusters": ("n_clusters", "n_neighbors", "graph_regularization", "max_clusters", "cluster_space", "seed"),
-    "pruned_model": ("seed",),
-    "degradation_scores": ("max_tokens",),
-    "capability_degradation": ("budget",),
-    "sample_concepts": ("concepts_per_sample",),
-    "selection": ("conflict_tolerance",),
-    "concept_graph": ("conflict_tolerance",),
-    "selection_export": ("export_dir",),
-    "holdout_split": ("holdout_fraction", "holdout_max", "seed"),
-    "baseline_selections": ("seed", "recovery_seed", "recovery_methods"),
-    "recovered_model": (
-        "lora_r",
-        "lora_alpha",
-        "lora_learning_rate",
-        "lora_epochs",
-        "lora_batch_size",
-        "lora_layers",
-        "seed",
-        "recovery_seed",
-    ),
-}
-# Assets whose result depends on the pruned model; they go stale together when it changes.
-MODEL_DEPENDENT = (
-    "pruned_model",
-    "degradation_scores",
-    "capability_degradation",
-    "selection",
-    "concept_graph",
-    "selection_export",
-    "baseline_selections",
-    "recovered_model",
-    "reference_evaluation",
-    "recovery_evaluation",
-    "recovery_comparison",
-)
+from paser_assets.settings import declared_reads
 
 
-def settings_fingerprint(config: PaserConfig, fields: tuple[str, ...]) -> str:
-    values = {name: getattr(config, name) for name in fields}
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
+def declared_settings(asset: dg.AssetsDefinition | dg.SourceAsset) -> frozenset[str]:
+    """The settings an asset's function declared with ``@reads``; every asset of the graph declares them."""
+    function = asset.op.compute_fn.decorated_fn if isinstance(asset, dg.AssetsDefinition) else asset.observe_fn
+    declared = declared_reads(function)
+    if declared is None:
+        raise TypeError(f"{function.__name__} does not declare the settings it reads: decorate it with @reads(...)")
+    return declared
 
 
 def _stamp(asset: dg.AssetsDefinition, config: PaserConfig) -> dg.AssetsDefinition:
-    """Fold settings into code versions and attach the automation conditions."""
+    """Fold the values of the settings the asset reads into its code version; attach the automation condition.
+
+    Partitioned assets are the ones that read a pruned model: they rerun when the models change.
+    """
+    fingerprint = config.fingerprint(declared_settings(asset))
 
     def stamp(spec: dg.AssetSpec) -> dg.AssetSpec:
-        name = spec.key.to_user_string()
-        fields = SETTINGS_BY_ASSET.get(name)
         code_version = spec.code_version
-        if fields and code_version is not None:
-            code_version = f"{code_version}+{settings_fingerprint(config, fields)}"
-        condition = model_dependent_condition() if name in MODEL_DEPENDENT else spec.automation_condition
+        if fingerprint and code_version is not None:
+            code_version = f"{code_version}+{fingerprint}"
+        condition = model_dependent_condition() if spec.partitions_def is not None else spec.automation_condition
         return spec.replace_attributes(code_version=code_version, automation_condition=condition)
 
     return asset.map_asset_specs(stamp)
@@ -93,7 +54,7 @@ def build_definitions(config: PaserConfig | None = None, database: PaserDuckDB |
         sample_concepts,
         holdout_split,
         *MODEL_ASSETS[2:],
-        build_degradation_scores(config.score_shards),
+        build_degradation_scores(config.scoring.score_shards),
         capability_degradation,
         selection,
         selection_export,
@@ -110,16 +71,16 @@ def build_definitions(config: PaserConfig | None = None, database: PaserDuckDB |
 
 def build_executor(config: PaserConfig) -> dg.ExecutorDefinition:
     """The executor of runs launched from the UI or `dagster asset materialize` (PASER_EXECUTOR)."""
-    if config.executor == "multiprocess":
+    if config.execution.executor == "multiprocess":
         return dg.multiprocess_executor
-    if config.executor == "dask":
+    if config.execution.executor == "dask":
         try:
             from dagster_dask import dask_executor
         except ImportError as error:  # pragma: no cover - dagster-dask is a dependency
             raise SettingError("PASER_EXECUTOR=dask needs the dagster-dask package") from error
         cluster = (
-            {"existing": {"address": config.dask_address}}
-            if config.dask_address
+            {"existing": {"address": config.execution.dask_address}}
+            if config.execution.dask_address
             else {"local": {"n_workers": 2, "threads_per_worker": 1}}
         )
         return dask_executor.configured({"cluster": cluster})

@@ -17,22 +17,14 @@ import pandas as pd
 
 from paser_assets import storage
 from paser_assets.models.pruning import PruneRecipe
+from paser_assets.partitions import VARIANTS
 from paser_assets.resources import PaserConfig, PaserDuckDB
-from paser_assets.variants import (
-    VARIANT_PARTITIONS,
-    Variant,
-    VariantError,
-    configured_variants,
-    parse_variant_spec,
-    recipe_defaults,
-)
+from paser_assets.variants import Variant, VariantError, configured_variants, parse_variant_spec
 
 REGISTRY_TABLE = "variants"
 PRUNED_TABLE = "pruned_checkpoints"
 # Tables holding one block of rows per variant, in a ``variant`` column.
 VARIANT_TABLES = (PRUNED_TABLE, "degradation_scores", "capability_degradation", "selection", "concept_graph")
-
-variant_partitions = dg.DynamicPartitionsDefinition(name=VARIANT_PARTITIONS)
 
 
 def _registry_frame(variants: Iterable[Variant]) -> pd.DataFrame:
@@ -53,9 +45,9 @@ def registered_variants(database: PaserDuckDB, recipe_defaults: PruneRecipe | No
     }
 
 
-def variant_for(database: PaserDuckDB, config: PaserConfig, name: str) -> Variant:
+def variant_for(database: PaserDuckDB, recipe_defaults: PruneRecipe, name: str) -> Variant:
     """The registered variant ``name``; a clear error when it was never registered."""
-    variants = registered_variants(database, recipe_defaults(config))
+    variants = registered_variants(database, recipe_defaults)
     if name not in variants:
         raise VariantError(
             f"variant {name!r} is not registered in {database.database}: add it with "
@@ -97,19 +89,19 @@ def register_variants(database: PaserDuckDB, variants: Iterable[Variant], replac
 
 def sync_variants(instance: dg.DagsterInstance, database: PaserDuckDB, config: PaserConfig) -> list[str]:
     """Register the configured variants and make sure each has its Dagster partition; returns all names."""
-    variants = configured_variants(config)
+    variants = configured_variants(config.models.variants, config.models.pruned_model, config.pruning.recipe())
     register_variants(database, variants)
     names = [v.name for v in variants]
-    missing = [n for n in names if not instance.has_dynamic_partition(VARIANT_PARTITIONS, n)]
+    missing = [n for n in names if not instance.has_dynamic_partition(VARIANTS.name, n)]
     if missing:
-        instance.add_dynamic_partitions(VARIANT_PARTITIONS, missing)
+        instance.add_dynamic_partitions(VARIANTS.name, missing)
     return names
 
 
 def add_variant(instance: dg.DagsterInstance, database: PaserDuckDB, variant: Variant, replace: bool = False) -> None:
     register_variants(database, [variant], replace=replace)
-    if not instance.has_dynamic_partition(VARIANT_PARTITIONS, variant.name):
-        instance.add_dynamic_partitions(VARIANT_PARTITIONS, [variant.name])
+    if not instance.has_dynamic_partition(VARIANTS.name, variant.name):
+        instance.add_dynamic_partitions(VARIANTS.name, [variant.name])
 
 
 def remove_variant(instance: dg.DagsterInstance, database: PaserDuckDB, name: str, export_dir: Path) -> dict[str, int]:
@@ -129,6 +121,6 @@ def remove_variant(instance: dg.DagsterInstance, database: PaserDuckDB, name: st
     folder = export_dir / name
     if folder.is_dir() and folder.resolve().parent == export_dir.resolve():
         shutil.rmtree(folder)
-    if instance.has_dynamic_partition(VARIANT_PARTITIONS, name):
-        instance.delete_dynamic_partition(VARIANT_PARTITIONS, name)
+    if instance.has_dynamic_partition(VARIANTS.name, name):
+        instance.delete_dynamic_partition(VARIANTS.name, name)
     return deleted

@@ -11,17 +11,16 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 import dagster as dg
 
+from paser_assets import partitions
+from paser_assets.partitions import PartitionKey
 from paser_assets.registry import sync_variants
 from paser_assets.resources import PaserConfig, PaserDuckDB
 from paser_assets.staleness import StaleSet, stale_or_missing
-from paser_assets.variants import VARIANT_PARTITIONS
 
 OBSERVED = (dg.AssetKey("original_model"), dg.AssetKey("pruned_checkpoint"))
-SCORES = dg.AssetKey("degradation_scores")
 LOG_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 EPHEMERAL_JOB = "__ephemeral_asset_job__"
 
@@ -145,16 +144,6 @@ def _execute(
     )
 
 
-def _kind(node: Any) -> str:
-    """shared, variant, shard (degradation_scores: shard x variant) or method (recovery: method x variant)."""
-    partitions = node.partitions_def
-    if partitions is None:
-        return "shared"
-    if isinstance(partitions, dg.MultiPartitionsDefinition):
-        return "shard" if "shard" in partitions.partition_dimension_names else "method"
-    return "variant"
-
-
 @dataclass
 class Plan:
     """Asset keys in the order they run: the shared ones, then per variant a list of stages, each one kind
@@ -174,7 +163,7 @@ def _plan(defs: dg.Definitions, keys: set[dg.AssetKey]) -> Plan:
     for key in graph.toposorted_asset_keys:
         if key not in keys:
             continue
-        kind = "shared" if key in OBSERVED else _kind(graph.get(key))
+        kind = "shared" if key in OBSERVED else partitions.kind(graph.get(key).partitions_def)
         if kind == "shared":
             plan.shared.add(key)
         elif plan.stages and plan.stages[-1][0] == kind:
@@ -184,17 +173,12 @@ def _plan(defs: dg.Definitions, keys: set[dg.AssetKey]) -> Plan:
     return plan
 
 
-def _stage_keys(defs: dg.Definitions, kind: str, variant: str) -> list[str | dg.MultiPartitionKey]:
-    """The partition keys a stage runs for one variant."""
-    if kind == "variant":
-        return [variant]
+def _stage_keys(defs: dg.Definitions, keys: set[dg.AssetKey], variant: str) -> list[str | dg.MultiPartitionKey]:
+    """The partition keys a stage (assets partitioned alike) runs for one variant."""
     config, _ = _resources(defs)
-    if kind == "shard":
-        partitions = defs.resolve_asset_graph().get(SCORES).partitions_def
-        assert isinstance(partitions, dg.MultiPartitionsDefinition)
-        shards = partitions.get_partitions_def_for_dimension("shard").get_partition_keys()
-        return [dg.MultiPartitionKey({"shard": shard, "variant": variant}) for shard in shards]
-    return [dg.MultiPartitionKey({"method": method, "variant": variant}) for method in config.recovery_methods]
+    partitions_def = defs.resolve_asset_graph().get(next(iter(keys))).partitions_def
+    found = partitions.keys_for_variant(partitions_def, variant, config.recovery.recovery_methods)
+    return [key.dagster_key for key in found]
 
 
 def _run_variant(
@@ -206,8 +190,8 @@ def _run_variant(
     only: set[str] | None = None,
 ) -> None:
     """Every stage of the plan for one variant, in order; ``only`` limits the partition keys; stops at a failure."""
-    for kind, keys in plan.stages:
-        for partition_key in _stage_keys(defs, kind, variant):
+    for _, keys in plan.stages:
+        for partition_key in _stage_keys(defs, keys, variant):
             if only is not None and str(partition_key) not in only:
                 continue
             run.results.append(_execute(defs, keys, instance, partition_key=partition_key))
@@ -220,7 +204,7 @@ def default_selection(defs: dg.Definitions) -> set[dg.AssetKey]:
     config, _ = _resources(defs)
     graph = defs.resolve_asset_graph()
     keys = set(graph.materializable_asset_keys) | set(OBSERVED)
-    if not config.recovery:
+    if not config.execution.include_recovery:
         keys = {key for key in keys if graph.get(key).group_name != "recovery"}
     return keys
 
@@ -276,7 +260,7 @@ def refresh(defs: dg.Definitions, instance: dg.DagsterInstance, max_waves: int =
         stale.by_partition = {
             partition: keys & scope
             for partition, keys in stale.by_partition.items()
-            if keys & scope and _in_scope(_partition_key(partition), config.recovery_methods)
+            if keys & scope and _in_scope(PartitionKey.parse(partition), config.recovery.recovery_methods)
         }
         if first is None:
             first = stale.describe()
@@ -285,33 +269,18 @@ def refresh(defs: dg.Definitions, instance: dg.DagsterInstance, max_waves: int =
         if stale.unpartitioned:
             run.results.append(_execute(defs, stale.unpartitioned, instance))
             continue  # shared assets changed: look again before running variants
-        variants = sorted({_variant_of(_partition_key(p)) for p in stale.by_partition})
+        variants = sorted({PartitionKey.parse(p).variant for p in stale.by_partition})
         for variant in variants:
-            mine = {p: keys for p, keys in stale.by_partition.items() if _variant_of(_partition_key(p)) == variant}
+            mine = {p: keys for p, keys in stale.by_partition.items() if PartitionKey.parse(p).variant == variant}
             plan = _plan(defs, set().union(*mine.values()))
             _run_variant(defs, instance, variant, plan, run, only=set(mine))
     return run, first or []
 
 
-def _variant_of(key: str | dg.MultiPartitionKey) -> str:
-    return key.keys_by_dimension["variant"] if isinstance(key, dg.MultiPartitionKey) else key
-
-
-def _in_scope(key: str | dg.MultiPartitionKey, methods: list[str]) -> bool:
+def _in_scope(key: PartitionKey, methods: list[str]) -> bool:
     """Method partitions of methods that are not configured are never run."""
-    if isinstance(key, dg.MultiPartitionKey) and "method" in key.keys_by_dimension:
-        return key.keys_by_dimension["method"] in methods
-    return True
-
-
-def _partition_key(text: str) -> str | dg.MultiPartitionKey:
-    """A stale-set partition key: a variant name, ``shard|variant`` or ``method|variant``."""
-    if "|" not in text:
-        return text
-    first, variant = text.split("|", 1)
-    dimension = "shard" if first.isdigit() else "method"
-    return dg.MultiPartitionKey({dimension: first, "variant": variant})
+    return key.method is None or key.method in methods
 
 
 def registered_variant_names(instance: dg.DagsterInstance) -> list[str]:
-    return list(instance.get_dynamic_partitions(VARIANT_PARTITIONS))
+    return list(instance.get_dynamic_partitions(partitions.VARIANTS.name))

@@ -19,7 +19,6 @@ from typing import Any
 from paser_assets.models.pruning import PruneRecipe, parse_n_m
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-VARIANT_PARTITIONS = "variant"
 
 
 class VariantError(ValueError):
@@ -107,23 +106,11 @@ def parse_variants(text: str, recipe_defaults: PruneRecipe | None = None) -> lis
     return variants
 
 
-def recipe_defaults(config: Any) -> PruneRecipe:
-    """The pruning recipe of a PaserConfig's pruning settings (method, sparsity, N:M, calibration)."""
-    return PruneRecipe(
-        method=config.prune_method,
-        sparsity=config.sparsity,
-        n_m=parse_n_m(config.prune_n_m),
-        calibration_samples=config.calibration_samples,
-        calibration_tokens=config.calibration_tokens,
-    )
-
-
-def configured_variants(config: Any) -> list[Variant]:
-    """The variants a PaserConfig asks for: ``variants`` if given, else one from the pruning settings."""
-    defaults = recipe_defaults(config)
-    if config.variants:
-        mapping: Mapping[str, str] = config.variants
-        return [parse_variant_spec(validate_variant_name(name), spec, defaults) for name, spec in mapping.items()]
-    if config.pruned_model:
-        return [Variant("external", checkpoint=config.pruned_model)]
-    return [Variant(defaults.name, recipe=defaults)]
+def configured_variants(variants: Mapping[str, str], pruned_model: str | None, recipe: PruneRecipe) -> list[Variant]:
+    """The variants the model settings ask for: ``variants`` if given, else the external ``pruned_model``, else
+    one variant of the pruning ``recipe``."""
+    if variants:
+        return [parse_variant_spec(validate_variant_name(name), spec, recipe) for name, spec in variants.items()]
+    if pruned_model:
+        return [Variant("external", checkpoint=pruned_model)]
+    return [Variant(recipe.name, recipe=recipe)]

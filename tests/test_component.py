@@ -35,7 +35,7 @@ def test_component_from_yaml_builds_and_materializes(tmp_path: Path) -> None:
             keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
             assert {"recovery_pool", "clusters", "degradation_scores", "original_model", "pruned_model"} <= keys
             assert isinstance(defs.resources["paser"], PaserConfig)
-            assert defs.resources["paser"].n_clusters == 4
+            assert defs.resources["paser"].semantic.n_clusters == 4
             assert isinstance(defs.resources["duckdb"], PaserDuckDB)
             result = dg.materialize(
                 [defs.get_assets_def("recovery_pool")],

@@ -29,17 +29,25 @@ from paser_assets.models.checkpoints import (
     save_checkpoint,
 )
 from paser_assets.models.pruning import calibration_batch, measured_sparsity, prune_model
-from paser_assets.models.store import ModelSettings, model_settings
-from paser_assets.registry import PRUNED_TABLE, registered_variants, variant_for, variant_partitions
+from paser_assets.models.store import ModelStore
+from paser_assets.partitions import VARIANTS
+from paser_assets.registry import PRUNED_TABLE, registered_variants, variant_for
 from paser_assets.resources import PaserConfig, PaserDuckDB
-from paser_assets.variants import Variant, VariantError, recipe_defaults
+from paser_assets.settings import reads
+from paser_assets.variants import Variant, VariantError
 
 MODELS_GROUP = "models"
 PRUNING_RECORD = "paser_pruning.json"
+# Every asset that depends on the pruned model lists the model assets as direct parents: Dagster marks
+# only the direct children of a changed asset as stale, and these assets all change with it.
+MODEL_PARENTS = ["original_model", "pruned_checkpoint", "pruned_model"]
+# What loading a model reads: where the files are and the two safety switches.
+MODEL_LOADING = ("models.original_model", "models.model_cache_dir", "models.allow_pickle", "models.trust_remote_code")
 
 
+@reads(*MODEL_LOADING)
 def _observe_original(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.ObserveResult:
-    settings = model_settings(paser, duckdb.database)
+    settings = paser.models.store(duckdb.database)
     try:
         reference = settings.original
         version = reference_version(reference)
@@ -64,9 +72,10 @@ def _external_reference(variant: Variant) -> ModelReference:
     return reference
 
 
+@reads("pruning")
 def _observe_pruned(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB):
-    names = context.instance.get_dynamic_partitions(variant_partitions.name)
-    variants = registered_variants(duckdb, recipe_defaults(paser))
+    names = context.instance.get_dynamic_partitions(VARIANTS.name)
+    variants = registered_variants(duckdb, paser.pruning.recipe())
     versions = {}
     for name in names:
         if name not in variants:
@@ -93,7 +102,7 @@ with warnings.catch_warnings():
     pruned_checkpoint = dg.observable_source_asset(
         name="pruned_checkpoint",
         group_name=MODELS_GROUP,
-        partitions_def=variant_partitions,
+        partitions_def=VARIANTS,
         description="Each variant's pruned checkpoint as it is on disk (content hash), or its pruning recipe.",
         automation_condition=observation_condition(),
     )(_observe_pruned)
@@ -109,7 +118,7 @@ def _calibration_texts(duckdb: PaserDuckDB, seed: int) -> list[str]:
 
 
 def _build_recipe_variant(
-    context: dg.AssetExecutionContext, settings: ModelSettings, variant: Variant, duckdb: PaserDuckDB, seed: int
+    context: dg.AssetExecutionContext, settings: ModelStore, variant: Variant, duckdb: PaserDuckDB, seed: int
 ) -> tuple[Path, str, float]:
     recipe = variant.recipe
     assert recipe is not None
@@ -134,19 +143,21 @@ def _build_recipe_variant(
 
 @dg.asset(
     deps=["original_model", "pruned_checkpoint", "recovery_pool"],
-    partitions_def=variant_partitions,
+    partitions_def=VARIANTS,
     group_name=MODELS_GROUP,
     code_version="1",
     kinds={"pytorch", "safetensors"},
     description="Each variant's pruned model: the original pruned by the variant's recipe (Wanda or magnitude), "
     "or the variant's external checkpoint, recorded in pruned_checkpoints.",
 )
+@reads(*MODEL_LOADING, "pruning", "seed")
 def pruned_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
-    settings = model_settings(paser, duckdb.database)
+    settings = paser.models.store(duckdb.database)
+    seed = paser.seed  # the calibration sample of a recipe variant
     try:
-        variant = variant_for(duckdb, paser, context.partition_key)
+        variant = variant_for(duckdb, paser.pruning.recipe(), context.partition_key)
         if variant.recipe is not None:
-            path, original_version, sparsity = _build_recipe_variant(context, settings, variant, duckdb, paser.seed)
+            path, original_version, sparsity = _build_recipe_variant(context, settings, variant, duckdb, seed)
         else:
             reference = _external_reference(variant)
             path, original_version, sparsity = Path(reference.location), reference_version(settings.original), None

@@ -1,47 +1,35 @@
 """The ``recovery_pool`` asset and its rejection table."""
 
-from collections.abc import Iterator
-
 import dagster as dg
 
 from paser_assets import storage
 from paser_assets.core.baselines import seeded_order
 from paser_assets.pool import PoolInputError, load_pool
 from paser_assets.resources import PaserConfig, PaserDuckDB
+from paser_assets.settings import reads
 from paser_assets.tables import table_metadata
 
 POOL_GROUP = "pool"
 HOLDOUT_TABLE = "holdout"
 
 
-@dg.multi_asset(
-    specs=[
-        dg.AssetSpec(
-            "recovery_pool",
-            group_name=POOL_GROUP,
-            code_version="1",
-            kinds={"duckdb"},
-            description="The instruction pool: normalised Alpaca rows keyed by a content hash, duplicates kept once.",
-        ),
-        dg.AssetSpec(
-            "recovery_pool_rejected",
-            group_name=POOL_GROUP,
-            code_version="1",
-            kinds={"duckdb"},
-            description="Input rows that could not be used, with their file, row and reason.",
-        ),
-    ],
+@dg.asset(
+    group_name=POOL_GROUP,
+    code_version="1",
+    kinds={"duckdb"},
+    description="The instruction pool: normalised Alpaca rows keyed by a content hash, duplicates kept once. "
+    "Input rows that could not be used go to the table recovery_pool_rejected with their file, row and reason.",
 )
-def recovery_pool(
-    context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
-) -> Iterator[dg.MaterializeResult]:
+@reads("pool.dataset", "pool.dataset_split", "pool.field_map", "pool.max_chars", "pool.demo_size", "seed")
+def recovery_pool(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
+    settings = paser.pool
     try:
         build = load_pool(
-            paser.dataset,
-            split=paser.dataset_split,
-            field_map=paser.field_map,
-            max_chars=paser.max_chars,
-            demo_size=paser.demo_size,
+            settings.dataset,
+            split=settings.dataset_split,
+            field_map=settings.field_map,
+            max_chars=settings.max_chars,
+            demo_size=settings.demo_size,
             seed=paser.seed,
         )
     except PoolInputError as error:
@@ -54,27 +42,22 @@ def recovery_pool(
         storage.replace_table(conn, duckdb.schema_name, "recovery_pool", build.accepted)
         storage.replace_table(conn, duckdb.schema_name, "recovery_pool_rejected", build.rejected)
     families = build.accepted["family"].value_counts().sort_index()
-    yield dg.MaterializeResult(
-        asset_key="recovery_pool",
+    return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(build.accepted)),
         metadata={
             **table_metadata("recovery_pool", duckdb.schema_name, len(build.accepted)),
-            "source": dg.MetadataValue.text(paser.dataset or f"demo pool (size {paser.demo_size}, seed {paser.seed})"),
+            "source": dg.MetadataValue.text(
+                settings.dataset or f"demo pool (size {settings.demo_size}, seed {paser.seed})"
+            ),
             "rows_read": build.rows_read,
             "duplicates_merged": build.duplicates_removed,
             "rejected": len(build.rejected),
+            "rejected_table": dg.MetadataValue.text(f"{duckdb.schema_name}.recovery_pool_rejected"),
+            "rejection_reasons": dg.MetadataValue.json(build.rejection_counts),
             "families": dg.MetadataValue.json({str(k): int(v) for k, v in families.items()}),
             "preview": dg.MetadataValue.md(
                 build.accepted[["sample_id", "family", "instruction"]].head(8).to_markdown(index=False)
             ),
-        },
-    )
-    yield dg.MaterializeResult(
-        asset_key="recovery_pool_rejected",
-        data_version=dg.DataVersion(storage.content_hash(build.rejected)),
-        metadata={
-            **table_metadata("recovery_pool_rejected", duckdb.schema_name, len(build.rejected)),
-            "reasons": dg.MetadataValue.json(build.rejection_counts),
         },
     )
 
@@ -86,11 +69,13 @@ def recovery_pool(
     kinds={"duckdb"},
     description="Samples kept out of every selection, to measure recovery on: a seeded choice by sample_id.",
 )
+@reads("pool.holdout_fraction", "pool.holdout_max", "seed")
 def holdout_split(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
+    settings = paser.pool
     pool = duckdb.read("recovery_pool", "sample_id, family")
-    size = min(paser.holdout_max, round(paser.holdout_fraction * len(pool)))
+    size = min(settings.holdout_max, round(settings.holdout_fraction * len(pool)))
     if size >= len(pool):
-        raise dg.Failure(description=f"PASER_HOLDOUT={paser.holdout_fraction} leaves no selectable sample")
+        raise dg.Failure(description=f"PASER_HOLDOUT={settings.holdout_fraction} leaves no selectable sample")
     chosen = set(seeded_order(pool["sample_id"].tolist(), paser.seed)[:size])
     table = pool[pool["sample_id"].isin(chosen)].sort_values("sample_id").reset_index(drop=True)
     with duckdb.write() as conn:
@@ -99,7 +84,7 @@ def holdout_split(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResu
         data_version=dg.DataVersion(storage.content_hash(table)),
         metadata={
             **table_metadata(HOLDOUT_TABLE, duckdb.schema_name, len(table)),
-            "fraction": paser.holdout_fraction,
+            "fraction": settings.holdout_fraction,
             "selectable": len(pool) - len(table),
         },
     )

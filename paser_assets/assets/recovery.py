@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from paser_assets import charts, storage
-from paser_assets.assets.scores import MODEL_PARENTS
+from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, pruned_reference
 from paser_assets.core.baselines import (
     ifd_selection,
     instruction_following_difficulty,
@@ -31,10 +31,11 @@ from paser_assets.core.consistency import SELECTED, Candidate, select
 from paser_assets.models.checkpoints import load_causal_lm, publish_folder, reference_version, staging_folder
 from paser_assets.models.general_text import general_text_samples
 from paser_assets.models.scoring import EncodedSample, encode_sample
-from paser_assets.models.store import ModelSettings, model_settings
-from paser_assets.models.training import LoraSettings, load_adapter, perplexity, response_nll, save_adapter, train_lora
-from paser_assets.registry import variant_partitions
-from paser_assets.resources import RECOVERY_METHODS, PaserConfig, PaserDuckDB
+from paser_assets.models.store import ModelStore
+from paser_assets.models.training import load_adapter, perplexity, response_nll, save_adapter, train_lora
+from paser_assets.partitions import METHODS, VARIANTS, PartitionKey
+from paser_assets.resources import PaserConfig, PaserDuckDB
+from paser_assets.settings import reads
 from paser_assets.tables import table_metadata
 
 RECOVERY_GROUP = "recovery"
@@ -42,15 +43,10 @@ BASELINES = ("random", "uniform", "top_jsd", "ifd", "paser_no_concepts")
 GENERAL_SEGMENTS = 32  # segments of 256 tokens of general text per model
 
 
-def method_partitions() -> dg.MultiPartitionsDefinition:
-    return dg.MultiPartitionsDefinition(
-        {"method": dg.StaticPartitionsDefinition(list(RECOVERY_METHODS)), "variant": variant_partitions}
-    )
-
-
 def _method_partition(context: dg.AssetExecutionContext) -> tuple[str, str]:
-    keys = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
-    return keys["method"], keys["variant"]
+    key = PartitionKey.of(context)
+    assert key.method is not None
+    return key.method, key.variant
 
 
 def _query(duckdb: PaserDuckDB, sql: str, parameters: list | None = None) -> pd.DataFrame:
@@ -81,29 +77,34 @@ def _encode(tokenizer: Any, frame: pd.DataFrame, max_tokens: int) -> list[Encode
     ]
 
 
-def _load_pruned(paser: PaserConfig, duckdb: PaserDuckDB, variant: str) -> tuple[Any, Any, str, ModelSettings]:
-    from paser_assets.assets.models import pruned_reference
-
-    settings = model_settings(paser, duckdb.database)
+def _load_pruned(store: ModelStore, duckdb: PaserDuckDB, variant: str) -> tuple[Any, Any, str]:
+    """The variant's pruned model, its tokenizer and its content hash."""
     reference = pruned_reference(duckdb, variant)
-    model, tokenizer = load_causal_lm(reference, settings.cache_dir, settings.options)
-    return model, tokenizer, reference_version(reference), settings
+    model, tokenizer = load_causal_lm(reference, store.cache_dir, store.options)
+    return model, tokenizer, reference_version(reference)
 
 
 @dg.asset(
     deps=["selection", "degradation_scores", "capability_degradation", "clusters", "sample_concepts", "holdout_split",
           *MODEL_PARENTS],
-    partitions_def=variant_partitions,
+    partitions_def=VARIANTS,
     group_name=RECOVERY_GROUP,
     code_version="1",
     kinds={"duckdb", "pytorch"},
     description="The baselines' selections at PASER's budget: random, uniform across clusters, top JSD, "
     "IFD and PASER without the concept filter.",
 )  # fmt: skip
+@reads(*MODEL_LOADING, "recovery.recovery_methods", "recovery.recovery_seed", "scoring.max_tokens", "seed")
 def baseline_selections(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
     variant = context.partition_key
+    seed = paser.recovery.seed_or(paser.seed)
+    methods, max_tokens, store = (
+        paser.recovery.recovery_methods,
+        paser.scoring.max_tokens,
+        paser.models.store(duckdb.database),
+    )
     frame = _query(
         duckdb,
         """SELECT s.sample_id, c.cluster, s.jsd, s.ies, s.pruned_nll, k.concepts, p.instruction, p.input, p.output
@@ -116,8 +117,8 @@ def baseline_selections(
     budget = int(budgets["budget"].sum())
     ids = frame["sample_id"].tolist()
     picks: dict[str, list[str]] = {
-        "random": random_selection(ids, budget, recovery_seed(paser)),
-        "uniform": uniform_selection(dict(zip(ids, frame["cluster"], strict=True)), budget, recovery_seed(paser)),
+        "random": random_selection(ids, budget, seed),
+        "uniform": uniform_selection(dict(zip(ids, frame["cluster"], strict=True)), budget, seed),
         "top_jsd": top_score_selection(dict(zip(ids, frame["jsd"], strict=True)), budget),
     }
     unfiltered = select(
@@ -130,12 +131,12 @@ def baseline_selections(
         tolerance=1.0,
     )
     picks["paser_no_concepts"] = [d.sample_id for d in unfiltered.decisions if d.decision == SELECTED]
-    if "ifd" in paser.recovery_methods:
+    if "ifd" in methods:
         context.log.info("IFD: scoring the responses without their instructions under the pruned model")
-        model, tokenizer, _, _ = _load_pruned(paser, duckdb, variant)
+        model, tokenizer, _ = _load_pruned(store, duckdb, variant)
         alone = [
             EncodedSample(s.sample_id, (*_lead(tokenizer), *s.input_ids[s.prompt_tokens :]), 1, s.truncated)
-            for s in _encode(tokenizer, frame, paser.max_tokens)
+            for s in _encode(tokenizer, frame, max_tokens)
         ]
         unconditioned = response_nll(model, alone, tokenizer.pad_token_id)
         ifd = {
@@ -179,47 +180,41 @@ def method_selection(duckdb: PaserDuckDB, method: str, variant: str) -> pd.DataF
     return _query(duckdb, sql, [variant, method])
 
 
-def recovery_seed(paser: PaserConfig) -> int:
-    return paser.seed if paser.recovery_seed is None else paser.recovery_seed
-
-
-def lora_settings(paser: PaserConfig) -> LoraSettings:
-    return LoraSettings(
-        r=paser.lora_r,
-        alpha=paser.lora_alpha,
-        learning_rate=paser.lora_learning_rate,
-        epochs=paser.lora_epochs,
-        batch_size=paser.lora_batch_size,
-        top_layers=paser.lora_layers,
-        seed=recovery_seed(paser),
-    )
-
-
 @dg.asset(
     deps=["selection", "baseline_selections", "recovery_pool", *MODEL_PARENTS],
-    partitions_def=method_partitions(),
+    partitions_def=METHODS,
     group_name=RECOVERY_GROUP,
     code_version="1",
     kinds={"pytorch", "safetensors"},
     description="A LoRA fine-tune (peft) of the pruned model on a method's selection, saved as a safetensors "
     "adapter; the loss curve is in the metadata.",
 )
+@reads(*MODEL_LOADING, "recovery", "scoring.max_tokens", "seed")
 def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
     method, variant = _method_partition(context)
-    if method not in paser.recovery_methods:
-        raise dg.Failure(description=f"method {method!r} is not in PASER_RECOVERY_METHODS={paser.recovery_methods}")
+    methods = paser.recovery.recovery_methods
+    if method not in methods:
+        raise dg.Failure(description=f"method {method!r} is not in PASER_RECOVERY_METHODS={methods}")
     rows = method_selection(duckdb, method, variant)
     if rows.empty:
         raise dg.Failure(description=f"{method} selected nothing for variant {variant!r}: materialize its selection")
-    model, tokenizer, pruned_version, settings = _load_pruned(paser, duckdb, variant)
-    samples = _encode(tokenizer, rows, paser.max_tokens)
-    lora = lora_settings(paser)
+    store = paser.models.store(duckdb.database)
+    model, tokenizer, pruned_version = _load_pruned(store, duckdb, variant)
+    max_tokens = paser.scoring.max_tokens
+    samples = _encode(tokenizer, rows, max_tokens)
+    lora = paser.recovery.lora(paser.seed)
     recipe = json.dumps(
-        {"lora": lora.__dict__, "pruned": pruned_version, "samples": rows["sample_id"].tolist()},
+        {
+            "lora": lora.__dict__,
+            "pruned": pruned_version,
+            "samples": rows["sample_id"].tolist(),
+            "max_tokens": max_tokens,
+        },
         sort_keys=True,
         default=str,
     )
-    folder = settings.cache_dir / "adapters" / variant / f"{method}-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}"
+    recipe_hash = hashlib.sha256(recipe.encode()).hexdigest()
+    folder = adapter_folder(store.cache_dir, variant, method, recipe_hash)
     record_file = folder / "paser_training.json"
     if record_file.exists():
         context.log.info(f"reusing the adapter {folder} (same selection, settings and pruned model)")
@@ -232,9 +227,26 @@ def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
         record = {"steps": log.steps, "losses": log.losses, "tokens": log.tokens, "seconds": log.seconds}
         (staging / "paser_training.json").write_text(json.dumps(record))
         publish_folder(staging, folder)
+    adapter_row = pd.DataFrame(
+        [
+            {
+                "variant": variant,
+                "method": method,
+                "path": str(folder),
+                "recipe_hash": recipe_hash[:24],
+                "train_samples": len(samples),
+                "train_tokens": int(record["tokens"]),
+                "train_seconds": float(record["seconds"]),
+            }
+        ]
+    )
+    with duckdb.write() as conn:
+        storage.replace_partition(
+            conn, duckdb.schema_name, "recovered_adapters", {"variant": variant, "method": method}, adapter_row
+        )
     losses = record["losses"]
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(hashlib.sha256(recipe.encode()).hexdigest()[:24]),
+        data_version=dg.DataVersion(recipe_hash[:24]),
         metadata={
             "adapter": dg.MetadataValue.path(str(folder)),
             "method": method,
@@ -259,10 +271,10 @@ def _heldout(duckdb: PaserDuckDB) -> pd.DataFrame:
 
 
 def _evaluate(
-    model: Any, tokenizer: Any, heldout: pd.DataFrame, paser: PaserConfig
+    model: Any, tokenizer: Any, heldout: pd.DataFrame, max_tokens: int
 ) -> tuple[dict[str, float], float, int]:
     """Per-sample held-out NLL, and the mean NLL over the general text segments with their token count."""
-    per_sample = response_nll(model, _encode(tokenizer, heldout, paser.max_tokens), tokenizer.pad_token_id)
+    per_sample = response_nll(model, _encode(tokenizer, heldout, max_tokens), tokenizer.pad_token_id)
     segments = general_text_samples(tokenizer, limit=GENERAL_SEGMENTS)
     general = response_nll(model, segments, tokenizer.pad_token_id)
     tokens = sum(s.response_tokens for s in segments)
@@ -297,13 +309,14 @@ def _write_evaluation(
 
 @dg.asset(
     deps=["holdout_split", "recovery_pool", *MODEL_PARENTS],
-    partitions_def=variant_partitions,
+    partitions_def=VARIANTS,
     group_name=RECOVERY_GROUP,
     code_version="1",
     kinds={"duckdb", "pytorch"},
     description="The original and the pruned model on the held-out split and on general text (Python's "
     "standard-library documentation), for reference.",
 )
+@reads(*MODEL_LOADING, "scoring.max_tokens")
 def reference_evaluation(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -311,11 +324,13 @@ def reference_evaluation(
     heldout = _heldout(duckdb)
     if heldout.empty:
         raise dg.Failure(description="the held-out split is empty: set PASER_HOLDOUT above 0 to evaluate recovery")
-    pruned, tokenizer, _, settings = _load_pruned(paser, duckdb, variant)
-    original, _ = load_causal_lm(settings.original, settings.cache_dir, settings.options)
+    store = paser.models.store(duckdb.database)
+    max_tokens = paser.scoring.max_tokens
+    pruned, tokenizer, _ = _load_pruned(store, duckdb, variant)
+    original, _ = load_causal_lm(store.original, store.cache_dir, store.options)
     results = {
-        "original": _evaluate(original, tokenizer, heldout, paser),
-        "pruned": _evaluate(pruned, tokenizer, heldout, paser),
+        "original": _evaluate(original, tokenizer, heldout, max_tokens),
+        "pruned": _evaluate(pruned, tokenizer, heldout, max_tokens),
     }
     nll = _write_evaluation(duckdb, variant, "reference", results)
     return dg.MaterializeResult(
@@ -332,21 +347,22 @@ def reference_evaluation(
 
 @dg.asset(
     deps=["recovered_model", "holdout_split", "recovery_pool", *MODEL_PARENTS],
-    partitions_def=method_partitions(),
+    partitions_def=METHODS,
     group_name=RECOVERY_GROUP,
     code_version="1",
     kinds={"duckdb", "pytorch"},
     description="The recovered model (pruned + a method's adapter) on the held-out split and on general text.",
 )
+@reads(*MODEL_LOADING, "scoring.max_tokens")
 def recovery_evaluation(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
     method, variant = _method_partition(context)
-    adapter = _adapter_folder(context, method, variant)
+    adapter = recorded_adapter(duckdb, variant, method)
     heldout = _heldout(duckdb)
-    pruned, tokenizer, _, _ = _load_pruned(paser, duckdb, variant)
+    pruned, tokenizer, _ = _load_pruned(paser.models.store(duckdb.database), duckdb, variant)
     recovered = load_adapter(pruned, adapter)
-    results = {"recovered": _evaluate(recovered, tokenizer, heldout, paser)}
+    results = {"recovered": _evaluate(recovered, tokenizer, heldout, paser.scoring.max_tokens)}
     nll = _write_evaluation(duckdb, variant, method, results)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(nll)),
@@ -358,29 +374,38 @@ def recovery_evaluation(
     )
 
 
-def _adapter_folder(context: dg.AssetExecutionContext, method: str, variant: str) -> Path:
-    """The adapter that the latest recovered_model materialization of this partition saved."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(
-            asset_key=dg.AssetKey("recovered_model"),
-            asset_partitions=[dg.MultiPartitionKey({"method": method, "variant": variant})],
-        ),
-        limit=1,
-    ).records
-    if not records:
+def adapter_folder(cache_dir: Path, variant: str, method: str, recipe_hash: str) -> Path:
+    """Where the adapter trained by ``method``'s selection on ``variant`` with this recipe is kept."""
+    return cache_dir / "adapters" / variant / f"{method}-{recipe_hash[:16]}"
+
+
+def recorded_adapter(duckdb: PaserDuckDB, variant: str, method: str) -> Path:
+    """The adapter that recovered_model last recorded for this partition (table recovered_adapters)."""
+    with duckdb.get_connection() as conn:
+        rows = (
+            conn.execute(
+                f"SELECT path FROM {storage.qualified(conn, duckdb.schema_name, 'recovered_adapters')} "
+                "WHERE variant = ? AND method = ?",
+                [variant, method],
+            ).fetchall()
+            if storage.table_exists(conn, duckdb.schema_name, "recovered_adapters")
+            else []
+        )
+    if not rows:
         raise dg.Failure(description=f"no recovered_model for {method}|{variant}: materialize it first")
-    return Path(str(records[0].asset_materialization.metadata["adapter"].value))
+    return Path(rows[0][0])
 
 
 @dg.asset(
     deps=["recovery_evaluation", "reference_evaluation", "clusters", *MODEL_PARENTS],
-    partitions_def=variant_partitions,
+    partitions_def=VARIANTS,
     group_name=RECOVERY_GROUP,
     code_version="1",
     kinds={"duckdb"},
     description="Held-out NLL and perplexity per method, overall and per cluster, with the original and "
     "pruned models for reference.",
 )
+@reads("recovery.recovery_methods")
 def recovery_comparison(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -397,7 +422,7 @@ def recovery_comparison(
         FROM {general_text_nll} WHERE variant = ?""",
         [variant],
     )
-    order = ["original", "pruned", *paser.recovery_methods]
+    order = ["original", "pruned", *paser.recovery.recovery_methods]
     missing = [m for m in order if m not in set(nll["method"])]
     if missing:
         raise dg.Failure(description=f"no held-out evaluation yet for {missing} on variant {variant!r}")

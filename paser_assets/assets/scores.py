@@ -14,16 +14,17 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from paser_assets import charts, storage
+from paser_assets import charts, partitions, storage
+from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, pruned_reference
 from paser_assets.core.allocation import allocate_budget, resolve_budget
 from paser_assets.core.efficiency import attention_cost, individual_efficiency
 from paser_assets.models.checkpoints import CheckpointError, reference_version
 from paser_assets.models.original_cache import OriginalOutputCache
 from paser_assets.models.scoring import PairScorer, encode_sample, head_precision_key, plan_batches
-from paser_assets.models.store import load_pair, model_settings
+from paser_assets.models.store import load_pair
 from paser_assets.progress import Progress
-from paser_assets.registry import variant_partitions
 from paser_assets.resources import PaserConfig, PaserDuckDB
+from paser_assets.settings import reads
 from paser_assets.tables import TABLES, table_metadata
 
 SCORES_GROUP = "scores"
@@ -45,8 +46,8 @@ def _commit_every_s() -> float:
 
 def _scoring_key(original_version: str, pruned_version: str, paser: PaserConfig) -> str:
     return (
-        f"{SCORING_RECIPE}|original={original_version}|pruned={pruned_version}|max_tokens={paser.max_tokens}"
-        f"|head={head_precision_key(paser.head_precision)}"
+        f"{SCORING_RECIPE}|original={original_version}|pruned={pruned_version}|max_tokens={paser.scoring.max_tokens}"
+        f"|head={head_precision_key(paser.scoring.head_precision)}"
     )
 
 
@@ -67,7 +68,7 @@ def _append_scores(duckdb: PaserDuckDB, key: str, rows: list[dict]) -> None:
 
 
 def _states_key(original_version: str, paser: PaserConfig) -> str:
-    recipe = f"{SCORING_RECIPE}|original={original_version}|max_tokens={paser.max_tokens}"
+    recipe = f"{SCORING_RECIPE}|original={original_version}|max_tokens={paser.scoring.max_tokens}"
     return hashlib.sha256(recipe.encode()).hexdigest()[:20]
 
 
@@ -80,22 +81,20 @@ def score_pool(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB, variant: str, shard: int
 ) -> tuple[pd.DataFrame, dict]:
     """Scores for the pool samples of one shard, from the caches where possible; returns (scores, facts)."""
-    from paser_assets.assets.models import pruned_reference
-
-    settings = model_settings(paser, duckdb.database)
+    settings = paser.models.store(duckdb.database)
     pruned = pruned_reference(duckdb, variant)
     original_version = reference_version(settings.original)
     pruned_version = reference_version(pruned)
     key = _scoring_key(original_version, pruned_version, paser)
     pool = duckdb.read("recovery_pool", "sample_id, instruction, input, output")
-    pool = pool[[shard_of(s, paser.score_shards) == shard for s in pool["sample_id"]]].reset_index(drop=True)
+    pool = pool[[shard_of(s, paser.scoring.score_shards) == shard for s in pool["sample_id"]]].reset_index(drop=True)
     cached = _cached_scores(duckdb, key).drop_duplicates("sample_id")
     done = set(cached["sample_id"])
     todo = pool[~pool["sample_id"].isin(done)].reset_index(drop=True)
     context.log.info(f"{len(pool) - len(todo)} scores reused, {len(todo)} samples to score")
     states = (
         OriginalOutputCache(settings.cache_dir / "original_states", _states_key(original_version, paser))
-        if paser.original_cache
+        if paser.scoring.original_cache
         else None
     )
     from_states = 0
@@ -106,13 +105,13 @@ def score_pool(
         # Batches are planned over the whole pool and only those holding unscored samples run: a
         # resumed run then forms exactly the batches of an uninterrupted one, so its floats match.
         samples = [
-            encode_sample(tokenizer, row.sample_id, row.instruction, row.input, row.output, paser.max_tokens)
+            encode_sample(tokenizer, row.sample_id, row.instruction, row.input, row.output, paser.scoring.max_tokens)
             for row in pool.itertuples(index=False)
         ]
         batches = [
             batch
             for batch in plan_batches(
-                [len(s.input_ids) for s in samples], paser.scoring_token_budget, paser.scoring_max_batch
+                [len(s.input_ids) for s in samples], paser.scoring.scoring_token_budget, paser.scoring.scoring_max_batch
             )
             if any(samples[i].sample_id not in done for i in batch)
         ]
@@ -124,9 +123,13 @@ def score_pool(
             original = None
         total_tokens = sum(len(samples[i].input_ids) for batch in batches for i in batch)
         progress = Progress("scoring", total_tokens, context.log.info, unit="tokens")
-        compile_jsd = {"auto": None, "on": True, "off": False}[paser.jsd_compile]
+        compile_jsd = {"auto": None, "on": True, "off": False}[paser.scoring.jsd_compile]
         scorer = PairScorer(
-            original, pruned_model, tokenizer.pad_token_id, compile_jsd=compile_jsd, head_precision=paser.head_precision
+            original,
+            pruned_model,
+            tokenizer.pad_token_id,
+            compile_jsd=compile_jsd,
+            head_precision=paser.scoring.head_precision,
         )
         head_precision = scorer.head_precision
         pending: list[dict] = []
@@ -155,7 +158,7 @@ def score_pool(
     scores = pool[["sample_id"]].merge(cached, on="sample_id", how="left", validate="one_to_one")
     facts = {
         "variant": variant,
-        "shard": f"{shard + 1} of {paser.score_shards}",
+        "shard": f"{shard + 1} of {paser.scoring.score_shards}",
         "original": settings.original.display,
         "original_hash": original_version,
         "pruned": pruned.display,
@@ -175,42 +178,30 @@ def score_pool(
     return scores, facts
 
 
-# Every asset that depends on the pruned model lists the model assets as direct parents: Dagster
-# marks only the direct children of a changed asset as stale, and these assets all change with it.
-MODEL_PARENTS = ["original_model", "pruned_checkpoint", "pruned_model"]
-
-
-def score_partitions(shards: int) -> dg.MultiPartitionsDefinition:
-    """degradation_scores is partitioned by variant and by shard, so a backfill spreads scoring over workers."""
-    return dg.MultiPartitionsDefinition(
-        {"shard": dg.StaticPartitionsDefinition([str(i) for i in range(shards)]), "variant": variant_partitions}
-    )
-
-
-def score_partition(context: dg.AssetExecutionContext) -> tuple[str, int]:
-    keys = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
-    return keys["variant"], int(keys["shard"])
-
-
 def build_degradation_scores(shards: int) -> dg.AssetsDefinition:
     """The degradation_scores asset for ``shards`` scoring shards (one partition per variant and shard)."""
 
     @dg.asset(
         name="degradation_scores",
         deps=["recovery_pool", *MODEL_PARENTS],
-        partitions_def=score_partitions(shards),
+        partitions_def=partitions.shards(shards),
         group_name=SCORES_GROUP,
         code_version="1",
         kinds={"duckdb", "pytorch"},
         description="Per sample: mean JSD between the original and pruned next-token distributions over the "
         "response, token counts, cost, IES and each model's mean response NLL. Partitioned by variant and shard.",
     )
+    @reads(*MODEL_LOADING, "scoring")
     def degradation_scores(
         context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
     ) -> dg.MaterializeResult:
-        variant, shard = score_partition(context)
-        if shard >= paser.score_shards:
-            raise dg.Failure(description=f"shard {shard} does not exist with PASER_SCORE_SHARDS={paser.score_shards}")
+        key = partitions.PartitionKey.of(context)
+        variant, shard = key.variant, key.shard
+        assert shard is not None
+        if shard >= paser.scoring.score_shards:
+            raise dg.Failure(
+                description=f"shard {shard} does not exist with PASER_SCORE_SHARDS={paser.scoring.score_shards}"
+            )
         try:
             scores, facts = score_pool(context, paser, duckdb, variant, shard)
         except CheckpointError as error:
@@ -255,16 +246,18 @@ def score_table(scores: pd.DataFrame, variant: str, shard: int) -> pd.DataFrame:
 
 @dg.asset(
     deps=["degradation_scores", "clusters", "holdout_split", *MODEL_PARENTS],
-    partitions_def=variant_partitions,
+    partitions_def=partitions.VARIANTS,
     group_name=SCORES_GROUP,
     code_version="1",
     kinds={"duckdb"},
     description="Per cluster: size, Capability Degradation Score (mean JSD) and its share of the budget, "
     "over the selectable samples (the held-out split excluded).",
 )
+@reads("selection.budget")
 def capability_degradation(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
+    setting = paser.selection.budget
     schema = duckdb.schema_name
     variant = context.partition_key
     with duckdb.get_connection() as conn:
@@ -301,9 +294,9 @@ def capability_degradation(
         .sort_values("cluster")
     )
     try:
-        budget = resolve_budget(paser.budget, int(per_cluster["size"].sum()))
+        budget = resolve_budget(setting, int(per_cluster["size"].sum()))
     except ValueError as error:
-        raise dg.Failure(description=f"PASER_BUDGET={paser.budget}: {error}") from None
+        raise dg.Failure(description=f"PASER_BUDGET={setting}: {error}") from None
     allocation = allocate_budget(budget, per_cluster["cds"].to_numpy(), per_cluster["size"].to_numpy())
     table = per_cluster.assign(
         size=per_cluster["size"].astype("int64"),
@@ -320,7 +313,7 @@ def capability_degradation(
         metadata={
             **table_metadata("capability_degradation", schema, len(table)),
             "budget": budget,
-            "budget_setting": paser.budget,
+            "budget_setting": setting,
             "table": dg.MetadataValue.md(table.round(4).to_markdown(index=False)),
             "cds_per_cluster": dg.MetadataValue.md(
                 charts.bar_chart(

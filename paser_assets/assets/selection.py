@@ -12,12 +12,13 @@ import duckdb
 import pandas as pd
 
 from paser_assets import storage
-from paser_assets.assets.scores import MODEL_PARENTS
+from paser_assets.assets.models import MODEL_PARENTS
 from paser_assets.core.concepts import extract_concepts
 from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, select
 from paser_assets.core.divergence import LN2
-from paser_assets.registry import variant_partitions
+from paser_assets.partitions import VARIANTS
 from paser_assets.resources import PaserConfig, PaserDuckDB
+from paser_assets.settings import reads
 from paser_assets.tables import table_metadata
 from paser_assets.variants import validate_variant_name
 
@@ -33,10 +34,11 @@ EXPORT_FORMATS = ("json", "jsonl", "parquet")
     kinds={"duckdb", "scikitlearn"},
     description="Per sample: its concepts, the top TF-IDF keyphrases of instruction + input + output, stemmed.",
 )
+@reads("selection.concepts_per_sample")
 def sample_concepts(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
     pool = duckdb.read("recovery_pool", "sample_id, instruction, input, output")
     texts = [f"{i}\n{x}\n{o}" for i, x, o in zip(pool["instruction"], pool["input"], pool["output"], strict=True)]
-    concepts = extract_concepts(texts, paser.concepts_per_sample)
+    concepts = extract_concepts(texts, paser.selection.concepts_per_sample)
     table = pd.DataFrame(
         {"sample_id": pool["sample_id"], "concepts": concepts, "n_concepts": [len(c) for c in concepts]}
     ).astype({"n_concepts": "int64"})
@@ -108,7 +110,7 @@ SELECTION_PARENTS = [
 
 
 @dg.multi_asset(
-    partitions_def=variant_partitions,
+    partitions_def=VARIANTS,
     specs=[
         dg.AssetSpec(
             "selection",
@@ -129,9 +131,11 @@ SELECTION_PARENTS = [
         ),
     ],
 )
+@reads("selection.conflict_tolerance")
 def selection(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> Iterator[dg.MaterializeResult]:
+    tolerance = paser.selection.conflict_tolerance
     variant = context.partition_key
     frame, budgets = _candidates(duckdb, variant)
     if frame.empty or budgets.empty:
@@ -144,7 +148,7 @@ def selection(
         candidates,
         dict(zip(budgets["cluster"].astype(int), budgets["budget"].astype(int), strict=True)),
         dict(zip(budgets["cluster"].astype(int), budgets["cds"].astype(float), strict=True)),
-        paser.conflict_tolerance,
+        tolerance,
     )
     table = pd.DataFrame(
         {
@@ -194,7 +198,7 @@ def selection(
             "selected": result.selected,
             "shortfall": result.shortfall,
             "refill_rounds": result.refill_rounds,
-            "conflict_tolerance": paser.conflict_tolerance,
+            "conflict_tolerance": tolerance,
             "acceptance_rate": round(result.selected / considered, 4) if considered else 0.0,
             "per_cluster": dg.MetadataValue.md(per_cluster.to_markdown(index=False)),
             "query": dg.MetadataValue.text(f"SELECT * FROM {_view_name(duckdb)} WHERE variant = '{variant}'"),
@@ -215,8 +219,9 @@ def _view_name(duckdb: PaserDuckDB) -> str:
     return f"{catalog}.{duckdb.schema_name}.{SELECTED_VIEW}"
 
 
-def export_folder(paser: PaserConfig, duckdb: PaserDuckDB) -> Path:
-    return Path(paser.export_dir) if paser.export_dir else Path(duckdb.database).resolve().parent / "paser_export"
+def export_folder(export_dir: str | None, database: str) -> Path:
+    """The export folder: ``export_dir``, or ``paser_export`` beside the DuckDB file."""
+    return Path(export_dir) if export_dir else Path(database).resolve().parent / "paser_export"
 
 
 def safe_export_path(folder: Path, name: str) -> Path:
@@ -256,12 +261,13 @@ def export_records(rows: pd.DataFrame, folder: Path, stem: str = "selection") ->
 
 @dg.asset(
     deps=["selection", "recovery_pool", *MODEL_PARENTS],
-    partitions_def=variant_partitions,
+    partitions_def=VARIANTS,
     group_name=SELECTION_GROUP,
     code_version="1",
     kinds={"parquet", "json"},
     description="The selected instructions as Alpaca JSON, JSONL and a Parquet file that `datasets` loads.",
 )
+@reads("selection.export_dir")
 def selection_export(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -273,7 +279,7 @@ def selection_export(
             "WHERE variant = ? ORDER BY cluster, rank",
             [variant],
         ).df()
-    folder = export_folder(paser, duckdb)
+    folder = export_folder(paser.selection.export_dir, duckdb.database)
     paths = export_records(rows, safe_export_path(folder, variant))
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(rows)),

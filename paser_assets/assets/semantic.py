@@ -16,6 +16,7 @@ from paser_assets.core.profiles import distinctive_terms, representative_indices
 from paser_assets.models.sentence import embed_texts, embedding_text
 from paser_assets.progress import Progress
 from paser_assets.resources import PaserConfig, PaserDuckDB
+from paser_assets.settings import reads
 from paser_assets.tables import table_metadata
 
 SEMANTIC_GROUP = "semantic"
@@ -38,11 +39,13 @@ def _embedding_model_key(model: str) -> str:
     kinds={"duckdb", "sentence_transformers"},
     description="Sentence embedding of each sample's instruction + input; cached by sample_id.",
 )
+@reads("semantic.embedding_model", "semantic.embedding_batch_size")
 def instruction_embeddings(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
     schema = duckdb.schema_name
-    model_key = _embedding_model_key(paser.embedding_model)
+    settings = paser.semantic
+    model_key = _embedding_model_key(settings.embedding_model)
     with duckdb.get_connection() as conn:
         pool = storage.read_table(conn, schema, "recovery_pool", "sample_id, instruction, input")
         cached = pd.DataFrame(columns=["sample_id", "embedding"])
@@ -59,7 +62,7 @@ def instruction_embeddings(
     if len(missing):
         progress = Progress("embedding", len(missing), context.log.info)
         texts = [embedding_text(i, x) for i, x in zip(missing["instruction"], missing["input"], strict=True)]
-        vectors = embed_texts(paser.embedding_model, texts, paser.embedding_batch_size, progress.advance)
+        vectors = embed_texts(settings.embedding_model, texts, settings.embedding_batch_size, progress.advance)
         new_rows = pd.DataFrame(
             {"model_key": model_key, "sample_id": missing["sample_id"].to_numpy(), "embedding": list(vectors)}
         )
@@ -78,7 +81,7 @@ def instruction_embeddings(
         data_version=dg.DataVersion(storage.content_hash(table)),
         metadata={
             **table_metadata("instruction_embeddings", schema, len(table)),
-            "model": paser.embedding_model,
+            "model": settings.embedding_model,
             "dimension": int(table["embedding"].iloc[0].shape[0]),
             "computed": len(missing),
             "reused_from_cache": len(pool) - len(missing),
@@ -93,16 +96,19 @@ def instruction_embeddings(
     kinds={"duckdb", "umap"},
     description="Low-dimensional manifold of the embeddings (UMAP or diffusion map) and 2-D map coordinates.",
 )
+@reads("semantic.manifold", "semantic.manifold_dims", "semantic.n_neighbors", "seed")
 def manifold(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
+    settings = paser.semantic
+    neighbors = settings.n_neighbors  # the diffusion map's graph; read up front like every declared setting
     embeddings = duckdb.read("instruction_embeddings")
     points = _vectors(embeddings, "embedding")
-    context.log.info(f"learning a {paser.manifold_dims}-D {paser.manifold} manifold of {len(points)} embeddings")
-    if paser.manifold == "umap":
-        coordinates = umap_coordinates(points, paser.manifold_dims, seed=paser.seed)
-        picture = coordinates if paser.manifold_dims == 2 else umap_coordinates(points, 2, seed=paser.seed)
+    context.log.info(f"learning a {settings.manifold_dims}-D {settings.manifold} manifold of {len(points)} embeddings")
+    if settings.manifold == "umap":
+        coordinates = umap_coordinates(points, settings.manifold_dims, seed=paser.seed)
+        picture = coordinates if settings.manifold_dims == 2 else umap_coordinates(points, 2, seed=paser.seed)
     else:
-        dims = max(paser.manifold_dims, 2)
-        coordinates = diffusion_map(points, dims, n_neighbors=paser.n_neighbors, seed=paser.seed)
+        dims = max(settings.manifold_dims, 2)
+        coordinates = diffusion_map(points, dims, n_neighbors=neighbors, seed=paser.seed)
         picture = coordinates[:, :2]
     table = pd.DataFrame(
         {
@@ -118,14 +124,14 @@ def manifold(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pase
         data_version=dg.DataVersion(storage.content_hash(table)),
         metadata={
             **table_metadata("manifold", duckdb.schema_name, len(table)),
-            "method": paser.manifold,
+            "method": settings.manifold,
             "dimensions": int(coordinates.shape[1]),
         },
     )
 
 
-def _cluster_space(paser: PaserConfig, embeddings: pd.DataFrame, manifold_table: pd.DataFrame) -> np.ndarray:
-    if paser.cluster_space == "manifold":
+def _cluster_space(space: str, embeddings: pd.DataFrame, manifold_table: pd.DataFrame) -> np.ndarray:
+    if space == "manifold":
         return _vectors(manifold_table, "coordinates")
     return _vectors(embeddings, "embedding")
 
@@ -137,20 +143,30 @@ def _cluster_space(paser: PaserConfig, embeddings: pd.DataFrame, manifold_table:
     kinds={"duckdb", "scikitlearn"},
     description="Spectral clustering on a sparse, regularised neighbour graph; k fixed or by eigengap.",
 )
+@reads(
+    "semantic.n_clusters",
+    "semantic.n_neighbors",
+    "semantic.graph_regularization",
+    "semantic.max_clusters",
+    "semantic.cluster_space",
+    "semantic.manifold",
+    "seed",
+)
 def clusters(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
+    settings = paser.semantic
     with duckdb.get_connection() as conn:
         embeddings = storage.read_table(conn, duckdb.schema_name, "instruction_embeddings")
         manifold_table = storage.read_table(conn, duckdb.schema_name, "manifold")
         pool = storage.read_table(conn, duckdb.schema_name, "recovery_pool", "sample_id, family")
     if not embeddings["sample_id"].equals(manifold_table["sample_id"]):
         raise dg.Failure("the manifold is out of date with the embeddings: materialize `manifold` again")
-    points = _cluster_space(paser, embeddings, manifold_table)
+    points = _cluster_space(settings.cluster_space, embeddings, manifold_table)
     result = spectral_clustering(
         points,
-        paser.n_clusters,
-        n_neighbors=paser.n_neighbors,
-        regularization=paser.graph_regularization,
-        max_clusters=paser.max_clusters,
+        settings.n_clusters,
+        n_neighbors=settings.n_neighbors,
+        regularization=settings.graph_regularization,
+        max_clusters=settings.max_clusters,
         seed=paser.seed,
     )
     context.log.info(f"{result.n_clusters} clusters ({result.criterion})")
@@ -169,7 +185,7 @@ def clusters(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pase
         **table_metadata("clusters", duckdb.schema_name, len(table)),
         "n_clusters": result.n_clusters,
         "k_criterion": result.criterion,
-        "cluster_space": paser.cluster_space,
+        "cluster_space": settings.cluster_space,
         "leading_eigenvalues": dg.MetadataValue.json([round(float(v), 5) for v in result.eigenvalues[:30]]),
         "cluster_sizes": dg.MetadataValue.json({str(c): int(s) for c, s in enumerate(sizes)}),
         "cluster_map": dg.MetadataValue.md(
@@ -177,7 +193,7 @@ def clusters(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pase
                 table["map_x"].to_numpy(),
                 table["map_y"].to_numpy(),
                 result.labels,
-                f"{result.n_clusters} clusters of {len(table)} instructions ({paser.manifold} map)",
+                f"{result.n_clusters} clusters of {len(table)} instructions ({settings.manifold} map)",
             )
         ),
     }
@@ -197,7 +213,8 @@ def clusters(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pase
     kinds={"duckdb"},
     description="Per cluster: size, distinctive keyphrases and the most typical instructions.",
 )
-def cluster_profiles(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
+@reads()
+def cluster_profiles(duckdb: PaserDuckDB) -> dg.MaterializeResult:
     schema = duckdb.schema_name
     with duckdb.get_connection() as conn:
         frame = conn.execute(

@@ -21,8 +21,8 @@ from paser_assets.models.pruning import PruneRecipe
 
 
 @dataclass(frozen=True)
-class ModelSettings:
-    """The model-related settings of a run, independent of Dagster."""
+class ModelStore:
+    """Where a run's model files live and how they may be loaded, independent of Dagster."""
 
     original_model: str | None
     cache_dir: Path
@@ -39,21 +39,7 @@ class ModelSettings:
         return self.cache_dir / "pruned" / f"{recipe.name}-{key}"
 
 
-def model_settings(config: Any, database_path: str) -> ModelSettings:
-    """Build :class:`ModelSettings` from a ``PaserConfig`` and the DuckDB path (caches sit beside it)."""
-    cache_dir = (
-        Path(config.model_cache_dir)
-        if config.model_cache_dir
-        else Path(database_path).resolve().parent / "paser_models"
-    )
-    return ModelSettings(
-        original_model=config.original_model,
-        cache_dir=cache_dir,
-        options=LoadOptions(allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code),
-    )
-
-
-def load_pair(settings: ModelSettings, pruned: ModelReference) -> tuple[Any, Any, Any]:
+def load_pair(settings: ModelStore, pruned: ModelReference) -> tuple[Any, Any, Any]:
     """Load (original, pruned, tokenizer); fails with the differences when the tokenizers disagree."""
     original_model, original_tokenizer = load_causal_lm(settings.original, settings.cache_dir, settings.options)
     pruned_model, pruned_tokenizer = load_causal_lm(pruned, settings.cache_dir, settings.options)
@@ -66,4 +52,4 @@ def load_pair(settings: ModelSettings, pruned: ModelReference) -> tuple[Any, Any
     return original_model, pruned_model, original_tokenizer
 
 
-__all__ = ["ModelSettings", "load_pair", "model_settings", "reference_version"]
+__all__ = ["ModelStore", "load_pair", "reference_version"]

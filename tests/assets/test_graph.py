@@ -10,7 +10,9 @@ import duckdb
 import pytest
 
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
+from paser_assets.graph import declared_settings
 from paser_assets.runner import run_graph as materialize
+from paser_assets.settings import READ_LOG, all_settings
 from paser_assets.tables import TABLES
 
 SEMANTIC_TABLES = ["recovery_pool", "recovery_pool_rejected", "instruction_embeddings", "manifold", "clusters"]
@@ -52,7 +54,6 @@ def test_every_asset_materializes_into_duckdb(identical_run) -> None:
     assert result.success
     assert set(result.materialized) == {
         "recovery_pool",
-        "recovery_pool_rejected",
         "instruction_embeddings",
         "manifold",
         "clusters",
@@ -158,3 +159,20 @@ def test_asset_checks_run_with_the_graph_and_pass(identical_run) -> None:
         "selected_samples_in_pool": True,
         "jsd_in_range": True,
     }
+
+
+def test_every_asset_reads_the_result_settings_it_declares(identical_run) -> None:
+    """A declared setting that an asset never reads would only make it stale for nothing."""
+    result, _, _ = identical_run
+    defs = build_definitions(PaserConfig(), PaserDuckDB(database=":memory:"))
+    materialized = {name.split("[")[0] for name in result.materialized}
+    for asset in defs.assets or []:
+        if not isinstance(asset, dg.AssetsDefinition) or not {k.to_user_string() for k in asset.keys} & materialized:
+            continue
+        function = asset.op.compute_fn.decorated_fn
+        declared = {
+            item.path
+            for item in all_settings()
+            if item.affects == "results" and ({item.path, item.stage} & declared_settings(asset))
+        }
+        assert declared <= READ_LOG.get(function.__name__, set()), function.__name__

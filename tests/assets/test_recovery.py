@@ -91,7 +91,7 @@ def make_config(tmp_path: Path, model: Path, **settings) -> PaserConfig:
 def recovery(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Recovery:
     """The whole graph with recovery on, then a second run over the same instance and database."""
     tmp_path = tmp_path_factory.mktemp("recovery")
-    config = make_config(tmp_path, tiny_llama_dir, recovery=True)
+    config = make_config(tmp_path, tiny_llama_dir, include_recovery=True)
     database = PaserDuckDB(database=str(tmp_path / "paser.duckdb"))
     defs = build_definitions(config, database)
     instance = dg.DagsterInstance.ephemeral()
@@ -249,7 +249,7 @@ def test_a_rerun_reuses_the_adapters_and_keeps_the_held_out_split(recovery: Reco
 
 def test_recovery_is_off_by_default(recovery: Recovery) -> None:
     """Runs last: the default configuration over the same database and instance materializes no recovery asset."""
-    assert PaserConfig().recovery is False
+    assert PaserConfig().execution.include_recovery is False
     config = make_config(recovery.cache.parent, Path(recovery.config.original_model))  # recovery not set
     defs = build_definitions(config, recovery.database)
     run = run_graph(defs, recovery.instance)

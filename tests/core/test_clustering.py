@@ -258,7 +258,7 @@ def test_automatic_k_is_capped_for_tiny_pools():
 
 def test_spectral_clustering_survives_duplicate_islands():
     points, truth = blobs_with_duplicate_islands()
-    config = PaserConfig()
+    config = PaserConfig().semantic
     result = spectral_clustering(
         points, n_neighbors=config.n_neighbors, regularization=config.graph_regularization, max_clusters=24
     )
@@ -290,7 +290,7 @@ def demo_embeddings():
 @pytest.mark.parametrize("automatic", [True, False], ids=["automatic-k", "k-families"])
 def test_demo_pool_clustering_recovers_families(demo_embeddings, automatic):
     embeddings, families = demo_embeddings
-    config = PaserConfig()
+    config = PaserConfig().semantic
     assert config.n_clusters is None
     n_families = len(np.unique(families))
     result = spectral_clustering(

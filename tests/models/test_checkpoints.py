@@ -37,7 +37,7 @@ from paser_assets.models.checkpoints import (
     staging_folder,
     tokenizer_differences,
 )
-from paser_assets.models.store import ModelSettings, load_pair
+from paser_assets.models.store import ModelStore, load_pair
 
 MEMO = ".paser-content-hash.json"
 
@@ -396,8 +396,8 @@ def test_chat_template_difference_is_named(tiny_llama_dir: Path, tiny_alpaca_dir
     assert tokenizer_differences(original, other) == ["chat templates differ"]
 
 
-def settings_for(original: Path, pruned: Path, cache: Path) -> tuple[ModelSettings, ModelReference]:
-    return ModelSettings(str(original), cache, LoadOptions()), parse_model_reference(str(pruned))
+def settings_for(original: Path, pruned: Path, cache: Path) -> tuple[ModelStore, ModelReference]:
+    return ModelStore(str(original), cache, LoadOptions()), parse_model_reference(str(pruned))
 
 
 def test_load_pair_refuses_different_tokenizers(tiny_llama_dir: Path, tiny_alpaca_dir: Path, tmp_path: Path):

@@ -1,0 +1,221 @@
+"""The typed settings: environment names, validation, and code versions derived from what each asset reads."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from paser_assets import build_definitions
+from paser_assets.graph import declared_settings
+from paser_assets.resources import PaserDuckDB
+from paser_assets.settings import (
+    STAGES,
+    PaserConfig,
+    SettingError,
+    SettingInfo,
+    SettingsView,
+    UndeclaredSettingError,
+    all_settings,
+    environment_names,
+    reads,
+    settings_markdown,
+)
+
+SETTINGS = list(all_settings())
+
+
+def test_every_setting_has_its_own_name_and_environment_variable() -> None:
+    names = [item.name for item in SETTINGS]
+    envs = [item.env for item in SETTINGS]
+    assert len(set(names)) == len(names)  # flat keys in a component's `settings` are unambiguous
+    assert len(set(envs)) == len(envs)
+    assert all(env.startswith("PASER_") for env in envs)
+    assert not set(names) & set(STAGES)  # a flat key never reads as a stage
+    assert all(item.description for item in SETTINGS), [item.path for item in SETTINGS if not item.description]
+
+
+def test_defaults_without_environment() -> None:
+    config = PaserConfig.from_env({})
+    assert config.pool.dataset is None  # the generated demo pool
+    assert config.models.original_model is None  # the packaged SmolLM2
+    assert config.models.pruned_model is None  # built-in pruning
+    assert (config.pruning.prune_method, config.pruning.sparsity, config.selection.budget) == ("wanda", 0.5, 0.2)
+    assert config == PaserConfig()
+
+
+def test_environment_values_are_parsed() -> None:
+    config = PaserConfig.from_env(
+        {
+            "PASER_DATASET": "data/my.jsonl",
+            "PASER_FIELD_MAP": "output=answer, instruction=question",
+            "PASER_CLUSTERS": "12",
+            "PASER_BUDGET": "150",
+            "PASER_SPARSITY": "0.6",
+            "PASER_PRUNE_NM": "2:4",
+            "PASER_ALLOW_PICKLE": "true",
+            "PASER_MANIFOLD": "Diffusion",
+            "PASER_HEAD_PRECISION": "BFloat16",
+            "PASER_VARIANTS": "a=wanda:0.5; b=/ckpt",
+            "PASER_RECOVERY_METHODS": "random, PASER",
+            "PASER_RECOVERY": "1",
+        }
+    )
+    assert config.pool.dataset == "data/my.jsonl"
+    assert config.pool.field_map == {"output": "answer", "instruction": "question"}
+    assert config.semantic.n_clusters == 12 and config.selection.budget == 150 and config.pruning.sparsity == 0.6
+    assert config.pruning.prune_n_m == "2:4" and config.models.allow_pickle is True
+    assert config.semantic.manifold == "diffusion" and config.scoring.head_precision == "bfloat16"
+    assert config.models.variants == {"a": "wanda:0.5", "b": "/ckpt"}
+    assert config.recovery.recovery_methods == ["paser", "random"]  # in the canonical order
+    assert config.execution.include_recovery is True
+    assert PaserConfig.from_env({"PASER_CLUSTERS": "auto"}).semantic.n_clusters is None
+    assert PaserConfig.from_env({"PASER_DATASET": "  "}).pool.dataset is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PASER_CLUSTERS", "many"),
+        ("PASER_CLUSTERS", "1"),
+        ("PASER_SPARSITY", "1.5"),
+        ("PASER_BUDGET", "0"),
+        ("PASER_BUDGET", "12.5"),
+        ("PASER_BUDGET", "inf"),
+        ("PASER_BUDGET", "nan"),
+        ("PASER_MANIFOLD", "tsne"),
+        ("PASER_DEMO_SIZE", "0"),
+        ("PASER_ALLOW_PICKLE", "perhaps"),
+        ("PASER_HEAD_PRECISION", "float16"),
+        ("PASER_SEED", "-1"),
+        ("PASER_PRUNE_NM", "4:2"),
+        ("PASER_PRUNE_NM", "2-4"),
+        ("PASER_GRAPH_REGULARIZATION", "-0.5"),
+        ("PASER_LORA_LR", "nan"),
+        ("PASER_FIELD_MAP", "output"),
+        ("PASER_VARIANTS", "a=wanda:0.5;a=wanda:0.6"),
+        ("PASER_VARIANTS", "bad name=wanda:0.5"),
+        ("PASER_RECOVERY_METHODS", "paser,nonsense"),
+    ],
+)
+def test_bad_values_are_one_line_naming_the_variable_and_value(variable: str, value: str) -> None:
+    with pytest.raises(SettingError, match=variable) as error:
+        PaserConfig.from_env({variable: value})
+    assert "\n" not in str(error.value) and repr(value) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("PASER_DB_LOCK_TIMEOUT", "nan"), ("PASER_DB_LOCK_TIMEOUT", "-1"), ("PASER_SCHEMA", "a-b")]
+)
+def test_bad_database_settings_name_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(SettingError, match=variable):
+        PaserDuckDB.from_env({variable: value})
+
+
+def test_flat_and_grouped_settings_agree_and_typos_are_refused() -> None:
+    flat = PaserConfig(max_tokens=256, demo_size=40, seed=3)
+    grouped = PaserConfig(scoring={"max_tokens": 256}, pool={"demo_size": 40}, seed=3)
+    assert flat == grouped
+    assert PaserConfig(pool={"demo_size": 40}, holdout_max=5).pool.holdout_max == 5  # both forms merge
+    with pytest.raises(SettingError, match="'budgett' \\(did you mean 'budget'\\?\\)"):
+        PaserConfig(budgett=0.1)
+
+
+def test_readme_settings_table_is_the_generated_one() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- settings:start -->\n", 1)[1].split("<!-- settings:end -->", 1)[0]
+    assert block == settings_markdown(PaserDuckDB.documented_settings()), "run `paser settings` and paste it"
+    for variable in [*environment_names().values(), *PaserDuckDB.environment_names().values()]:
+        assert f"`{variable}`" in block, variable
+
+
+# -- code versions follow the settings each asset reads
+
+
+def _alternative(item: SettingInfo) -> Any:
+    """A valid value of the setting other than its default."""
+    default = PaserConfig().value(item.path)
+    annotation = item.info.annotation
+    options = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return next(option for option in options if option != default)
+    if annotation is bool:
+        return not default
+    if typing.get_origin(annotation) is dict:
+        return {"output": "answer"} if item.name == "field_map" else {"other": "wanda:0.3"}
+    if typing.get_origin(annotation) is list:
+        return ["paser", "random"]
+    base = next((t for t in (int, float, str) if t is annotation or t in options), None)
+    if base is int:
+        return 5 if default is None else default + 1
+    if base is float:
+        return default / 2 if default else 0.5
+    return {"prune_n_m": "2:4", "dask_address": "tcp://127.0.0.1:8786"}.get(item.name, f"/tmp/other-{item.name}")
+
+
+def _code_versions(config: PaserConfig) -> dict[str, str | None]:
+    graph = build_definitions(config, PaserDuckDB(database=":memory:")).resolve_asset_graph()
+    return {key.to_user_string(): graph.get(key).code_version for key in graph.materializable_asset_keys}
+
+
+def _readers(path: str, stage: str | None) -> set[str]:
+    """The assets whose @reads declaration names the setting or its whole stage."""
+    defs = build_definitions(PaserConfig(), PaserDuckDB(database=":memory:"))
+    names = set()
+    for asset in defs.assets or []:
+        if isinstance(asset, dg.AssetsDefinition) and asset.is_materializable:
+            declared = declared_settings(asset)
+            if path in declared or stage in declared:
+                names |= {key.to_user_string() for key in asset.keys}
+    return names
+
+
+@pytest.mark.parametrize("item", SETTINGS, ids=[item.path for item in SETTINGS])
+def test_changing_a_setting_marks_stale_exactly_the_assets_that_read_it(item: SettingInfo) -> None:
+    before = _code_versions(PaserConfig())
+    after = _code_versions(PaserConfig(**{item.name: _alternative(item)}))
+    changed = {name for name in before if before[name] != after.get(name)}
+    if item.affects == "results":
+        readers = _readers(item.path, item.stage)
+        assert readers, f"{item.path} is declared to affect results but no asset reads it"
+        assert changed == readers
+    else:
+        assert changed == set(), f"{item.path} ({item.affects}) must not change a code version"
+
+
+def test_an_undeclared_setting_cannot_be_read() -> None:
+    @reads("scoring.max_tokens")
+    def asset_function(paser: PaserConfig) -> int:
+        return paser.scoring.max_tokens + paser.selection.concepts_per_sample
+
+    with pytest.raises(UndeclaredSettingError, match="selection.concepts_per_sample"):
+        asset_function(paser=PaserConfig())
+    view = SettingsView(PaserConfig(), frozenset({"pruning"}), "test")
+    assert view.pruning.recipe().method == "wanda"  # a method of a declared stage reads through the view
+    with pytest.raises(UndeclaredSettingError, match="seed"):
+        _ = SettingsView(PaserConfig(), frozenset({"pool"}), "test").seed
+
+
+def test_every_asset_declares_what_it_reads() -> None:
+    defs = build_definitions(PaserConfig(), PaserDuckDB(database=":memory:"))
+    for asset in defs.assets or []:
+        if isinstance(asset, dg.AssetsDefinition) and asset.is_materializable:
+            assert isinstance(declared_settings(asset), frozenset)
+    with pytest.raises(ValueError, match="unknown settings in @reads"):
+        reads("scoring.max_tokenz")
+
+
+def test_the_launchpad_config_sets_a_grouped_setting() -> None:
+    @dg.asset
+    def budget_of(paser: PaserConfig) -> float:
+        return paser.selection.budget
+
+    result = dg.materialize(
+        [budget_of],
+        resources={"paser": PaserConfig()},
+        run_config={"resources": {"paser": {"config": {"selection": {"budget": 0.05}}}}},
+    )
+    assert result.output_for_node("budget_of") == 0.05
