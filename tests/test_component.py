@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pytest
 from dagster.components.testing import create_defs_folder_sandbox
 
 from paser_assets import PaserConfig, PaserDuckDB
@@ -45,3 +46,38 @@ def test_component_from_yaml_builds_and_materializes(tmp_path: Path) -> None:
             assert result.success
     with duckdb.connect(str(database), read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM component.recovery.recovery_pool").fetchall()[0][0] > 30
+
+
+def _component_defs(settings_yaml: str, database: Path):
+    with create_defs_folder_sandbox() as sandbox:
+        folder = sandbox.defs_folder_path / "paser"
+        folder.mkdir(parents=True)
+        body = textwrap.indent(textwrap.dedent(settings_yaml), " " * 4)
+        (folder / "defs.yaml").write_text(
+            f"type: paser_assets.PaserComponent\nattributes:\n  database: {database}\n  settings:\n{body}"
+        )
+        with sandbox.build_all_defs() as defs:
+            return defs.resources["paser"]
+
+
+def test_component_settings_grouped_by_stage(tmp_path: Path) -> None:
+    config = _component_defs(
+        """
+        scoring:
+          max_tokens: 64
+        semantic: {n_clusters: 3}
+        budget: 0.1
+        """,
+        tmp_path / "c.duckdb",
+    )
+    assert (config.scoring.max_tokens, config.semantic.n_clusters, config.selection.budget) == (64, 3, 0.1)
+
+
+def test_component_settings_typo_is_an_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(Exception) as raised:
+        _component_defs("budgett: 0.1\n", tmp_path / "c.duckdb")
+    chain, error = [], raised.value
+    while error is not None:  # Dagster wraps the component's own error
+        chain.append(str(error))
+        error = error.__cause__ or error.__context__
+    assert any("unknown settings: 'budgett' (did you mean 'budget'?)" in message for message in chain), chain

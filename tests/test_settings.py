@@ -191,7 +191,7 @@ def test_an_undeclared_setting_cannot_be_read() -> None:
     def asset_function(paser: PaserConfig) -> int:
         return paser.scoring.max_tokens + paser.selection.concepts_per_sample
 
-    with pytest.raises(UndeclaredSettingError, match="selection.concepts_per_sample"):
+    with pytest.raises(UndeclaredSettingError, match=r"selection\.concepts_per_sample"):
         asset_function(paser=PaserConfig())
     view = SettingsView(PaserConfig(), frozenset({"pruning"}), "test")
     assert view.pruning.recipe().method == "wanda"  # a method of a declared stage reads through the view
