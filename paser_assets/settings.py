@@ -40,6 +40,7 @@ from pydantic.fields import FieldInfo
 
 from paser_assets.models.checkpoints import LoadOptions
 from paser_assets.models.pruning import PruneRecipe, parse_n_m
+from paser_assets.models.score_run import COMMIT_EVERY_S
 from paser_assets.models.store import ModelStore
 from paser_assets.models.training import LoraSettings
 from paser_assets.pool.demo import DEFAULT_DEMO_SIZE
@@ -327,7 +328,7 @@ class ScoringSettings(Stage):
         affects="runtime",
     )
     score_commit_s: float = setting(
-        30.0,
+        COMMIT_EVERY_S,
         "Seconds between commits of new scores to score_cache: an interrupted run loses at most this much work.",
         affects="runtime",
         ge=0.0,

@@ -176,7 +176,7 @@ def test_killed_during_scoring_resumes_from_committed_scores(
     # scores are committed, ~270 are still to come (each batch also pays for its commit, so that is seconds).
     run = KillableRun(paser_env(db, models, tiny_llama_dir, PASER_SCORE_COMMIT_S="0"))
     run.wait_for(r"0 scores reused, 282 samples to score")
-    committed = run.wait_for(r"score_cache: (\d+)/282 new scores committed", count=2)
+    committed = run.wait_for(r"(\d+)/282 new scores committed", count=2)
     assert run.kill() == -signal.SIGKILL
     assert 0 < int(committed.group(1)) < 282
 

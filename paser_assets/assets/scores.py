@@ -6,9 +6,10 @@ started again, or a re-materialization with unchanged checkpoints, reuses them i
 the models again; the ``degradation_scores`` table is then replaced in one transaction.
 """
 
+import dataclasses
 import hashlib
-import os
-import time
+from collections.abc import Collection, Sequence
+from functools import partial
 
 import dagster as dg
 import numpy as np
@@ -20,30 +21,17 @@ from paser_assets.core.allocation import allocate_budget, resolve_budget
 from paser_assets.core.efficiency import attention_cost, individual_efficiency
 from paser_assets.models.checkpoints import CheckpointError, reference_version
 from paser_assets.models.original_cache import OriginalOutputCache
-from paser_assets.models.scoring import PairScorer, encode_sample, head_precision_key, plan_batches
+from paser_assets.models.score_run import ScoringOptions, score_shard
+from paser_assets.models.scoring import SampleScore, head_precision_key
 from paser_assets.models.store import load_pair
-from paser_assets.progress import Progress
 from paser_assets.resources import PaserConfig, PaserDuckDB
 from paser_assets.settings import reads
 from paser_assets.tables import TABLES, table_metadata
 
 SCORES_GROUP = "scores"
 SCORING_RECIPE = "teacher-forced-jsd/1"  # bump when the prompt or the score changes meaning
-SCORE_COLUMNS = ["jsd", "original_nll", "pruned_nll", "prompt_tokens", "response_tokens", "truncated"]
-# Scores are committed to the cache every this many seconds, so an interrupted run loses at most that much.
-COMMIT_EVERY_S = 30.0
-
-
-def _commit_every_s() -> float:
-    """The commit interval: ``COMMIT_EVERY_S``, or PASER_SCORE_COMMIT_S (a testing/tuning knob, read at call
-    time; the crash-safety tests set it low to kill a run after some scores were committed)."""
-    raw = os.environ.get("PASER_SCORE_COMMIT_S", "").strip()
-    try:
-        return max(0.0, float(raw)) if raw else COMMIT_EVERY_S
-    except ValueError:
-        raise dg.Failure(description=f"PASER_SCORE_COMMIT_S={raw!r} is not a number of seconds") from None
-
-
+# What a sample's score holds besides its id: the score_cache columns after scoring_key and sample_id.
+SCORE_COLUMNS = [f.name for f in dataclasses.fields(SampleScore) if f.name != "sample_id"]
 def _scoring_key(original_version: str, pruned_version: str, paser: PaserConfig) -> str:
     return (
         f"{SCORING_RECIPE}|original={original_version}|pruned={pruned_version}|max_tokens={paser.scoring.max_tokens}"
@@ -51,20 +39,28 @@ def _scoring_key(original_version: str, pruned_version: str, paser: PaserConfig)
     )
 
 
-def _cached_scores(duckdb: PaserDuckDB, key: str) -> pd.DataFrame:
-    with duckdb.get_connection() as conn:
-        if not storage.table_exists(conn, duckdb.schema_name, "score_cache"):
-            return pd.DataFrame(columns=["sample_id", *SCORE_COLUMNS])
-        table = storage.qualified(conn, duckdb.schema_name, "score_cache")
-        columns = ", ".join(SCORE_COLUMNS)
-        return conn.execute(f"SELECT sample_id, {columns} FROM {table} WHERE scoring_key = ?", [key]).df()
+class DuckDBScoreStore:
+    """The ``score_cache`` table as a :class:`~paser_assets.models.score_run.ScoreStore`."""
 
+    def __init__(self, duckdb: PaserDuckDB) -> None:
+        self.duckdb = duckdb
 
-def _append_scores(duckdb: PaserDuckDB, key: str, rows: list[dict]) -> None:
-    frame = pd.DataFrame(rows, columns=["sample_id", *SCORE_COLUMNS])
-    frame.insert(0, "scoring_key", key)
-    with duckdb.write() as conn:
-        storage.append_rows(conn, duckdb.schema_name, "score_cache", frame)
+    def read(self, key: str, sample_ids: Collection[str] | None = None) -> pd.DataFrame:
+        with self.duckdb.get_connection() as conn:
+            if not storage.table_exists(conn, self.duckdb.schema_name, "score_cache"):
+                return pd.DataFrame(columns=["sample_id", *SCORE_COLUMNS])
+            table = storage.qualified(conn, self.duckdb.schema_name, "score_cache")
+            query = f"SELECT sample_id, {', '.join(SCORE_COLUMNS)} FROM {table} WHERE scoring_key = ?"
+            if sample_ids is None:
+                return conn.execute(query, [key]).df()
+            wanted = f"{query} AND sample_id IN (SELECT unnest(?::VARCHAR[]))"
+            return conn.execute(wanted, [key, list(sample_ids)]).df()
+
+    def append(self, key: str, scores: Sequence[SampleScore]) -> None:
+        rows = [[key, score.sample_id, *(getattr(score, c) for c in SCORE_COLUMNS)] for score in scores]
+        frame = pd.DataFrame(rows, columns=["scoring_key", "sample_id", *SCORE_COLUMNS])
+        with self.duckdb.write() as conn:
+            storage.append_rows(conn, self.duckdb.schema_name, "score_cache", frame)
 
 
 def _states_key(original_version: str, paser: PaserConfig) -> str:
@@ -88,94 +84,31 @@ def score_pool(
     key = _scoring_key(original_version, pruned_version, paser)
     pool = duckdb.read("recovery_pool", "sample_id, instruction, input, output")
     pool = pool[[shard_of(s, paser.scoring.score_shards) == shard for s in pool["sample_id"]]].reset_index(drop=True)
-    cached = _cached_scores(duckdb, key).drop_duplicates("sample_id")
-    done = set(cached["sample_id"])
-    todo = pool[~pool["sample_id"].isin(done)].reset_index(drop=True)
-    context.log.info(f"{len(pool) - len(todo)} scores reused, {len(todo)} samples to score")
     states = (
         OriginalOutputCache(settings.cache_dir / "original_states", _states_key(original_version, paser))
         if paser.scoring.original_cache
         else None
     )
-    from_states = 0
-    head_precision = "none (nothing scored in this run)"
-    rounding_errors: list[float] = []
-    if len(todo):
-        original, pruned_model, tokenizer = load_pair(settings, pruned)
-        # Batches are planned over the whole pool and only those holding unscored samples run: a
-        # resumed run then forms exactly the batches of an uninterrupted one, so its floats match.
-        samples = [
-            encode_sample(tokenizer, row.sample_id, row.instruction, row.input, row.output, paser.scoring.max_tokens)
-            for row in pool.itertuples(index=False)
-        ]
-        batches = [
-            batch
-            for batch in plan_batches(
-                [len(s.input_ids) for s in samples], paser.scoring.scoring_token_budget, paser.scoring.scoring_max_batch
-            )
-            if any(samples[i].sample_id not in done for i in batch)
-        ]
-        head = original.get_output_embeddings()
-        if states is not None and all(samples[i].sample_id in states for batch in batches for i in batch):
-            context.log.info(f"the original's outputs are cached ({states.folder}): only the pruned model runs")
-            # Only now, when no batch needs it, the original is dropped: a batch is never scored partly
-            # from cached states, so a resumed run gives exactly the floats of an uninterrupted one.
-            original = None
-        total_tokens = sum(len(samples[i].input_ids) for batch in batches for i in batch)
-        progress = Progress("scoring", total_tokens, context.log.info, unit="tokens")
-        compile_jsd = {"auto": None, "on": True, "off": False}[paser.scoring.jsd_compile]
-        scorer = PairScorer(
-            original,
-            pruned_model,
-            tokenizer.pad_token_id,
-            compile_jsd=compile_jsd,
-            head_precision=paser.scoring.head_precision,
-        )
-        head_precision = scorer.head_precision
-        pending: list[dict] = []
-        new_states: dict = {}
-        commit_every_s = _commit_every_s()
-        committed = 0
-        last_commit = time.monotonic()
-        for number, batch in enumerate(batches):
-            # The first batch scored live also measures what rounding the states to float16 costs.
-            result = scorer.score_batch([samples[i] for i in batch], states, head, measure_rounding=number == 0)
-            rounding_errors.extend(result.rounding_errors)
-            from_states += len(batch) if result.used_cache else 0
-            new_states.update(result.states)
-            for score in result.scores:
-                if score.sample_id not in done:
-                    pending.append({"sample_id": score.sample_id, **{c: getattr(score, c) for c in SCORE_COLUMNS}})
-            progress.advance(sum(len(samples[i].input_ids) for i in batch))
-            if progress.done == total_tokens or time.monotonic() - last_commit >= commit_every_s:
-                if states is not None:
-                    states.put(new_states)  # before the scores: a committed score always has its states
-                _append_scores(duckdb, key, pending)
-                committed += len(pending)
-                context.log.info(f"score_cache: {committed}/{len(todo)} new scores committed")
-                pending, new_states, last_commit = [], {}, time.monotonic()
-        cached = _cached_scores(duckdb, key).drop_duplicates("sample_id")
-    scores = pool[["sample_id"]].merge(cached, on="sample_id", how="left", validate="one_to_one")
-    facts = {
+    scoring = paser.scoring
+    options = ScoringOptions(
+        max_tokens=scoring.max_tokens,
+        token_budget=scoring.scoring_token_budget,
+        max_batch=scoring.scoring_max_batch,
+        compile_jsd={"auto": None, "on": True, "off": False}[scoring.jsd_compile],
+        head_precision=scoring.head_precision,
+        commit_every_s=scoring.score_commit_s,
+    )
+    loader = partial(load_pair, settings, pruned)
+    scores, facts = score_shard(pool, key, DuckDBScoreStore(duckdb), loader, options, states, context.log.info)
+    return scores, {
         "variant": variant,
         "shard": f"{shard + 1} of {paser.scoring.score_shards}",
         "original": settings.original.display,
         "original_hash": original_version,
         "pruned": pruned.display,
         "pruned_hash": pruned_version,
-        "scored_now": len(todo),
-        "reused": len(pool) - len(todo),
-        "scored_from_cached_original_outputs": from_states,
-        "float16_rounding_jsd_error": (
-            f"mean {np.mean(rounding_errors):.2e}, max {np.max(rounding_errors):.2e} "
-            f"over {len(rounding_errors)} samples"
-            if rounding_errors
-            else "not measured in this run (no sample scored with the original model loaded)"
-        ),
-        "original_outputs_cache": str(states.folder) if states is not None else "off",
-        "output_head_precision": head_precision,
+        **facts.metadata(),
     }
-    return scores, facts
 
 
 def build_degradation_scores(shards: int) -> dg.AssetsDefinition:

@@ -1,9 +1,10 @@
 """Fixtures shared by the model tests: the tiny-Llama builders of ``tests/tiny_models.py``, the tiny
-Llama loaded once, a copy of it without a chat template, and the packaged SmolLM2 GGUF converted
-once per session into a temporary cache."""
+Llama loaded once, a copy of it without a chat template, a sharpened and pruned pair made from it, and
+the packaged SmolLM2 GGUF converted once per session into a temporary cache."""
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +12,10 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
 
 from paser_assets.models.checkpoints import convert_gguf, load_causal_lm, packaged_smollm2_path, parse_model_reference
+from paser_assets.models.pruning import PruneRecipe, prune_model
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +42,19 @@ def tiny_pair(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def tokenizer(tiny_pair: tuple[Any, Any]) -> Any:
     """The tiny Llama's tokenizer."""
     return tiny_pair[1]
+
+
+@pytest.fixture(scope="module")
+def sharp_pair(tiny_pair: tuple[Any, Any]) -> tuple[Any, Any]:
+    """(original, magnitude-pruned) tiny Llama with the output head scaled up 40x. The random tiny Llama's
+    next-token distributions are nearly uniform, so its JSDs (about 1e-5) are too small for a
+    numerical comparison to mean much; sharper distributions give JSDs of order 0.1."""
+    original = copy.deepcopy(tiny_pair[0])
+    with torch.no_grad():
+        original.lm_head.weight.mul_(40.0)
+    pruned = copy.deepcopy(original)
+    prune_model(pruned, PruneRecipe("magnitude", 0.5))
+    return original, pruned
 
 
 @dataclass(frozen=True)

@@ -43,19 +43,6 @@ def pruned(model):
 
 
 @pytest.fixture(scope="module")
-def sharp_pair(model):
-    """(original, magnitude-pruned) with the output head scaled up 40x. The random tiny Llama's
-    next-token distributions are nearly uniform, so its JSDs (about 1e-5) are too small for a
-    numerical comparison to mean much; sharper distributions give JSDs of order 0.1."""
-    original = copy.deepcopy(model)
-    with torch.no_grad():
-        original.lm_head.weight.mul_(40.0)
-    pruned = copy.deepcopy(original)
-    prune_model(pruned, PruneRecipe("magnitude", 0.5))
-    return original, pruned
-
-
-@pytest.fixture(scope="module")
 def samples(tokenizer) -> list[EncodedSample]:
     return [
         encode_sample(tokenizer, f"s{i}", row["instruction"], row["input"], row["output"], max_tokens=256)
