@@ -13,7 +13,7 @@ from paser_assets import storage
 from paser_assets.assets.selection import export_folder
 from paser_assets.registry import add_variant, registered_variants, remove_variant, sync_variants
 from paser_assets.resources import PaserDuckDB, SettingError
-from paser_assets.runner import GraphRun, default_instance, refresh, run_graph
+from paser_assets.runner import GraphRun, default_instance, instance_home, plan_refresh, refresh, run_graph
 from paser_assets.variants import VariantError, parse_variant_spec, validate_variant_name
 
 SUMMARY_QUERIES: list[tuple[str, str]] = [
@@ -68,6 +68,13 @@ def summary(database: PaserDuckDB | None = None) -> str:
     return "\n".join(lines)
 
 
+def _instance(database: PaserDuckDB) -> dg.DagsterInstance:
+    """The run history this command uses, announced on the first line so nobody wonders which one it was."""
+    home, source = instance_home(database.database)
+    print(f"paser: Dagster instance {home} ({source}); database {database.database} (schema {database.schema_name})")
+    return default_instance(database.database)
+
+
 def _load_definitions() -> dg.Definitions:
     from paser_assets.definitions import defs
 
@@ -84,7 +91,7 @@ def _report(run: GraphRun, elapsed: float) -> None:
 def _variants_command(args: argparse.Namespace) -> int:
     defs = _load_definitions()
     config, database = defs.resources["paser"], defs.resources["duckdb"]
-    instance = default_instance()
+    instance = _instance(database)
     if args.action == "list":
         sync_variants(instance, database, config)
         for name, variant in sorted(registered_variants(database, config.pruning.recipe()).items()):
@@ -116,8 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = commands.add_parser("materialize", help="observe the checkpoints and materialize every asset and variant")
     run.add_argument("--select", help="Dagster asset selection, e.g. 'key:clusters+' (default: everything)")
     commands.add_parser("demo", help="materialize everything, then print the summary")
-    commands.add_parser(
+    refresh_command = commands.add_parser(
         "refresh", help="observe the checkpoints and materialize exactly what is stale or missing (after a re-prune)"
+    )
+    refresh_command.add_argument(
+        "--dry-run", action="store_true", help="observe and list what would be recomputed and why, run nothing"
     )
     commands.add_parser("summary", help="print the SQL summary of the DuckDB file")
     commands.add_parser("settings", help="list every setting with its environment variable, default and meaning")
@@ -144,8 +154,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "variants":
             return _variants_command(args)
         defs = _load_definitions()
-        instance = default_instance()
+        instance = _instance(defs.resources["duckdb"])
         start = time.monotonic()
+        if args.command == "refresh" and args.dry_run:
+            observation, stale = plan_refresh(defs, instance)
+            if not observation.success:
+                print("paser: observing the checkpoints failed; see the log above", file=sys.stderr)
+                return 1
+            print("would recompute:" if stale else "nothing to recompute: every asset is up to date")
+            for line in stale.explain():
+                print(f"  {line}")
+            return 0
         if args.command == "refresh":
             graph_run, stale = refresh(defs, instance)
             print(f"\nstale or missing after observing: {', '.join(stale) or 'nothing'}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 
@@ -55,12 +56,28 @@ def concise_console_logger(init_context: dg.InitLoggerContext) -> logging.Logger
     return console
 
 
-def default_instance() -> dg.DagsterInstance:
-    """The instance in DAGSTER_HOME (what `dagster dev` shows), or an ephemeral one when it is unset."""
-    home = os.environ.get("DAGSTER_HOME")
-    if not home:
-        return dg.DagsterInstance.ephemeral()
-    os.makedirs(home, exist_ok=True)  # a fresh checkout has no .dagster_home yet
+INSTANCE_FOLDER = ".dagster_home"
+
+
+def instance_home(database: str) -> tuple[Path, str]:
+    """The Dagster instance folder of a run, and where that choice came from.
+
+    DAGSTER_HOME when it is set (what `dagster dev` shows); otherwise ``.dagster_home`` beside the DuckDB
+    file, the folder `make demo` and `make ui` use, so that the CLI, the UI and every later run share one
+    history.
+    """
+    home = os.environ.get("DAGSTER_HOME", "").strip()
+    if home:
+        return Path(home), "DAGSTER_HOME"
+    folder = Path(database).resolve().parent if database != ":memory:" else Path.cwd()
+    return folder / INSTANCE_FOLDER, "beside the database"
+
+
+def default_instance(database: str) -> dg.DagsterInstance:
+    """The persistent instance of :func:`instance_home` (created on first use)."""
+    home, _ = instance_home(database)
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)  # Dagster reads it, and so do the processes a run starts
     return dg.DagsterInstance.get()
 
 
@@ -242,6 +259,30 @@ def observe(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.ExecuteInP
     return _execute(defs, set(OBSERVED), instance)
 
 
+def _stale_in_scope(defs: dg.Definitions, instance: dg.DagsterInstance) -> StaleSet:
+    """What is stale or missing within the default selection (recovery only when asked for)."""
+    config, _ = _resources(defs)
+    scope = default_selection(defs)
+    stale: StaleSet = stale_or_missing(defs, instance)
+    stale.unpartitioned &= scope
+    stale.by_partition = {
+        partition: keys & scope
+        for partition, keys in stale.by_partition.items()
+        if keys & scope and _in_scope(PartitionKey.parse(partition), config.recovery.recovery_methods)
+    }
+    listed = set(stale.describe())
+    stale.reasons = {name: reason for name, reason in stale.reasons.items() if name in listed}
+    return stale
+
+
+def plan_refresh(defs: dg.Definitions, instance: dg.DagsterInstance) -> tuple[dg.ExecuteInProcessResult, StaleSet]:
+    """Observe the checkpoints and say what :func:`refresh` would recompute first, and why; nothing is run."""
+    config, database = _resources(defs)
+    sync_variants(instance, database, config)
+    observation = observe(defs, instance)
+    return observation, _stale_in_scope(defs, instance)
+
+
 def refresh(defs: dg.Definitions, instance: dg.DagsterInstance, max_waves: int = 5) -> tuple[GraphRun, list[str]]:
     """Observe the checkpoints, then materialize exactly the stale or missing assets until none is left.
 
@@ -249,21 +290,12 @@ def refresh(defs: dg.Definitions, instance: dg.DagsterInstance, max_waves: int =
     materializing can make further assets stale (a changed result), so the next wave looks again.
     Returns the runs and the stale set found by the first look.
     """
-    config, database = _resources(defs)
-    sync_variants(instance, database, config)
-    scope = default_selection(defs)
-    run = GraphRun(results=[observe(defs, instance)])
-    first: list[str] | None = None
-    for _ in range(max_waves):
-        stale: StaleSet = stale_or_missing(defs, instance)
-        stale.unpartitioned &= scope
-        stale.by_partition = {
-            partition: keys & scope
-            for partition, keys in stale.by_partition.items()
-            if keys & scope and _in_scope(PartitionKey.parse(partition), config.recovery.recovery_methods)
-        }
-        if first is None:
-            first = stale.describe()
+    observation, stale = plan_refresh(defs, instance)
+    run = GraphRun(results=[observation])
+    first = stale.describe()
+    for wave in range(max_waves):
+        if wave:
+            stale = _stale_in_scope(defs, instance)
         if not stale or not run.success:
             break
         if stale.unpartitioned:
@@ -274,7 +306,7 @@ def refresh(defs: dg.Definitions, instance: dg.DagsterInstance, max_waves: int =
             mine = {p: keys for p, keys in stale.by_partition.items() if PartitionKey.parse(p).variant == variant}
             plan = _plan(defs, set().union(*mine.values()))
             _run_variant(defs, instance, variant, plan, run, only=set(mine))
-    return run, first or []
+    return run, first
 
 
 def _in_scope(key: PartitionKey, methods: list[str]) -> bool:

@@ -22,9 +22,15 @@ class StaleSet:
 
     unpartitioned: set[dg.AssetKey] = field(default_factory=set)
     by_partition: dict[str, set[dg.AssetKey]] = field(default_factory=dict)
+    # Why each asset (partition) is listed, by its name as describe() gives it.
+    reasons: dict[str, str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.unpartitioned) or any(self.by_partition.values())
+
+    def explain(self) -> list[str]:
+        """``name: reason`` for every listed asset (partition), in name order."""
+        return [f"{name}: {self.reasons.get(name, 'stale')}" for name in self.describe()]
 
     def describe(self) -> list[str]:
         names = [key.to_user_string() for key in self.unpartitioned]
@@ -46,10 +52,30 @@ def stale_or_missing(defs: dg.Definitions, instance: dg.DagsterInstance) -> Stal
     for key in graph.materializable_asset_keys:
         node = graph.get(key)
         if node.partitions_def is None:
-            if resolver.get_status(key) in (StaleStatus.STALE, StaleStatus.MISSING):
+            status = resolver.get_status(key)
+            if status in (StaleStatus.STALE, StaleStatus.MISSING):
                 result.unpartitioned.add(key)
+                result.reasons[key.to_user_string()] = _reason(resolver, status, key, None)
             continue
         for partition in node.partitions_def.get_partition_keys(dynamic_partitions_store=instance):
-            if resolver.get_status(key, partition) in (StaleStatus.STALE, StaleStatus.MISSING):
+            status = resolver.get_status(key, partition)
+            if status in (StaleStatus.STALE, StaleStatus.MISSING):
                 result.by_partition.setdefault(str(partition), set()).add(key)
+                name = f"{key.to_user_string()}[{partition}]"
+                result.reasons[name] = _reason(resolver, status, key, str(partition))
     return result
+
+
+def _reason(resolver: CachingStaleStatusResolver, status: StaleStatus, key: dg.AssetKey, partition: str | None) -> str:
+    """Dagster's own words for why an asset (partition) is stale, e.g. 'updated data (pruned_checkpoint[w50])'."""
+    if status == StaleStatus.MISSING:
+        return "never materialized"
+    causes = []
+    for cause in resolver.get_stale_causes(key, partition):
+        dependency = cause.dependency
+        where = ""
+        if dependency is not None:
+            suffix = f"[{dependency.partition_key}]" if dependency.partition_key else ""
+            where = f" ({dependency.asset_key.to_user_string()}{suffix})"
+        causes.append(f"{cause.reason}{where}")
+    return "; ".join(dict.fromkeys(causes)) or "stale"

@@ -51,18 +51,21 @@ def test_reprune_with_the_documented_refresh_command(tmp_path: Path, tiny_llama_
     from tiny_models import save_tiny_checkpoint
 
     external = save_tiny_checkpoint(tmp_path / "pruned", seed=1)
-    (tmp_path / "home").mkdir()
-    env = {
-        "PASER_DB": str(tmp_path / "paser.duckdb"),
+    env = {  # no DAGSTER_HOME: the CLI keeps its history in .dagster_home beside the database
+        "PASER_DB": str(tmp_path / "data" / "paser.duckdb"),
         "PASER_DEMO_SIZE": "48",
         "PASER_ORIGINAL_MODEL": str(tiny_llama_dir),
         "PASER_PRUNED_MODEL": str(external),
         "PASER_MODEL_CACHE": str(tmp_path / "models"),
-        "DAGSTER_HOME": str(tmp_path / "home"),
+        "DAGSTER_HOME": "",
     }
     first = run_paser(["materialize"], env, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "materialized 14 assets" in first.stdout
+    home = tmp_path / "data" / ".dagster_home"
+    assert first.stdout.splitlines()[0] == (
+        f"paser: Dagster instance {home} (beside the database); database {env['PASER_DB']} (schema paser)"
+    )
+    assert "materialized 13 assets" in first.stdout
 
     unchanged = run_paser(["refresh"], env, tmp_path)
     assert unchanged.returncode == 0, unchanged.stderr[-3000:]
@@ -71,13 +74,22 @@ def test_reprune_with_the_documented_refresh_command(tmp_path: Path, tiny_llama_
 
     shutil.rmtree(external)
     save_tiny_checkpoint(external, seed=2)  # re-pruned in place
+    expected = [
+        "capability_degradation[external]",
+        "concept_graph[external]",
+        "degradation_scores[0|external]",
+        "pruned_model[external]",
+        "selection[external]",
+        "selection_export[external]",
+    ]
+    dry = run_paser(["refresh", "--dry-run"], env, tmp_path)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    listed = [line.strip() for line in dry.stdout.splitlines() if line.startswith("  ")]
+    assert [line.split(": ", 1)[0] for line in listed] == expected
+    assert "pruned_checkpoint[external]" in listed[expected.index("pruned_model[external]")]  # the reason
     result = run_paser(["refresh"], env, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    expected = (
-        "capability_degradation[external], concept_graph[external], degradation_scores[0|external], "
-        "pruned_model[external], selection[external], selection_export[external]"
-    )
-    assert "materialized 6 assets" in result.stdout and expected in result.stdout
+    assert "materialized 6 assets" in result.stdout and ", ".join(expected) in result.stdout
 
     added = run_paser(["variants", "add", "nm24", "magnitude:2:4"], env, tmp_path)
     assert added.returncode == 0, added.stderr[-3000:]
@@ -90,6 +102,7 @@ def test_reprune_with_the_documented_refresh_command(tmp_path: Path, tiny_llama_
     with duckdb.connect(env["PASER_DB"], read_only=True) as conn:
         variants = conn.execute("SELECT DISTINCT variant FROM paser.paser.selection").fetchall()
     assert variants == [("external",)]
+    assert home.is_dir() and not (tmp_path / ".dagster_home").exists()
 
 
 def test_bad_variant_name_is_refused(tmp_path: Path) -> None:
