@@ -2,11 +2,31 @@
 
 PASER is due to He et al., "PASER: Post-Training Data Selection for Efficient Pruned Large
 Language Model Recovery" (arXiv 2502.12594).
+
+The public names are imported on first use, so that `paser --help` does not load Dagster and PyTorch.
 """
 
-from paser_assets.component import PaserComponent
-from paser_assets.graph import build_definitions
-from paser_assets.resources import PaserConfig, PaserDuckDB
+from __future__ import annotations
 
-__all__ = ["PaserComponent", "PaserConfig", "PaserDuckDB", "build_definitions"]
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "PaserComponent": "paser_assets.component",
+    "PaserConfig": "paser_assets.settings",
+    "PaserDuckDB": "paser_assets.resources",
+    "build_definitions": "paser_assets.graph",
+}
+
+__all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'paser_assets' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

@@ -38,14 +38,16 @@ import dagster as dg
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from paser_assets.models.checkpoints import LoadOptions
-from paser_assets.models.pruning import PruneRecipe, parse_n_m
-from paser_assets.models.score_run import COMMIT_EVERY_S
-from paser_assets.models.store import ModelStore
-from paser_assets.models.training import LoraSettings
 from paser_assets.pool.demo import DEFAULT_DEMO_SIZE
 
+if typing.TYPE_CHECKING:  # the domain objects are imported where they are built: `paser --help` needs no torch
+    from paser_assets.models.pruning import PruneRecipe
+    from paser_assets.models.store import ModelStore
+    from paser_assets.models.training import LoraSettings
+
 Affects = Literal["results", "observed", "runtime"]
+# Scores are committed this often, so an interrupted run loses at most this much scoring.
+COMMIT_EVERY_S = 30.0
 ENV_PREFIX = "PASER_"
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Selection methods compared by the recovery assets: PASER and the baselines at the same budget.
@@ -236,6 +238,9 @@ class ModelSettings(Stage):
 
     def store(self, database_path: str) -> ModelStore:
         """Where this run's model files live: ``model_cache_dir``, or ``paser_models`` beside the DB file."""
+        from paser_assets.models.checkpoints import LoadOptions
+        from paser_assets.models.store import ModelStore
+
         cache_dir = (
             Path(self.model_cache_dir)
             if self.model_cache_dir
@@ -275,6 +280,8 @@ class PruningSettings(Stage):
     @field_validator("prune_n_m")
     @classmethod
     def _n_m(cls, value: str | None) -> str | None:
+        from paser_assets.models.pruning import parse_n_m
+
         if value is None or not value.strip():
             return None
         n, m = parse_n_m(value)  # type: ignore[misc]
@@ -284,6 +291,8 @@ class PruningSettings(Stage):
 
     def recipe(self) -> PruneRecipe:
         """These settings as the pruning domain's recipe."""
+        from paser_assets.models.pruning import PruneRecipe, parse_n_m
+
         return PruneRecipe(
             method=self.prune_method,
             sparsity=self.sparsity,
@@ -412,6 +421,8 @@ class RecoverySettings(Stage):
 
     def lora(self, seed: int) -> LoraSettings:
         """The LoRA recipe of these settings; ``seed`` is the run's seed unless ``recovery_seed`` is set."""
+        from paser_assets.models.training import LoraSettings
+
         return LoraSettings(
             r=self.lora_r,
             alpha=self.lora_alpha,

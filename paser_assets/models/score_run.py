@@ -21,8 +21,6 @@ from paser_assets.models.original_cache import OriginalOutputCache, OriginalStat
 from paser_assets.models.scoring import BatchScores, EncodedSample, PairScorer, SampleScore, encode_sample, plan_batches
 from paser_assets.progress import Progress
 
-COMMIT_EVERY_S = 30.0
-
 # Called only when some sample needs scoring: (original model, pruned model, tokenizer).
 ModelLoader = Callable[[], tuple[Any, Any, Any]]
 
@@ -42,14 +40,15 @@ class ScoreStore(Protocol):
 
 @dataclass(frozen=True)
 class ScoringOptions:
-    """How samples are encoded, batched and scored, and how often scores are committed."""
+    """How samples are encoded, batched and scored, and how often scores are committed (the scoring
+    settings, whose defaults live in :class:`paser_assets.settings.ScoringSettings`)."""
 
     max_tokens: int
-    token_budget: int = 8192
-    max_batch: int = 32
-    compile_jsd: bool | None = None  # None: decided by the vocabulary size (see PairScorer)
-    head_precision: str = "auto"
-    commit_every_s: float = COMMIT_EVERY_S
+    token_budget: int
+    max_batch: int
+    compile_jsd: bool | None  # None: decided by the vocabulary size (see PairScorer)
+    head_precision: str
+    commit_every_s: float
 
 
 @dataclass(frozen=True)

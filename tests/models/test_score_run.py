@@ -30,7 +30,9 @@ POOL = pd.DataFrame(
 )
 KEY = "test-recipe|original=a|pruned=b"
 # Eight batches of two samples; a commit after every batch.
-OPTIONS = ScoringOptions(max_tokens=256, max_batch=2, commit_every_s=0.0)
+OPTIONS = ScoringOptions(
+    max_tokens=256, token_budget=8192, max_batch=2, compile_jsd=None, head_precision="auto", commit_every_s=0.0
+)
 BATCHES = 8
 ROUNDING = 3e-5  # as in test_scoring: float16 rounding of the final hidden states, with the sharpened head
 
