@@ -52,18 +52,17 @@ def _scoring_key(original_version: str, pruned_version: str, paser: PaserConfig)
 
 def _cached_scores(duckdb: PaserDuckDB, key: str) -> pd.DataFrame:
     with duckdb.get_connection() as conn:
-        if not storage.table_exists(conn, duckdb.schema_name, "score_cache"):
+        if not storage.table_exists(conn, "score_cache"):
             return pd.DataFrame(columns=["sample_id", *SCORE_COLUMNS])
-        table = storage.qualified(conn, duckdb.schema_name, "score_cache")
         columns = ", ".join(SCORE_COLUMNS)
-        return conn.execute(f"SELECT sample_id, {columns} FROM {table} WHERE scoring_key = ?", [key]).df()
+        return conn.execute(f"SELECT sample_id, {columns} FROM score_cache WHERE scoring_key = ?", [key]).df()
 
 
 def _append_scores(duckdb: PaserDuckDB, key: str, rows: list[dict]) -> None:
     frame = pd.DataFrame(rows, columns=["sample_id", *SCORE_COLUMNS])
     frame.insert(0, "scoring_key", key)
     with duckdb.write() as conn:
-        storage.append_rows(conn, duckdb.schema_name, "score_cache", frame)
+        storage.append_rows(conn, "score_cache", frame)
 
 
 def _states_key(original_version: str, paser: PaserConfig) -> str:
@@ -217,9 +216,7 @@ def build_degradation_scores(shards: int) -> dg.AssetsDefinition:
             raise dg.Failure(description=str(error)) from None
         table = score_table(scores, variant, shard)
         with duckdb.write() as conn:
-            storage.replace_partition(
-                conn, duckdb.schema_name, "degradation_scores", {"variant": variant, "shard": shard}, table
-            )
+            storage.replace_partition(conn, "degradation_scores", {"variant": variant, "shard": shard}, table)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(storage.content_hash(table)),
             metadata={
@@ -250,7 +247,7 @@ def score_table(scores: pd.DataFrame, variant: str, shard: int) -> pd.DataFrame:
         cost=np.asarray(costs, dtype=np.int64),
         ies=[individual_efficiency(float(j), c) for j, c in zip(scores["jsd"], costs, strict=True)],
     )
-    return table[list(TABLES["degradation_scores"])].astype({"shard": "int64"})
+    return table[list(TABLES["degradation_scores"].columns)].astype({"shard": "int64"})
 
 
 @dg.asset(
@@ -269,12 +266,12 @@ def capability_degradation(
     variant = context.partition_key
     with duckdb.get_connection() as conn:
         frame = conn.execute(
-            f"""
+            """
             SELECT c.cluster, s.jsd, s.ies
-            FROM {storage.qualified(conn, schema, "clusters")} c
-            JOIN {storage.qualified(conn, schema, "degradation_scores")} s USING (sample_id)
+            FROM clusters c
+            JOIN degradation_scores s USING (sample_id)
             WHERE s.variant = ?
-              AND c.sample_id NOT IN (SELECT sample_id FROM {storage.qualified(conn, schema, "holdout")})
+              AND c.sample_id NOT IN (SELECT sample_id FROM holdout_split)
             """,
             [variant],
         ).df()
@@ -282,10 +279,9 @@ def capability_degradation(
         raise dg.Failure(description="clusters and degradation_scores share no sample: materialize both again")
     with duckdb.get_connection() as conn:
         missing = conn.execute(
-            f"""
-            SELECT count(*) FROM {storage.qualified(conn, schema, "clusters")} c
-            WHERE c.sample_id NOT IN (SELECT sample_id FROM {storage.qualified(conn, schema, "degradation_scores")}
-                                      WHERE variant = ?)
+            """
+            SELECT count(*) FROM clusters c
+            WHERE c.sample_id NOT IN (SELECT sample_id FROM degradation_scores WHERE variant = ?)
             """,
             [variant],
         ).fetchall()[0][0]
@@ -313,7 +309,7 @@ def capability_degradation(
     )[["cluster", "size", "cds", "jsd_std", "mean_ies", "budget", "budget_share"]]
     table.insert(0, "variant", variant)
     with duckdb.write() as conn:
-        storage.replace_partition(conn, schema, "capability_degradation", {"variant": variant}, table)
+        storage.replace_partition(conn, "capability_degradation", {"variant": variant}, table)
     labels = table["cluster"].astype(str).tolist()
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(table)),
