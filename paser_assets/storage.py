@@ -273,17 +273,21 @@ def _conform(conn: duckdb.DuckDBPyConnection, table: Table) -> None:
         if column not in existing or existing[column] == sql_type:
             continue
         source = _quoted(column)
-        failed = conn.execute(
-            f"SELECT count(*), any_value(CAST({source} AS VARCHAR)) FROM {target} "
-            f"WHERE {source} IS NOT NULL AND TRY_CAST({source} AS {sql_type}) IS NULL"
-        ).fetchall()[0]
-        if failed[0]:
+        try:
+            count, example = conn.execute(
+                f"SELECT count(*), any_value(CAST({source} AS VARCHAR)) FROM {target} "
+                f"WHERE {source} IS NOT NULL AND TRY_CAST({source} AS {sql_type}) IS NULL"
+            ).fetchall()[0]
+            problem = f"{count} of its values (e.g. {example!r}) cannot be cast" if count else ""
+        except duckdb.Error as error:  # no cast between the two types at all
+            problem = f"DuckDB cannot cast it ({str(error).splitlines()[0]})"
+        if problem:
             writers = " or ".join(table.writers) or "the variant registry"
             raise ValueError(
                 f"table {table.name} was written by an older version: its column {column} is {existing[column]}, "
-                f"declared {sql_type}, and {failed[0]} of its values (e.g. {failed[1]!r}) cannot be cast; no row "
-                f"was changed. Fix those values with SQL (UPDATE {table.name} SET {column} = ...), or drop the "
-                f"table (DROP TABLE {table.name}) and materialize {writers} again"
+                f"declared {sql_type}, and {problem}; no row was changed. Fix those values with SQL "
+                f"(UPDATE {table.name} SET {column} = ...), or drop the table (DROP TABLE {table.name}) and "
+                f"materialize {writers} again"
             )
     staging = f"_paser_migrating_{table.name}"
     select = ", ".join(
