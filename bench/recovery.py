@@ -98,14 +98,9 @@ def main() -> None:
         run = run_graph(defs, instance)
         if not run.success:
             raise SystemExit(f"seed {seed} failed: {run.failures()}")
-        with database.get_connection(read_only=True) as conn:
-            catalog = conn.execute("SELECT current_database()").fetchall()[0][0]
-            rows = conn.execute(
-                f'SELECT method, heldout_nll FROM "{catalog}".paser.recovery_comparison WHERE cluster IS NULL'
-            ).fetchall()
-            budget = int(
-                conn.execute(f'SELECT sum(budget) FROM "{catalog}".paser.capability_degradation').fetchall()[0][0]
-            )
+        with database.get_connection(read_only=True) as conn:  # the connection has USEd the schema
+            rows = conn.execute("SELECT method, heldout_nll FROM recovery_comparison WHERE cluster IS NULL").fetchall()
+            budget = int(conn.execute("SELECT sum(budget) FROM capability_degradation").fetchall()[0][0])
         for method, value in rows:
             (references if method in references else per_seed)[method].append(float(value))
         log(f"seed {seed} done after {time.monotonic() - start:.0f} s: " + ", ".join(f"{m} {v:.4f}" for m, v in rows))

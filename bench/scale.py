@@ -108,7 +108,7 @@ def seed_embeddings(workdir: Path) -> None:
     )
     database = PaserDuckDB(database=str(workdir / "paser.duckdb"))
     with database.write() as conn:
-        append_rows(conn, database.schema_name, "embedding_cache", frame)
+        append_rows(conn, "embedding_cache", frame)
 
 
 def synthetic_scores(database) -> None:
@@ -141,7 +141,7 @@ def synthetic_scores(database) -> None:
         }
     )
     with database.write() as conn:
-        replace_partition(conn, database.schema_name, "degradation_scores", {"variant": VARIANT, "shard": 0}, frame)
+        replace_partition(conn, "degradation_scores", {"variant": VARIANT, "shard": 0}, frame)
 
 
 def child(step: str, workdir: Path) -> None:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 import dagster as dg
+import duckdb
 
 from paser_assets import storage
 from paser_assets.assets.selection import export_folder
@@ -20,17 +21,17 @@ SUMMARY_QUERIES: list[tuple[str, str]] = [
     (
         "Recovery pool",
         "SELECT count(*) AS rows, count(DISTINCT family) AS families, "
-        "(SELECT count(*) FROM {schema}.recovery_pool_rejected) AS rejected FROM {schema}.recovery_pool",
+        "(SELECT count(*) FROM recovery_pool_rejected) AS rejected FROM recovery_pool",
     ),
     (
         "Clusters",
         "SELECT cluster, size, main_family, round(family_share, 2) AS family_share, "
         "array_to_string(top_keyphrases[1:4], ', ') AS keyphrases "
-        "FROM {schema}.cluster_profiles ORDER BY cluster",
+        "FROM cluster_profiles ORDER BY cluster",
     ),
     (
         "Capability degradation",
-        "SELECT variant, cluster, size, round(cds, 4) AS cds, budget FROM {schema}.capability_degradation "
+        "SELECT variant, cluster, size, round(cds, 4) AS cds, budget FROM capability_degradation "
         "ORDER BY variant, cds DESC",
     ),
     (
@@ -39,12 +40,12 @@ SUMMARY_QUERIES: list[tuple[str, str]] = [
         "count(*) FILTER (WHERE decision = 'concept_conflict') AS conflicts, "
         "count(*) FILTER (WHERE decision <> 'budget_full') AS considered, "
         "round(avg(jsd) FILTER (WHERE decision = 'selected'), 4) AS selected_mean_jsd "
-        "FROM {schema}.selection GROUP BY variant, cluster ORDER BY variant, cluster",
+        "FROM selection GROUP BY variant, cluster ORDER BY variant, cluster",
     ),
     (
         "Selected instructions (first 5, highest IES)",
         "SELECT variant, cluster, round(ies, 4) AS ies, left(replace(instruction, chr(10), ' '), 64) AS instruction "
-        "FROM {schema}.selected_instructions ORDER BY ies DESC LIMIT 5",
+        "FROM selected_instructions ORDER BY ies DESC LIMIT 5",
     ),
 ]
 
@@ -54,17 +55,20 @@ def summary(database: PaserDuckDB | None = None) -> str:
     database = database or PaserDuckDB.from_env()
     schema = storage.validate_identifier(database.schema_name, "schema name")
     lines = [f"PASER summary of {database.database} (schema {schema})"]
-    with database.get_connection(read_only=True) as conn:
-        for title, query in SUMMARY_QUERIES:
+    try:
+        with database.get_connection(read_only=True) as conn:
             catalog = conn.execute("SELECT current_database()").fetchall()[0][0]
-            sql = query.format(schema=f'"{catalog}"."{schema}"')
-            try:
-                frame = conn.execute(sql).df()
-            except Exception as error:  # a table of a not-yet-materialized asset
-                lines.append(f"\n{title}: not available ({str(error).splitlines()[0]})")
-                continue
-            lines.append(f"\n{title}\n  SQL: {sql}\n")
-            lines.append(frame.to_string(index=False))
+            lines.append(f'Queries run after: USE "{catalog}"."{schema}";')
+            for title, sql in SUMMARY_QUERIES:
+                try:
+                    frame = conn.execute(sql).df()
+                except duckdb.Error as error:  # a table of a not-yet-materialized asset
+                    lines.append(f"\n{title}: not available ({str(error).splitlines()[0]})")
+                    continue
+                lines.append(f"\n{title}\n  SQL: {sql}\n")
+                lines.append(frame.to_string(index=False))
+    except storage.SchemaNotFoundError as error:
+        lines.append(f"\nnothing to summarize: {error}")
     return "\n".join(lines)
 
 
@@ -107,13 +111,12 @@ def _variants_command(args: argparse.Namespace) -> int:
         run, _ = refresh(defs, instance)  # the new variant's partitions are missing; nothing else is
         _report(run, time.monotonic() - start)
         return 0 if run.success else 1
-    deleted = remove_variant(
-        instance,
-        database,
-        validate_variant_name(args.name),
-        export_folder(config.selection.export_dir, database.database),
+    name = validate_variant_name(args.name)
+    cache_dir = config.models.store(database.database).cache_dir
+    removal = remove_variant(
+        instance, database, name, export_folder(config.selection.export_dir, database.database), cache_dir
     )
-    print(f"removed variant {args.name}: " + ", ".join(f"{table} {rows} rows" for table, rows in deleted.items()))
+    print(f"removed variant {name}: {removal.describe()}")
     return 0
 
 
@@ -139,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add.add_argument("spec", help="a recipe such as wanda:0.5 or magnitude:2:4, or a checkpoint folder")
     add.add_argument("--replace", action="store_true", help="redefine an existing variant")
     add.add_argument("--no-materialize", action="store_true", help="only register it")
-    remove = actions.add_parser("remove", help="delete a variant's rows, export files and partition")
+    remove = actions.add_parser(
+        "remove", help="delete a variant's rows in every per-variant table, its export and adapter files and partition"
+    )
     remove.add_argument("name")
     args = parser.parse_args(argv)
     try:

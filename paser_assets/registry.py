@@ -3,13 +3,15 @@
 The ``variants`` table is the source of truth for what each variant is; the Dagster instance's
 dynamic partitions ``variant`` mirror its names. Configured variants (``PASER_VARIANTS``, or the
 single variant of ``PASER_PRUNED_MODEL`` / the pruning settings) are added by :func:`sync_variants`;
-:func:`remove_variant` deletes a variant's rows from every per-variant table and nothing else.
+:func:`remove_variant` deletes everything of a variant (its rows in every table declared per variant,
+its export and adapter files, its partition) and nothing of any other.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
@@ -19,12 +21,11 @@ from paser_assets import storage
 from paser_assets.models.pruning import PruneRecipe
 from paser_assets.partitions import VARIANTS
 from paser_assets.resources import PaserConfig, PaserDuckDB
-from paser_assets.variants import Variant, VariantError, configured_variants, parse_variant_spec
+from paser_assets.tables import PER_VARIANT_TABLES
+from paser_assets.variants import Variant, VariantError, configured_variants, parse_variant_spec, validate_variant_name
 
 REGISTRY_TABLE = "variants"
-PRUNED_TABLE = "pruned_checkpoints"
-# Tables holding one block of rows per variant, in a ``variant`` column.
-VARIANT_TABLES = (PRUNED_TABLE, "degradation_scores", "capability_degradation", "selection", "concept_graph")
+PRUNED_TABLE = "pruned_model"
 
 
 def _registry_frame(variants: Iterable[Variant]) -> pd.DataFrame:
@@ -37,9 +38,9 @@ def _registry_frame(variants: Iterable[Variant]) -> pd.DataFrame:
 def registered_variants(database: PaserDuckDB, recipe_defaults: PruneRecipe | None = None) -> dict[str, Variant]:
     """Variants recorded in the DuckDB registry, by name."""
     with database.get_connection() as conn:
-        if not storage.table_exists(conn, database.schema_name, REGISTRY_TABLE):
+        if not storage.table_exists(conn, REGISTRY_TABLE):
             return {}
-        frame = storage.read_table(conn, database.schema_name, REGISTRY_TABLE)
+        frame = storage.read_table(conn, REGISTRY_TABLE)
     return {
         row.variant: parse_variant_spec(row.variant, row.spec, recipe_defaults) for row in frame.itertuples(index=False)
     }
@@ -64,10 +65,9 @@ def register_variants(database: PaserDuckDB, variants: Iterable[Variant], replac
     """
     variants = list(variants)
     with database.write() as conn:
-        schema = database.schema_name
         existing = (
-            storage.read_table(conn, schema, REGISTRY_TABLE)
-            if storage.table_exists(conn, schema, REGISTRY_TABLE)
+            storage.read_table(conn, REGISTRY_TABLE)
+            if storage.table_exists(conn, REGISTRY_TABLE)
             else _registry_frame([])
         )
         known = dict(zip(existing["variant"], existing["spec"], strict=True))
@@ -83,7 +83,7 @@ def register_variants(database: PaserDuckDB, variants: Iterable[Variant], replac
         if changed:
             keep = existing[~existing["variant"].isin(changed)]
             fresh = _registry_frame(v for v in variants if v.name in changed)
-            storage.replace_table(conn, schema, REGISTRY_TABLE, pd.concat([keep, fresh], ignore_index=True))
+            storage.replace_table(conn, REGISTRY_TABLE, pd.concat([keep, fresh], ignore_index=True))
     return changed
 
 
@@ -104,23 +104,59 @@ def add_variant(instance: dg.DagsterInstance, database: PaserDuckDB, variant: Va
         instance.add_dynamic_partitions(VARIANTS.name, [variant.name])
 
 
-def remove_variant(instance: dg.DagsterInstance, database: PaserDuckDB, name: str, export_dir: Path) -> dict[str, int]:
-    """Delete a variant: its rows in every per-variant table, its export files, its partition and its registry row.
+@dataclass
+class VariantRemoval:
+    """What :func:`remove_variant` deleted: rows per table, and paths (a symlink is removed, not followed)."""
 
-    Returns the number of rows deleted per table. Other variants' rows are not touched.
+    rows: dict[str, int] = field(default_factory=dict)
+    paths: list[Path] = field(default_factory=list)
+
+    def describe(self) -> str:
+        rows = ", ".join(f"{table} {count} rows" for table, count in self.rows.items() if count) or "no rows"
+        paths = ", ".join(str(path) for path in self.paths) or "no files"
+        return f"{rows}; deleted {paths}"
+
+
+def variant_folders(name: str, export_dir: Path, model_cache_dir: Path) -> list[Path]:
+    """The folders holding a variant's files: its export and its LoRA adapters (``adapters/<variant>/``).
+    None for a name that is not a valid variant name, so that '..' or 'a/b' never reaches a path."""
+    try:
+        validate_variant_name(name)
+    except VariantError:
+        return []
+    return [export_dir / name, model_cache_dir / "adapters" / name]
+
+
+def _delete_path(path: Path) -> bool:
+    """Delete a folder, or only the link when it is a symlink (never what the link points to)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+        return True
+    if path.is_dir():
+        shutil.rmtree(path)  # removes links inside the folder without following them
+        return True
+    return False
+
+
+def remove_variant(
+    instance: dg.DagsterInstance, database: PaserDuckDB, name: str, export_dir: Path, model_cache_dir: Path
+) -> VariantRemoval:
+    """Delete a variant: its rows in every table declared per variant (the registry row included), its export
+    folder, its adapter files and its Dagster partition. Other variants' rows and files are not touched.
+
+    The rows go in one transaction; the files only after it committed, so a failed delete never leaves a
+    variant whose rows point at files that are gone.
     """
-    deleted: dict[str, int] = {}
+    removal = VariantRemoval()
     with database.write() as conn:
-        schema = database.schema_name
-        for table in (*VARIANT_TABLES, REGISTRY_TABLE):
-            if storage.table_exists(conn, schema, table):
-                qualified = storage.qualified(conn, schema, table)
-                count = conn.execute(f"SELECT count(*) FROM {qualified} WHERE variant = ?", [name]).fetchall()[0][0]
-                conn.execute(f"DELETE FROM {qualified} WHERE variant = ?", [name])
-                deleted[table] = int(count)
-    folder = export_dir / name
-    if folder.is_dir() and folder.resolve().parent == export_dir.resolve():
-        shutil.rmtree(folder)
+        for table in PER_VARIANT_TABLES:
+            if storage.table_exists(conn, table):
+                count = conn.execute(f"SELECT count(*) FROM {table} WHERE variant = ?", [name]).fetchall()[0][0]
+                conn.execute(f"DELETE FROM {table} WHERE variant = ?", [name])
+                removal.rows[table] = int(count)
     if instance.has_dynamic_partition(VARIANTS.name, name):
         instance.delete_dynamic_partition(VARIANTS.name, name)
-    return deleted
+    for folder in variant_folders(name, export_dir, model_cache_dir):
+        if _delete_path(folder):
+            removal.paths.append(folder)
+    return removal

@@ -90,12 +90,16 @@ class PaserDuckDB(DuckDBResource):
 
     @contextmanager
     def get_connection(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection whose current schema is ``schema_name`` (created first unless ``read_only``), so
+        SQL names the tables bare. Read-only, a file without that schema raises
+        :class:`storage.SchemaNotFoundError` (a ``LookupError``) naming the file and the schema."""
         try:
             conn = storage.connect(self.database, read_only=read_only, lock_timeout_s=self.lock_timeout_s)
         except storage.DatabaseLockedError as error:
             # A deliberate failure with its own clear message, reported without a stack trace.
             raise dg.Failure(description=str(error)) from None
         try:
+            storage.use_schema(conn, self.schema_name, create=not read_only)
             yield conn
         finally:
             conn.close()
@@ -108,4 +112,4 @@ class PaserDuckDB(DuckDBResource):
 
     def read(self, table: str, columns: str = "*"):
         with self.get_connection() as conn:
-            return storage.read_table(conn, self.schema_name, table, columns)
+            return storage.read_table(conn, table, columns)

@@ -1,26 +1,32 @@
-"""DuckDB storage: bounded waits for the file lock, atomic table replacement, content hashes.
+"""DuckDB storage: bounded waits for the file lock, typed and atomic table writes, content hashes.
 
 DuckDB lets one process hold a database file read-write. A run that finds the file locked waits
 up to ``lock_timeout_s`` and then fails with a message that names the process holding the lock,
 instead of DuckDB's bare ``IOException``.
+
+Every write names a table declared in :mod:`paser_assets.tables` and stores exactly its declared columns
+and types, whatever the frame holds: DuckDB would otherwise infer types from the content, and a column of
+only empty lists would become ``"NULL"[]``, which no later row with a value can be inserted into. Tables
+are named bare: the connection's current schema (``USE``, see :func:`use_schema`) is the PASER schema.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import sys
 import time
+import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+
+from paser_assets.tables import TABLES, Table
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _PID = re.compile(r"PID (\d+)")
@@ -81,42 +87,94 @@ def connect(database: str, *, read_only: bool = False, lock_timeout_s: float = 3
             delay = min(delay * 2, 1.0)
 
 
+class SchemaNotFoundError(LookupError):
+    """A read-only connection found no schema of that name in the file: nothing was materialized there yet."""
+
+
 @contextmanager
 def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     """Run a block in one transaction: all of its writes land, or none do."""
     conn.execute("BEGIN TRANSACTION")
     try:
         yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
+    except BaseException as error:
+        try:
+            conn.execute("ROLLBACK")
+        except duckdb.Error as rollback_error:
+            # The block's error is what the caller must see; a failed rollback only adds to it.
+            error.add_note(f"(rolling back failed too: {rollback_error})")
         raise
     conn.execute("COMMIT")
 
 
-def _catalog(conn: duckdb.DuckDBPyConnection) -> str:
-    """The attached database's name, quoted for use inside double quotes."""
-    return str(conn.execute("SELECT current_database()").fetchall()[0][0]).replace('"', '""')
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
-def qualified_schema(conn: duckdb.DuckDBPyConnection, schema: str) -> str:
-    return f'"{_catalog(conn)}"."{validate_identifier(schema, "schema name")}"'
+def use_schema(conn: duckdb.DuckDBPyConnection, schema: str, *, create: bool) -> None:
+    """Make ``schema`` of the attached file the connection's current schema, so SQL names tables bare.
+
+    The catalog is spelled out and quoted because DuckDB names it after the file: in ``paser.duckdb`` the
+    two-part name ``paser.x`` is ambiguous. Without ``create``, a missing schema is a
+    :class:`SchemaNotFoundError` rather than silently reading another schema's tables of the same names.
+    """
+    validate_identifier(schema, "schema name")
+    catalog = str(conn.execute("SELECT current_database()").fetchall()[0][0])
+    if not _schema_exists(conn, schema):
+        if not create:
+            database = conn.execute("SELECT path FROM duckdb_databases() WHERE database_name = ?", [catalog])
+            path = (database.fetchall() or [(catalog,)])[0][0]
+            raise SchemaNotFoundError(
+                f"the DuckDB file {path} has no schema {schema!r} yet: materialize the assets first "
+                "(`paser materialize`), or check PASER_DB and PASER_SCHEMA"
+            )
+        try:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quoted(catalog)}.{_quoted(schema)}")
+        except duckdb.TransactionException:
+            if not _schema_exists(conn, schema):  # else another connection of this process created it first
+                raise
+    conn.execute(f"USE {_quoted(catalog)}.{_quoted(schema)}")
 
 
-def qualified(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> str:
-    """``"catalog"."schema"."table"``: the catalog is spelled out because DuckDB names it after the
-    file, so in ``paser.duckdb`` the two-part name ``paser.table`` is ambiguous."""
-    catalog = _catalog(conn)
-    return f'"{catalog}"."{validate_identifier(schema, "schema name")}"."{validate_identifier(table, "table name")}"'
+def _schema_exists(conn: duckdb.DuckDBPyConnection, schema: str) -> bool:
+    rows = conn.execute(
+        "SELECT count(*) FROM information_schema.schemata WHERE catalog_name = current_database() AND schema_name = ?",
+        [schema],
+    ).fetchall()
+    return bool(rows[0][0])
 
 
-def to_arrow(frame: pd.DataFrame) -> pa.Table:
-    """Arrow table for ``frame``; columns of equal-length numpy vectors become fixed-size float32 arrays."""
+def declared(table: str) -> Table:
+    """The declaration of ``table`` in :mod:`paser_assets.tables`; every write goes through one."""
+    validate_identifier(table, "table name")
+    if table not in TABLES:
+        raise ValueError(f"table {table!r} is not declared in paser_assets/tables.py; declare its columns there")
+    return TABLES[table]
+
+
+def _list_of_floats(sql_type: str) -> bool:
+    return sql_type in ("FLOAT[]", "DOUBLE[]")
+
+
+def to_arrow(frame: pd.DataFrame, table: Table | None = None) -> pa.Table:
+    """Arrow table for ``frame``. Equal-length numpy float vectors become one flat float32 buffer (fast for
+    100k embeddings); a declared list column gets a variable-size list, anything else a fixed-size one.
+    Other columns keep Arrow's inference: the SQL casts of the typed insert make them the declared types."""
+    types = table.types if table is not None else {}
     arrays = []
     for name in frame.columns:
         column = frame[name]
-        if len(column) and isinstance(column.iloc[0], np.ndarray):
-            matrix = np.stack(column.to_list()).astype(np.float32)
-            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1]))
+        vectors = _float_matrix(column)
+        if vectors is not None:
+            values = pa.array(vectors.ravel())
+            if _list_of_floats(types.get(str(name), "")):
+                offsets = np.arange(len(vectors) + 1, dtype=np.int64) * vectors.shape[1]
+                if vectors.size < 2**31:
+                    arrays.append(pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values))
+                else:
+                    arrays.append(pa.LargeListArray.from_arrays(pa.array(offsets), values))
+            else:
+                arrays.append(pa.FixedSizeListArray.from_arrays(values, vectors.shape[1]))
         elif not len(column) and column.dtype == object:
             arrays.append(pa.array([], type=pa.string()))  # an empty text column, not a NULL-typed one
         else:
@@ -124,86 +182,174 @@ def to_arrow(frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=[str(c) for c in frame.columns])
 
 
-def _fault_point(table: str) -> None:
-    """Crash-safety tests set PASER_FAULT_PAUSE=<table> to freeze a run in the middle of writing that table
-    (inside its transaction), announce it on stderr, and kill the process there with SIGKILL."""
-    if os.environ.get("PASER_FAULT_PAUSE") == table:
-        print(f"PASER_FAULT_PAUSE writing {table}", file=sys.stderr, flush=True)
-        time.sleep(3600)
+def _float_matrix(column: pd.Series) -> np.ndarray | None:
+    """The column as an (n, d) float32 matrix when every value is a numpy float vector of one length."""
+    if not len(column) or not isinstance(column.iloc[0], np.ndarray) or column.iloc[0].dtype.kind != "f":
+        return None
+    try:
+        matrix = np.stack(column.to_list())
+    except (ValueError, TypeError):  # ragged vectors or a None among them: the generic conversion copes
+        return None
+    return matrix.astype(np.float32, copy=False) if matrix.ndim == 2 else None
 
 
-def replace_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str, data: pd.DataFrame | pa.Table) -> None:
-    """Replace ``schema.table`` with ``data``. Call inside :func:`transaction` to make it atomic."""
-    arrow = data if isinstance(data, pa.Table) else to_arrow(data)
-    catalog = _catalog(conn)
-    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{catalog}"."{validate_identifier(schema, "schema name")}"')
-    view = f"_paser_incoming_{table}"
+def _incoming(table: Table, data: pd.DataFrame | pa.Table) -> pa.Table:
+    """``data`` as Arrow, refused unless its columns are exactly the declared ones."""
+    names = [str(c) for c in data.column_names] if isinstance(data, pa.Table) else [str(c) for c in data.columns]
+    declared_names = list(table.columns)
+    missing = [c for c in declared_names if c not in names]
+    extra = [c for c in names if c not in declared_names]
+    duplicated = sorted({c for c in names if names.count(c) > 1})
+    if missing or extra or duplicated:
+        problems = [
+            f"{label} {columns}"
+            for label, columns in (("lacks", missing), ("has undeclared", extra), ("repeats", duplicated))
+            if columns
+        ]
+        raise ValueError(
+            f"cannot write table {table.name}: the data {' and '.join(problems)} column(s); "
+            f"paser_assets/tables.py declares {declared_names}"
+        )
+    return data if isinstance(data, pa.Table) else to_arrow(data, table)
+
+
+def _create_sql(table: Table, name: str, *, replace: bool = False) -> str:
+    columns = ", ".join(f"{_quoted(c)} {sql_type}" for c, sql_type in table.types.items())
+    return f"CREATE {'OR REPLACE ' if replace else ''}TABLE {_quoted(name)} ({columns})"
+
+
+@contextmanager
+def _registered(conn: duckdb.DuckDBPyConnection, arrow: pa.Table) -> Iterator[str]:
+    """``arrow`` as a view of a unique name for the block."""
+    view = f"_paser_incoming_{uuid.uuid4().hex}"
     conn.register(view, arrow)
     try:
-        conn.execute(f"CREATE OR REPLACE TABLE {qualified(conn, schema, table)} AS SELECT * FROM {view}")
-        _fault_point(table)
-    finally:
-        conn.unregister(view)
+        yield view
+    except BaseException:
+        # In an aborted transaction unregister fails too; that second error must not hide the first.
+        with suppress(duckdb.Error):
+            conn.unregister(view)
+        raise
+    conn.unregister(view)
+
+
+def _insert(conn: duckdb.DuckDBPyConnection, table: Table, arrow: pa.Table) -> None:
+    """Insert ``arrow`` with an explicit cast of every column to its declared type."""
+    if not arrow.num_rows:
+        return
+    names = ", ".join(_quoted(c) for c in table.columns)
+    casts = ", ".join(f"CAST({_quoted(c)} AS {sql_type})" for c, sql_type in table.types.items())
+    with _registered(conn, arrow) as view:
+        try:
+            conn.execute(f"INSERT INTO {_quoted(table.name)} ({names}) SELECT {casts} FROM {_quoted(view)}")
+        except duckdb.Error as error:
+            incoming = ", ".join(f"{field.name} {field.type}" for field in arrow.schema)
+            error.add_note(f"while writing {arrow.num_rows} rows ({incoming}) to table {table.name}")
+            raise
+
+
+def existing_columns(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    """Column name -> SQL type of ``table`` in the connection's current schema (empty when it does not exist)."""
+    rows = conn.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_catalog = current_database() "
+        "AND table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
+        [table],
+    ).fetchall()
+    return dict(rows)
+
+
+def _conform(conn: duckdb.DuckDBPyConnection, table: Table) -> None:
+    """Create ``table`` as declared, or migrate an existing one whose columns or types differ (left by an
+    older version) to the declaration, keeping every row. Call inside :func:`transaction`: the migration
+    then lands with the write that needed it, or not at all."""
+    existing = existing_columns(conn, table.name)
+    if not existing:
+        conn.execute(_create_sql(table, table.name))
+        return
+    if existing == table.types:
+        return
+    target = _quoted(table.name)
+    for column, sql_type in table.types.items():
+        if column not in existing or existing[column] == sql_type:
+            continue
+        source = _quoted(column)
+        try:
+            count, example = conn.execute(
+                f"SELECT count(*), any_value(CAST({source} AS VARCHAR)) FROM {target} "
+                f"WHERE {source} IS NOT NULL AND TRY_CAST({source} AS {sql_type}) IS NULL"
+            ).fetchall()[0]
+            problem = f"{count} of its values (e.g. {example!r}) cannot be cast" if count else ""
+        except duckdb.Error as error:  # no cast between the two types at all
+            problem = f"DuckDB cannot cast it ({str(error).splitlines()[0]})"
+        if problem:
+            writers = " or ".join(table.writers) or "the variant registry"
+            raise ValueError(
+                f"table {table.name} was written by an older version: its column {column} is {existing[column]}, "
+                f"declared {sql_type}, and {problem}; no row was changed. Fix those values with SQL "
+                f"(UPDATE {table.name} SET {column} = ...), or drop the table (DROP TABLE {table.name}) and "
+                f"materialize {writers} again"
+            )
+    staging = f"_paser_migrating_{table.name}"
+    select = ", ".join(
+        f"CAST({_quoted(c)} AS {sql_type})" if c in existing else f"CAST(NULL AS {sql_type})"
+        for c, sql_type in table.types.items()
+    )
+    conn.execute(_create_sql(table, staging, replace=True))
+    conn.execute(f"INSERT INTO {_quoted(staging)} SELECT {select} FROM {target}")
+    conn.execute(f"DROP TABLE {target}")
+    conn.execute(f"ALTER TABLE {_quoted(staging)} RENAME TO {target}")
+
+
+def replace_table(conn: duckdb.DuckDBPyConnection, table: str, data: pd.DataFrame | pa.Table) -> None:
+    """Replace ``table`` (in the connection's current schema) with ``data``, as declared in
+    :mod:`paser_assets.tables`. Call inside :func:`transaction` to make it atomic."""
+    spec = declared(table)
+    arrow = _incoming(spec, data)
+    conn.execute(_create_sql(spec, spec.name, replace=True))
+    _insert(conn, spec, arrow)
 
 
 def replace_partition(
-    conn: duckdb.DuckDBPyConnection, schema: str, table: str, where: dict[str, object], data: pd.DataFrame
+    conn: duckdb.DuckDBPyConnection, table: str, where: dict[str, object], data: pd.DataFrame
 ) -> None:
-    """Replace the rows of ``schema.table`` matching ``where`` (column -> value, e.g. {"variant": "w50"}) with
+    """Replace the rows of ``table`` matching ``where`` (column -> value, e.g. {"variant": "w50"}) with
     ``data``; other rows stay as they are, byte for byte. ``data`` must carry those values. Call inside
     :func:`transaction`."""
+    spec = declared(table)
     for name, expected in where.items():
+        if name not in spec.columns:
+            raise ValueError(f"table {table} has no column {name!r} to replace a partition by")
         if name not in data.columns or not (data[name] == expected).all():
             raise ValueError(f"every row written to {table} for {name}={expected!r} must carry that value")
-    if not table_exists(conn, schema, table):
-        replace_table(conn, schema, table, data)
-        return
-    target = qualified(conn, schema, table)
-    existing = [row[0] for row in conn.execute(f"DESCRIBE {target}").fetchall()]
-    if existing != [str(c) for c in data.columns]:
-        raise RuntimeError(
-            f"{schema}.{table} has columns {existing}, but this version writes {list(data.columns)}: "
-            f"drop the table (DROP TABLE {schema}.{table}) and materialize its asset again"
-        )
-    condition = " AND ".join(f'"{validate_identifier(name, "column name")}" = ?' for name in where)
-    conn.execute(f"DELETE FROM {target} WHERE {condition}", list(where.values()))
-    if len(data):
-        view = f"_paser_partition_{table}"
-        conn.register(view, to_arrow(data))
-        try:
-            conn.execute(f"INSERT INTO {target} SELECT * FROM {view}")
-        finally:
-            conn.unregister(view)
-    _fault_point(table)
+    arrow = _incoming(spec, data)
+    _conform(conn, spec)
+    condition = " AND ".join(f"{_quoted(name)} = ?" for name in where)
+    conn.execute(f"DELETE FROM {_quoted(spec.name)} WHERE {condition}", list(where.values()))
+    _insert(conn, spec, arrow)
 
 
-def append_rows(conn: duckdb.DuckDBPyConnection, schema: str, table: str, data: pd.DataFrame) -> None:
-    """Append ``data`` to ``schema.table``, creating the table on first use."""
-    if not table_exists(conn, schema, table):
-        replace_table(conn, schema, table, data)
-        return
-    view = f"_paser_appending_{table}"
-    conn.register(view, to_arrow(data))
-    try:
-        conn.execute(f"INSERT INTO {qualified(conn, schema, table)} SELECT * FROM {view}")
-        _fault_point(table)
-    finally:
-        conn.unregister(view)
+def append_rows(conn: duckdb.DuckDBPyConnection, table: str, data: pd.DataFrame | pa.Table) -> None:
+    """Append ``data`` to ``table``, creating it as declared on first use."""
+    spec = declared(table)
+    arrow = _incoming(spec, data)
+    _conform(conn, spec)
+    _insert(conn, spec, arrow)
 
 
-def table_exists(conn: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+def table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether ``table`` (or a view of that name) exists in the connection's current schema."""
     rows = conn.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
-        "AND table_schema = ? AND table_name = ?",
-        [schema, table],
+        "AND table_schema = current_schema() AND table_name = ?",
+        [table],
     ).fetchall()
     return bool(rows[0][0])
 
 
-def read_table(conn: duckdb.DuckDBPyConnection, schema: str, table: str, columns: str = "*") -> pd.DataFrame:
-    if not table_exists(conn, schema, table):
-        raise LookupError(f"table {schema}.{table} does not exist yet: materialize the asset that writes it first")
-    return conn.execute(f"SELECT {columns} FROM {qualified(conn, schema, table)}").df()
+def read_table(conn: duckdb.DuckDBPyConnection, table: str, columns: str = "*") -> pd.DataFrame:
+    if not table_exists(conn, validate_identifier(table, "table name")):
+        raise LookupError(f"table {table} does not exist yet: materialize the asset that writes it first")
+    return conn.execute(f"SELECT {columns} FROM {_quoted(table)}").df()
 
 
 def content_hash(frame: pd.DataFrame) -> str:

@@ -1,169 +1,365 @@
-"""The columns of every table the assets write, with their types and meaning.
+"""Every table the package writes, declared once: its columns with their types and meaning, the asset that
+writes it and whether it holds rows per pruned variant.
 
-One place documents the schema: asset metadata (``dagster/column_schema``) and the README's table
-reference are both built from it.
+Everything else is derived from these declarations: the typed writes in :mod:`paser_assets.storage` (a table
+is created with exactly these columns and types, whatever the frame holds), the asset metadata
+(``dagster/column_schema``), the tables ``paser variants remove`` deletes a variant's rows from, and the
+README's table reference (:func:`update_readme` rewrites it). An asset's main table has the
+asset's name.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
 
 import dagster as dg
 
 from paser_assets.pool.records import POOL_COLUMNS, REJECTED_COLUMNS
 
-Columns = dict[str, tuple[str, str]]  # name -> (SQL type, description)
+Columns = Mapping[str, tuple[str, str]]  # name -> (SQL type, description)
 
-TABLES: dict[str, Columns] = {
-    "recovery_pool": {
-        name: (
-            {"source_row": "BIGINT", "duplicate_count": "BIGINT", "n_chars": "BIGINT"}.get(name, "VARCHAR"),
-            description,
-        )
-        for name, description in POOL_COLUMNS.items()
-    },
-    "recovery_pool_rejected": {
-        name: ("BIGINT" if name == "source_row" else "VARCHAR", description)
-        for name, description in REJECTED_COLUMNS.items()
-    },
-    "holdout": {
-        "sample_id": ("VARCHAR", "Pool row kept out of every selection to evaluate recovery on"),
-        "family": ("VARCHAR", "Its family label, when the data has one"),
-    },
-    "instruction_embeddings": {
-        "sample_id": ("VARCHAR", "Pool row"),
-        "embedding": ("FLOAT[]", "L2-normalised sentence embedding of instruction + input"),
-    },
-    "embedding_cache": {
-        "model_key": ("VARCHAR", "Sentence model and text recipe the vector was made with"),
-        "sample_id": ("VARCHAR", "Pool row"),
-        "embedding": ("FLOAT[]", "The cached embedding"),
-    },
-    "manifold": {
-        "sample_id": ("VARCHAR", "Pool row"),
-        "coordinates": ("FLOAT[]", "Position on the learned low-dimensional manifold"),
-        "map_x": ("FLOAT", "First coordinate of the 2-D cluster map"),
-        "map_y": ("FLOAT", "Second coordinate of the 2-D cluster map"),
-    },
-    "clusters": {
-        "sample_id": ("VARCHAR", "Pool row"),
-        "cluster": ("BIGINT", "Cluster id, 0 = largest cluster"),
-        "map_x": ("FLOAT", "First coordinate of the 2-D cluster map"),
-        "map_y": ("FLOAT", "Second coordinate of the 2-D cluster map"),
-    },
-    "cluster_profiles": {
-        "cluster": ("BIGINT", "Cluster id"),
-        "size": ("BIGINT", "Samples in the cluster"),
-        "top_keyphrases": ("VARCHAR[]", "Terms that set the cluster apart (class-based TF-IDF)"),
-        "examples": ("VARCHAR[]", "Instructions closest to the cluster's centre"),
-        "main_family": ("VARCHAR", "Most common family label in the cluster (NULL without labels)"),
-        "family_share": ("DOUBLE", "Share of the cluster's samples with that label"),
-    },
-    "variants": {
-        "variant": ("VARCHAR", "Name of the pruned variant (a Dagster partition key)"),
-        "kind": ("VARCHAR", "recipe (built-in pruning) or checkpoint (external)"),
-        "spec": ("VARCHAR", "Recipe such as wanda:0.5 or magnitude:2:4, or the checkpoint path"),
-        "fingerprint": ("VARCHAR", "Hash of the specification"),
-    },
-    "pruned_checkpoints": {
-        "variant": ("VARCHAR", "Name of the pruned variant"),
-        "kind": ("VARCHAR", "recipe or checkpoint"),
-        "spec": ("VARCHAR", "The variant's specification"),
-        "path": ("VARCHAR", "Folder (or .gguf file) of the checkpoint that was scored"),
-        "content_hash": ("VARCHAR", "Content hash of the checkpoint files (its data version)"),
-        "original_hash": ("VARCHAR", "Content hash of the original model it was pruned from"),
-        "sparsity": ("DOUBLE", "Measured share of zero weights in the decoder linears (built-in pruning only)"),
-    },
-    "score_cache": {
-        "scoring_key": ("VARCHAR", "Scoring recipe + original and pruned content hashes + settings"),
-        "sample_id": ("VARCHAR", "Pool row"),
-        "jsd": ("DOUBLE", "Mean JSD over response tokens (nats)"),
-        "original_nll": ("DOUBLE", "Original model's mean response NLL"),
-        "pruned_nll": ("DOUBLE", "Pruned model's mean response NLL"),
-        "prompt_tokens": ("BIGINT", "Prompt tokens"),
-        "response_tokens": ("BIGINT", "Response tokens scored (incl. end of sequence)"),
-        "truncated": ("BOOLEAN", "Whether the sample was cut to max_tokens"),
-    },
-    "degradation_scores": {
-        "variant": ("VARCHAR", "Pruned variant the scores belong to"),
-        "shard": ("BIGINT", "Scoring shard of the sample (a hash of sample_id modulo PASER_SCORE_SHARDS)"),
-        "sample_id": ("VARCHAR", "Pool row"),
-        "jsd": ("DOUBLE", "Mean Jensen-Shannon divergence (nats, 0..ln 2) over the response tokens"),
-        "ies": ("DOUBLE", "Individual Efficiency Score = jsd / log(cost)"),
-        "cost": ("BIGINT", "Quadratic attention cost (prompt_tokens + response_tokens)^2"),
-        "prompt_tokens": ("BIGINT", "Tokens of the templated prompt"),
-        "response_tokens": ("BIGINT", "Tokens of the reference response, incl. end of sequence"),
-        "original_nll": ("DOUBLE", "Original model's mean NLL of the response tokens"),
-        "pruned_nll": ("DOUBLE", "Pruned model's mean NLL of the response tokens"),
-        "truncated": ("BOOLEAN", "Whether prompt + response were cut to max_tokens"),
-    },
-    "capability_degradation": {
-        "variant": ("VARCHAR", "Pruned variant"),
-        "cluster": ("BIGINT", "Cluster id"),
-        "size": ("BIGINT", "Samples in the cluster"),
-        "cds": ("DOUBLE", "Capability Degradation Score: mean JSD of the cluster's samples"),
-        "jsd_std": ("DOUBLE", "Standard deviation of the samples' JSD"),
-        "mean_ies": ("DOUBLE", "Mean Individual Efficiency Score"),
-        "budget": ("BIGINT", "Samples the cluster may contribute to the selection"),
-        "budget_share": ("DOUBLE", "budget / total budget"),
-    },
-    "sample_concepts": {
-        "sample_id": ("VARCHAR", "Pool row"),
-        "concepts": ("VARCHAR[]", "Stemmed keyphrases of instruction + input + output (top TF-IDF)"),
-        "n_concepts": ("BIGINT", "Number of concepts"),
-    },
-    "selection": {
-        "variant": ("VARCHAR", "Pruned variant"),
-        "sample_id": ("VARCHAR", "Pool row"),
-        "cluster": ("BIGINT", "Cluster id"),
-        "rank": ("BIGINT", "Position in the cluster's IES order, 1 = highest IES"),
-        "ies": ("DOUBLE", "Individual Efficiency Score"),
-        "jsd": ("DOUBLE", "Mean JSD over the response tokens"),
-        "decision": ("VARCHAR", "selected, concept_conflict or budget_full (never reached)"),
-        "conflict_pairs": ("VARCHAR[]", "Concept pairs that were both in the graph but never co-occurred ('a | b')"),
-        "conflict_share": ("DOUBLE", "Conflicting pairs / all concept pairs of the candidate"),
-        "refill_round": ("BIGINT", "0 = first pass, n = n-th refill pass, -1 = never considered"),
-    },
-    "concept_graph": {
-        "variant": ("VARCHAR", "Pruned variant"),
-        "concept_a": ("VARCHAR", "A concept of a selected sample"),
-        "concept_b": ("VARCHAR", "Another concept of the same selected sample (concept_a < concept_b)"),
-        "cooccurrences": ("BIGINT", "Selected samples holding both concepts"),
-    },
-    "baseline_selection": {
-        "variant": ("VARCHAR", "Pruned variant"),
-        "method": ("VARCHAR", "random, uniform, top_jsd, ifd or paser_no_concepts"),
-        "rank": ("BIGINT", "Order in which the method picked the sample"),
-        "sample_id": ("VARCHAR", "Selected pool row"),
-    },
-    "heldout_nll": {
-        "variant": ("VARCHAR", "Pruned variant"),
-        "method": ("VARCHAR", "Selection method of the recovered model, or 'reference'"),
-        "model": ("VARCHAR", "original, pruned or recovered"),
-        "sample_id": ("VARCHAR", "Held-out pool row"),
-        "nll": ("DOUBLE", "Mean NLL of the response tokens"),
-    },
-    "general_text_nll": {
-        "variant": ("VARCHAR", "Pruned variant"),
-        "method": ("VARCHAR", "Selection method of the recovered model, or 'reference'"),
-        "model": ("VARCHAR", "original, pruned or recovered"),
-        "mean_nll": ("DOUBLE", "Mean NLL per token of Python's standard-library documentation"),
-        "perplexity": ("DOUBLE", "exp(mean_nll)"),
-        "tokens": ("BIGINT", "Tokens scored"),
-    },
-    "recovery_comparison": {
-        "variant": ("VARCHAR", "Pruned variant"),
-        "method": ("VARCHAR", "original, pruned, or the selection method the pruned model was recovered with"),
-        "cluster": ("BIGINT", "Cluster of the held-out samples; NULL for all of them"),
-        "samples": ("BIGINT", "Held-out samples"),
-        "heldout_nll": ("DOUBLE", "Mean response NLL on the held-out samples"),
-        "heldout_ppl": ("DOUBLE", "exp(heldout_nll)"),
-        "general_ppl": ("DOUBLE", "Perplexity on general text"),
-    },
-}
+
+@dataclass(frozen=True)
+class Table:
+    """One table: ``writer`` is the asset (or assets) whose materialization writes it, None for the variant
+    registry; ``per_variant`` tables hold a block of rows per pruned variant in their ``variant`` column."""
+
+    name: str
+    writer: str | tuple[str, ...] | None
+    columns: Columns
+    per_variant: bool
+    description: str
+
+    def __post_init__(self) -> None:
+        # A read-only view: the declaration is shared by every write, nothing may change it on the way.
+        object.__setattr__(self, "columns", MappingProxyType(dict(self.columns)))
+        if not self.columns:
+            raise ValueError(f"table {self.name} declares no column")
+        if self.per_variant and "variant" not in self.columns:
+            raise ValueError(f"table {self.name} is declared per variant but has no variant column")
+
+    @property
+    def writers(self) -> tuple[str, ...]:
+        if self.writer is None:
+            return ()
+        return (self.writer,) if isinstance(self.writer, str) else self.writer
+
+    @property
+    def types(self) -> dict[str, str]:
+        """Column name -> SQL type, in declaration order."""
+        return {name: sql_type for name, (sql_type, _) in self.columns.items()}
+
+
+def _declare(*tables: Table) -> dict[str, Table]:
+    declared: dict[str, Table] = {}
+    for table in tables:
+        if table.name in declared:
+            raise ValueError(f"table {table.name} is declared twice")
+        declared[table.name] = table
+    return declared
+
+
+_VARIANT = ("VARCHAR", "Pruned variant")
+_METHOD = ("VARCHAR", "Selection method of the recovered model, or 'reference'")
+TABLES: dict[str, Table] = _declare(
+    Table(
+        "recovery_pool",
+        "recovery_pool",
+        {
+            name: (
+                {"source_row": "BIGINT", "duplicate_count": "BIGINT", "n_chars": "BIGINT"}.get(name, "VARCHAR"),
+                description,
+            )
+            for name, description in POOL_COLUMNS.items()
+        },
+        per_variant=False,
+        description="Normalised instruction rows keyed by a content hash, duplicates kept once",
+    ),
+    Table(
+        "recovery_pool_rejected",
+        "recovery_pool_rejected",
+        {
+            name: ("BIGINT" if name == "source_row" else "VARCHAR", description)
+            for name, description in REJECTED_COLUMNS.items()
+        },
+        per_variant=False,
+        description="Input rows that could not be used, with file, row and reason",
+    ),
+    Table(
+        "holdout_split",
+        "holdout_split",
+        {
+            "sample_id": ("VARCHAR", "Pool row kept out of every selection to evaluate recovery on"),
+            "family": ("VARCHAR", "Its family label, when the data has one"),
+        },
+        per_variant=False,
+        description="Samples no selection may take, to evaluate recovery on",
+    ),
+    Table(
+        "instruction_embeddings",
+        "instruction_embeddings",
+        {
+            "sample_id": ("VARCHAR", "Pool row"),
+            "embedding": ("FLOAT[]", "L2-normalised sentence embedding of instruction + input"),
+        },
+        per_variant=False,
+        description="Sentence embedding of each sample's instruction + input",
+    ),
+    Table(
+        "embedding_cache",
+        "instruction_embeddings",
+        {
+            "model_key": ("VARCHAR", "Sentence model and text recipe the vector was made with"),
+            "sample_id": ("VARCHAR", "Pool row"),
+            "embedding": ("FLOAT[]", "The cached embedding"),
+        },
+        per_variant=False,
+        description="Every embedding ever computed, by sentence model and sample, so none is computed twice",
+    ),
+    Table(
+        "manifold",
+        "manifold",
+        {
+            "sample_id": ("VARCHAR", "Pool row"),
+            "coordinates": ("FLOAT[]", "Position on the learned low-dimensional manifold"),
+            "map_x": ("FLOAT", "First coordinate of the 2-D cluster map"),
+            "map_y": ("FLOAT", "Second coordinate of the 2-D cluster map"),
+        },
+        per_variant=False,
+        description="UMAP (or diffusion-map) coordinates and the 2-D map",
+    ),
+    Table(
+        "clusters",
+        "clusters",
+        {
+            "sample_id": ("VARCHAR", "Pool row"),
+            "cluster": ("BIGINT", "Cluster id, 0 = largest cluster"),
+            "map_x": ("FLOAT", "First coordinate of the 2-D cluster map"),
+            "map_y": ("FLOAT", "Second coordinate of the 2-D cluster map"),
+        },
+        per_variant=False,
+        description="The cluster of each sample (spectral clustering)",
+    ),
+    Table(
+        "cluster_profiles",
+        "cluster_profiles",
+        {
+            "cluster": ("BIGINT", "Cluster id"),
+            "size": ("BIGINT", "Samples in the cluster"),
+            "top_keyphrases": ("VARCHAR[]", "Terms that set the cluster apart (class-based TF-IDF)"),
+            "examples": ("VARCHAR[]", "Instructions closest to the cluster's centre"),
+            "main_family": ("VARCHAR", "Most common family label in the cluster (NULL without labels)"),
+            "family_share": ("DOUBLE", "Share of the cluster's samples with that label"),
+        },
+        per_variant=False,
+        description="Size, distinctive keyphrases and typical instructions per cluster",
+    ),
+    Table(
+        "variants",
+        None,
+        {
+            "variant": ("VARCHAR", "Name of the pruned variant (a Dagster partition key)"),
+            "kind": ("VARCHAR", "recipe (built-in pruning) or checkpoint (external)"),
+            "spec": ("VARCHAR", "Recipe such as wanda:0.5 or magnitude:2:4, or the checkpoint path"),
+            "fingerprint": ("VARCHAR", "Hash of the specification"),
+        },
+        per_variant=True,
+        description="The variant registry: what each variant is (`paser variants add/remove`, PASER_VARIANTS)",
+    ),
+    Table(
+        "pruned_model",
+        "pruned_model",
+        {
+            "variant": ("VARCHAR", "Name of the pruned variant"),
+            "kind": ("VARCHAR", "recipe or checkpoint"),
+            "spec": ("VARCHAR", "The variant's specification"),
+            "path": ("VARCHAR", "Folder (or .gguf file) of the checkpoint that was scored"),
+            "content_hash": ("VARCHAR", "Content hash of the checkpoint files (its data version)"),
+            "original_hash": ("VARCHAR", "Content hash of the original model it was pruned from"),
+            "sparsity": ("DOUBLE", "Measured share of zero weights in the decoder linears (built-in pruning only)"),
+        },
+        per_variant=True,
+        description="The checkpoint each variant was scored with",
+    ),
+    Table(
+        "score_cache",
+        "degradation_scores",
+        {
+            "scoring_key": ("VARCHAR", "Scoring recipe + original and pruned content hashes + settings"),
+            "sample_id": ("VARCHAR", "Pool row"),
+            "jsd": ("DOUBLE", "Mean JSD over response tokens (nats)"),
+            "original_nll": ("DOUBLE", "Original model's mean response NLL"),
+            "pruned_nll": ("DOUBLE", "Pruned model's mean response NLL"),
+            "prompt_tokens": ("BIGINT", "Prompt tokens"),
+            "response_tokens": ("BIGINT", "Response tokens scored (incl. end of sequence)"),
+            "truncated": ("BOOLEAN", "Whether the sample was cut to max_tokens"),
+        },
+        per_variant=False,
+        description="Every score ever computed, by scoring key, committed as batches finish (resumable scoring)",
+    ),
+    Table(
+        "degradation_scores",
+        "degradation_scores",
+        {
+            "variant": ("VARCHAR", "Pruned variant the scores belong to"),
+            "shard": ("BIGINT", "Scoring shard of the sample (a hash of sample_id modulo PASER_SCORE_SHARDS)"),
+            "sample_id": ("VARCHAR", "Pool row"),
+            "jsd": ("DOUBLE", "Mean Jensen-Shannon divergence (nats, 0..ln 2) over the response tokens"),
+            "ies": ("DOUBLE", "Individual Efficiency Score = jsd / log(cost)"),
+            "cost": ("BIGINT", "Quadratic attention cost (prompt_tokens + response_tokens)^2"),
+            "prompt_tokens": ("BIGINT", "Tokens of the templated prompt"),
+            "response_tokens": ("BIGINT", "Tokens of the reference response, incl. end of sequence"),
+            "original_nll": ("DOUBLE", "Original model's mean NLL of the response tokens"),
+            "pruned_nll": ("DOUBLE", "Pruned model's mean NLL of the response tokens"),
+            "truncated": ("BOOLEAN", "Whether prompt + response were cut to max_tokens"),
+        },
+        per_variant=True,
+        description="Per variant and sample: mean response-token JSD, token counts, cost, IES, both models' NLL",
+    ),
+    Table(
+        "capability_degradation",
+        "capability_degradation",
+        {
+            "variant": _VARIANT,
+            "cluster": ("BIGINT", "Cluster id"),
+            "size": ("BIGINT", "Samples in the cluster"),
+            "cds": ("DOUBLE", "Capability Degradation Score: mean JSD of the cluster's samples"),
+            "jsd_std": ("DOUBLE", "Standard deviation of the samples' JSD"),
+            "mean_ies": ("DOUBLE", "Mean Individual Efficiency Score"),
+            "budget": ("BIGINT", "Samples the cluster may contribute to the selection"),
+            "budget_share": ("DOUBLE", "budget / total budget"),
+        },
+        per_variant=True,
+        description="Per variant and cluster: size, CDS (mean JSD) and budget",
+    ),
+    Table(
+        "sample_concepts",
+        "sample_concepts",
+        {
+            "sample_id": ("VARCHAR", "Pool row"),
+            "concepts": ("VARCHAR[]", "Stemmed keyphrases of instruction + input + output (top TF-IDF)"),
+            "n_concepts": ("BIGINT", "Number of concepts"),
+        },
+        per_variant=False,
+        description="Per sample: its concepts (stemmed TF-IDF keyphrases of instruction + input + output)",
+    ),
+    Table(
+        "selection",
+        "selection",
+        {
+            "variant": _VARIANT,
+            "sample_id": ("VARCHAR", "Pool row"),
+            "cluster": ("BIGINT", "Cluster id"),
+            "rank": ("BIGINT", "Position in the cluster's IES order, 1 = highest IES"),
+            "ies": ("DOUBLE", "Individual Efficiency Score"),
+            "jsd": ("DOUBLE", "Mean JSD over the response tokens"),
+            "decision": ("VARCHAR", "selected, concept_conflict or budget_full (never reached)"),
+            "conflict_pairs": (
+                "VARCHAR[]",
+                "Concept pairs that were both in the graph but never co-occurred ('a | b')",
+            ),
+            "conflict_share": ("DOUBLE", "Conflicting pairs / all concept pairs of the candidate"),
+            "refill_round": ("BIGINT", "0 = first pass, n = n-th refill pass, -1 = never considered"),
+        },
+        per_variant=True,
+        description="Per variant: every candidate considered, with its decision and conflicting concept pairs",
+    ),
+    Table(
+        "concept_graph",
+        "concept_graph",
+        {
+            "variant": _VARIANT,
+            "concept_a": ("VARCHAR", "A concept of a selected sample"),
+            "concept_b": ("VARCHAR", "Another concept of the same selected sample (concept_a < concept_b)"),
+            "cooccurrences": ("BIGINT", "Selected samples holding both concepts"),
+        },
+        per_variant=True,
+        description="Per variant: the Concept Consistency Graph of the selected samples",
+    ),
+    Table(
+        "baseline_selections",
+        "baseline_selections",
+        {
+            "variant": _VARIANT,
+            "method": ("VARCHAR", "random, uniform, top_jsd, ifd or paser_no_concepts"),
+            "rank": ("BIGINT", "Order in which the method picked the sample"),
+            "sample_id": ("VARCHAR", "Selected pool row"),
+        },
+        per_variant=True,
+        description="Per variant: the baselines' selections at PASER's budget",
+    ),
+    Table(
+        "recovered_adapters",
+        "recovered_model",
+        {
+            "variant": _VARIANT,
+            "method": ("VARCHAR", "Selection method the pruned model was recovered with"),
+            "path": ("VARCHAR", "Folder of the LoRA adapter (safetensors) in the model cache"),
+            "recipe_hash": ("VARCHAR", "Hash of the LoRA settings, the pruned model and the selected samples"),
+            "train_samples": ("BIGINT", "Samples fine-tuned on"),
+            "train_tokens": ("BIGINT", "Tokens fine-tuned on"),
+            "train_seconds": ("DOUBLE", "Wall-clock seconds of the fine-tune"),
+        },
+        per_variant=True,
+        description="Per variant and method: the LoRA adapter the pruned model was recovered with",
+    ),
+    Table(
+        "heldout_nll",
+        ("reference_evaluation", "recovery_evaluation"),
+        {
+            "variant": _VARIANT,
+            "method": _METHOD,
+            "model": ("VARCHAR", "original, pruned or recovered"),
+            "sample_id": ("VARCHAR", "Held-out pool row"),
+            "nll": ("DOUBLE", "Mean NLL of the response tokens"),
+        },
+        per_variant=True,
+        description="Per variant and model: the mean response NLL of every held-out sample",
+    ),
+    Table(
+        "general_text_nll",
+        ("reference_evaluation", "recovery_evaluation"),
+        {
+            "variant": _VARIANT,
+            "method": _METHOD,
+            "model": ("VARCHAR", "original, pruned or recovered"),
+            "mean_nll": ("DOUBLE", "Mean NLL per token of Python's standard-library documentation"),
+            "perplexity": ("DOUBLE", "exp(mean_nll)"),
+            "tokens": ("BIGINT", "Tokens scored"),
+        },
+        per_variant=True,
+        description="Per variant and model: perplexity on general text",
+    ),
+    Table(
+        "recovery_comparison",
+        "recovery_comparison",
+        {
+            "variant": _VARIANT,
+            "method": ("VARCHAR", "original, pruned, or the selection method the pruned model was recovered with"),
+            "cluster": ("BIGINT", "Cluster of the held-out samples; NULL for all of them"),
+            "samples": ("BIGINT", "Held-out samples"),
+            "heldout_nll": ("DOUBLE", "Mean response NLL on the held-out samples"),
+            "heldout_ppl": ("DOUBLE", "exp(heldout_nll)"),
+            "general_ppl": ("DOUBLE", "Perplexity on general text"),
+        },
+        per_variant=True,
+        description="Per variant: held-out NLL and perplexity per method, overall and per cluster",
+    ),
+)
+
+# Tables holding one block of rows per variant (``variant`` column): `paser variants remove` empties them all.
+PER_VARIANT_TABLES: tuple[str, ...] = tuple(name for name, table in TABLES.items() if table.per_variant)
 
 
 def column_schema(table: str) -> dg.TableSchema:
     return dg.TableSchema(
-        columns=[dg.TableColumn(name, sql_type, description) for name, (sql_type, description) in TABLES[table].items()]
+        columns=[
+            dg.TableColumn(name, sql_type, description)
+            for name, (sql_type, description) in TABLES[table].columns.items()
+        ]
     )
 
 
@@ -174,3 +370,31 @@ def table_metadata(table: str, schema: str, row_count: int) -> dict[str, object]
         "dagster/row_count": dg.MetadataValue.int(row_count),
         "dagster/table_name": dg.MetadataValue.text(f"{schema}.{table}"),
     }
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+UPDATE_COMMAND = 'python -c "from paser_assets.tables import update_readme; update_readme()"'
+README_START = f"<!-- table reference: generated from paser_assets/tables.py by {UPDATE_COMMAND} -->"
+README_END = "<!-- end of table reference -->"
+
+
+def markdown_reference() -> str:
+    """The README's table reference: one row per declared table."""
+    lines = ["| table | written by | per variant | columns | what it holds |", "|---|---|---|---|---|"]
+    for table in TABLES.values():
+        writers = ", ".join(f"`{w}`" for w in table.writers) or "the variant registry"
+        columns = ", ".join(f"`{name}` {sql_type}" for name, sql_type in table.types.items())
+        lines.append(
+            f"| `{table.name}` | {writers} | {'yes' if table.per_variant else 'no'} | {columns} | {table.description} |"
+        )
+    return "\n".join(lines)
+
+
+def readme_with_reference(readme: str) -> str:
+    """``readme`` with the text between the reference markers replaced by :func:`markdown_reference`."""
+    start, end = readme.index(README_START) + len(README_START), readme.index(README_END)
+    return f"{readme[:start]}\n{markdown_reference()}\n{readme[end:]}"
+
+
+def update_readme(path: Path = README) -> None:
+    path.write_text(readme_with_reference(path.read_text()))

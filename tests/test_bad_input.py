@@ -51,7 +51,7 @@ def materialize_pool(dataset: Path | str, db: Path, **settings) -> dg.ExecuteInP
 def rows(db: Path, table: str, columns: str = "*") -> list[tuple]:
     database = PaserDuckDB(database=str(db))
     with database.get_connection(read_only=True) as conn:
-        return conn.execute(f"SELECT {columns} FROM {storage.qualified(conn, 'paser', table)} ORDER BY ALL").fetchall()
+        return conn.execute(f"SELECT {columns} FROM {storage.validate_identifier(table)} ORDER BY ALL").fetchall()
 
 
 def rejected(db: Path) -> list[tuple]:

@@ -2,7 +2,9 @@
 table write, then run again. Every table the killed run leaves behind is complete (equal to the uninterrupted
 run's, or absent, or its previous content), and the rerun ends with exactly the uninterrupted run's tables.
 
-All runs use one model cache folder, so the pruned checkpoint's path (``pruned_checkpoints.path``) is the same
+The kill inside a table write uses ``tests/fault_injection.py``, which runs the CLI with that table's write
+paused inside its transaction. All runs use one model cache folder, so the pruned checkpoint's path
+(``pruned_model.path``) is the same
 in every database and every column can be compared. The folder is emptied before each scenario: the uninterrupted
 run started cold, and a warm cache changes the floats (the original's cached float16 states give scores that
 differ from a cold run's in the last digits), so each scenario starts cold too.
@@ -16,16 +18,19 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import duckdb
 import pytest
+from fault_injection import announcement
 from paser_cli import PASER, run_paser
 
 DEMO_SIZE = "300"  # 282 distinct samples; scoring them takes ~6 s here, long enough to kill it midway
 RUN_TIMEOUT_S = 600
+FAULT_INJECTION = Path(__file__).with_name("fault_injection.py")
 
 
 def paser_env(db: Path, models: Path, tiny_llama_dir: Path, **extra: str) -> dict[str, str]:
@@ -51,13 +56,15 @@ def run_to_completion(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 class KillableRun:
-    """`paser materialize` in a subprocess whose stderr (Dagster's log) is read line by line as it comes."""
+    """`paser materialize` in a subprocess whose stderr (Dagster's log) is read line by line as it comes;
+    with ``pause_in``, the run pauses inside the write of that table (see tests/fault_injection.py)."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], pause_in: str | None = None) -> None:
         cwd = Path(env["PASER_DB"]).parent
         self.stdout = open(cwd / "killed-run.stdout", "w")  # closed in kill()
+        command = [*PASER] if pause_in is None else [sys.executable, str(FAULT_INJECTION), pause_in]
         self.proc = subprocess.Popen(
-            [*PASER, "materialize"],
+            [*command, "materialize"],
             env=env,
             cwd=cwd,
             stdout=self.stdout,
@@ -208,8 +215,8 @@ def test_killed_inside_a_new_tables_write_leaves_no_table(
 ) -> None:
     _, expected = reference
     db = tmp_path / "paser.duckdb"
-    run = KillableRun(paser_env(db, models, tiny_llama_dir, PASER_FAULT_PAUSE="degradation_scores"))
-    run.wait_for(r"PASER_FAULT_PAUSE writing degradation_scores")
+    run = KillableRun(paser_env(db, models, tiny_llama_dir), pause_in="degradation_scores")
+    run.wait_for(re.escape(announcement("degradation_scores")))
     assert run.kill() == -signal.SIGKILL
 
     after_kill = dump(db)
@@ -232,8 +239,8 @@ def test_killed_while_replacing_a_table_keeps_its_old_content(
     reference_db, expected = reference
     db = tmp_path / "paser.duckdb"
     shutil.copy(reference_db, db)  # a database after a complete run; the rerun rewrites every table
-    run = KillableRun(paser_env(db, models, tiny_llama_dir, PASER_FAULT_PAUSE=table))
-    run.wait_for(rf"PASER_FAULT_PAUSE writing {table}\b")
+    run = KillableRun(paser_env(db, models, tiny_llama_dir), pause_in=table)
+    run.wait_for(rf"{re.escape(announcement(table))}$")
     assert run.kill() == -signal.SIGKILL
     # The table being written has its old rows; the ones rewritten before it are committed and equal.
     assert dump(db) == expected

@@ -15,10 +15,10 @@ from paser_assets import PaserConfig, PaserDuckDB, build_definitions
 from paser_assets.runner import run_graph
 
 VARIANT = "magnitude-50"
-# Columns that legitimately differ between two runs in two folders: pruned_checkpoints.path is the folder the
+# Columns that legitimately differ between two runs in two folders: pruned_model.path is the folder the
 # pruned checkpoint was written to, inside each run's own model cache (tmp_path/<run>/models). Its content is
 # compared through the table's content_hash column (a hash of the checkpoint files), which is not excluded.
-RUN_SPECIFIC_COLUMNS = {("pruned_checkpoints", "path")}
+RUN_SPECIFIC_COLUMNS = {("pruned_model", "path")}
 
 
 def settings(root: Path, tiny_llama_dir: Path) -> dict[str, str]:
@@ -101,7 +101,7 @@ def test_every_table_is_identical_row_by_row(two_runs) -> None:
         "clusters",
         "cluster_profiles",
         "sample_concepts",
-        "pruned_checkpoints",
+        "pruned_model",
         "degradation_scores",
         "score_cache",
         "capability_degradation",
@@ -125,7 +125,7 @@ def test_every_table_is_identical_row_by_row(two_runs) -> None:
 
 def pruned_checkpoint(db: Path) -> tuple[str, str]:
     with duckdb.connect(str(db), read_only=True) as conn:
-        ((path, content_hash),) = conn.execute("SELECT path, content_hash FROM paser.pruned_checkpoints").fetchall()
+        ((path, content_hash),) = conn.execute("SELECT path, content_hash FROM paser.pruned_model").fetchall()
     return path, content_hash
 
 

@@ -10,13 +10,15 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
+from declared_rows import example_rows
 
-from paser_assets import PaserConfig, PaserDuckDB, build_definitions
+from paser_assets import PaserConfig, PaserDuckDB, build_definitions, storage
+from paser_assets.assets.recovery import RECOVERY_ASSETS
 from paser_assets.models.pruning import PruneRecipe
-from paser_assets.registry import VARIANT_TABLES, add_variant, remove_variant
+from paser_assets.registry import add_variant, remove_variant
 from paser_assets.runner import observe, refresh, run_graph
+from paser_assets.tables import PER_VARIANT_TABLES, TABLES
 from paser_assets.variants import Variant
 
 SHARED = {
@@ -81,12 +83,28 @@ def last_storage_id(instance: dg.DagsterInstance) -> int:
 
 
 def variant_rows(database: PaserDuckDB, variant: str) -> dict[str, list[tuple]]:
-    with duckdb.connect(database.database, read_only=True) as conn:
-        conn.execute("USE paser.paser")
+    """The variant's rows in every table declared per variant that exists."""
+    with database.get_connection(read_only=True) as conn:
         return {
             table: conn.execute(f"SELECT * FROM {table} WHERE variant = ? ORDER BY ALL", [variant]).fetchall()
-            for table in VARIANT_TABLES
+            for table in PER_VARIANT_TABLES
+            if storage.table_exists(conn, table)
         }
+
+
+# The recovery group is not materialized here (LoRA on a CPU is slow): its tables get rows made from their
+# declarations instead, and each variant an adapter file where recovered_model would save it.
+RECOVERY_WRITERS = {key.to_user_string() for assets in RECOVERY_ASSETS for key in assets.keys}
+RECOVERY_TABLES = [name for name in PER_VARIANT_TABLES if set(TABLES[name].writers) & RECOVERY_WRITERS]
+
+
+def add_recovery_results(setup: Setup, variant: str) -> None:
+    with setup.database.write() as conn:
+        for table in RECOVERY_TABLES:
+            storage.append_rows(conn, table, example_rows(TABLES[table], variant=variant))
+    adapter = setup.root / "models" / "adapters" / variant / "paser-0123456789abcdef"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 16)
 
 
 class Setup:
@@ -152,8 +170,9 @@ def test_adding_a_variant_computes_only_it_and_keeps_the_others_byte_for_byte(ti
     with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
         setup = Setup(tmp_path, tiny_llama_dir, {"mag50": "magnitude:0.5"})
         assert run_graph(setup.defs, instance).success
+        add_recovery_results(setup, "mag50")
         first = variant_rows(setup.database, "mag50")
-        assert all(first[table] for table in VARIANT_TABLES)
+        assert set(first) == set(PER_VARIANT_TABLES) and all(first.values())
         before = last_storage_id(instance)
 
         add_variant(instance, setup.database, Variant("nm24", recipe=PruneRecipe(method="magnitude", n_m=(2, 4))))
@@ -170,16 +189,20 @@ def test_adding_a_variant_computes_only_it_and_keeps_the_others_byte_for_byte(ti
         metadata = records[0].asset_materialization.metadata
         assert int(metadata["scored_from_cached_original_outputs"].value) == int(metadata["scored_now"].value) > 0
         assert variant_rows(setup.database, "mag50") == first
+        add_recovery_results(setup, "nm24")
         second = variant_rows(setup.database, "nm24")
-        assert all(second[table] for table in VARIANT_TABLES)
+        assert set(second) == set(PER_VARIANT_TABLES) and all(second.values())
+        assert (tmp_path / "export" / "nm24" / "selection.parquet").exists()
 
-        # Removing the new variant deletes its rows and nothing else.
-        deleted = remove_variant(instance, setup.database, "nm24", tmp_path / "export")
-        assert deleted["degradation_scores"] == len(second["degradation_scores"])
-        assert all(not rows for rows in variant_rows(setup.database, "nm24").values())
+        # Removing the new variant deletes its rows in every per-variant table and its files, nothing else.
+        removal = remove_variant(instance, setup.database, "nm24", tmp_path / "export", tmp_path / "models")
+        assert removal.rows == {table: len(rows) for table, rows in second.items()}
+        assert variant_rows(setup.database, "nm24") == {table: [] for table in PER_VARIANT_TABLES}
         assert variant_rows(setup.database, "mag50") == first
-        assert not (tmp_path / "export" / "nm24").exists()
+        assert removal.paths == [tmp_path / "export" / "nm24", tmp_path / "models" / "adapters" / "nm24"]
+        assert not [path for path in tmp_path.rglob("*") if "nm24" in path.name]
         assert (tmp_path / "export" / "mag50" / "selection.parquet").exists()
+        assert (tmp_path / "models" / "adapters" / "mag50" / "paser-0123456789abcdef").is_dir()
         assert "nm24" not in instance.get_dynamic_partitions("variant")
 
 

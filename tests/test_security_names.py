@@ -75,6 +75,7 @@ def conn():
     connection = duckdb.connect(":memory:")
     connection.execute("CREATE SCHEMA paser")
     connection.execute("CREATE TABLE paser.x AS SELECT 1 AS a")
+    storage.use_schema(connection, "paser", create=False)
     yield connection
     connection.close()
 
@@ -88,40 +89,45 @@ def test_table_and_schema_identifiers_are_refused(conn, name: str) -> None:
     with pytest.raises(ValueError, match="invalid table name"):
         storage.validate_identifier(name, "table name")
     with pytest.raises(ValueError, match="invalid table name"):
-        storage.qualified(conn, "paser", name)
+        storage.declared(name)
+    with pytest.raises(ValueError, match="invalid table name"):
+        storage.read_table(conn, name)
     with pytest.raises(ValueError, match="invalid schema name"):
-        storage.qualified(conn, name, "x")
+        storage.use_schema(conn, name, create=True)
+    assert conn.execute("SELECT current_schema()").fetchone() == ("paser",)
 
 
 @pytest.mark.parametrize("name", ['x"; DROP TABLE paser.x; --', "x; DROP TABLE paser.x", "y' OR '1'='1"])
 def test_writing_a_table_with_an_injected_name_changes_nothing(conn, name: str) -> None:
     before = tables(conn)
     with pytest.raises(ValueError, match="invalid table name"):
-        storage.replace_table(conn, "paser", name, pd.DataFrame({"a": [2]}))
+        storage.replace_table(conn, name, pd.DataFrame({"a": [2]}))
     with pytest.raises(ValueError, match="invalid table name"):
-        storage.append_rows(conn, "paser", name, pd.DataFrame({"a": [2]}))
+        storage.append_rows(conn, name, pd.DataFrame({"a": [2]}))
+    with pytest.raises(ValueError, match="invalid table name"):
+        storage.replace_partition(conn, name, {"a": 2}, pd.DataFrame({"a": [2]}))
     assert tables(conn) == before
     assert conn.execute("SELECT a FROM paser.x").fetchall() == [(1,)]
 
 
 def test_table_lookup_binds_names_as_values(conn) -> None:
     # Interpolated into SQL, "' OR '1'='1" would make this true for any table.
-    assert storage.table_exists(conn, "paser", "x")
-    assert not storage.table_exists(conn, "paser", "nope' OR '1'='1")
-    assert not storage.table_exists(conn, "paser' OR '1'='1", "x")
+    assert storage.table_exists(conn, "x")
+    assert not storage.table_exists(conn, "nope' OR '1'='1")
+    assert not storage.existing_columns(conn, "nope' OR '1'='1")
 
 
 def test_partition_values_are_bound_not_interpolated(conn) -> None:
-    frame = pd.DataFrame({"variant": ["a", "b"], "score": [1.0, 2.0]})
-    storage.replace_table(conn, "paser", "scores", frame)
+    def rows(variants: list[str], rank: int) -> pd.DataFrame:
+        return pd.DataFrame({"variant": variants, "method": "random", "rank": rank, "sample_id": "s"})
+
+    storage.replace_table(conn, "baseline_selections", rows(["a", "b"], 1))
     evil = "a' OR '1'='1"
-    storage.replace_partition(
-        conn, "paser", "scores", {"variant": evil}, pd.DataFrame({"variant": [evil], "score": [3.0]})
-    )
-    assert conn.execute("SELECT variant, score FROM paser.scores ORDER BY ALL").fetchall() == [
-        ("a", 1.0),
-        (evil, 3.0),
-        ("b", 2.0),
+    storage.replace_partition(conn, "baseline_selections", {"variant": evil}, rows([evil], 3))
+    assert conn.execute("SELECT variant, rank FROM paser.baseline_selections ORDER BY ALL").fetchall() == [
+        ("a", 1),
+        (evil, 3),
+        ("b", 1),
     ]
 
 
@@ -157,21 +163,21 @@ def test_valid_variant_names_are_accepted() -> None:
 def test_removing_an_injected_variant_name_touches_no_other_variant(tmp_path: Path) -> None:
     database = PaserDuckDB(database=str(tmp_path / "paser.duckdb"))
     register_variants(database, [parse_variant_spec("keep", "magnitude:0.5")])
-    export_dir = tmp_path / "export"
+    export_dir, models = tmp_path / "export", tmp_path / "models"
     (export_dir / "keep").mkdir(parents=True)
     (export_dir / "keep" / "selection.json").write_text("[]")
+    (models / "adapters" / "keep").mkdir(parents=True)
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "precious.txt").write_text("keep me")
     instance = dg.DagsterInstance.ephemeral()
-    for name in ["keep' OR '1'='1", "../outside", "..", "."]:
-        deleted = remove_variant(instance, database, name, export_dir)
-        assert all(count == 0 for count in deleted.values()), (name, deleted)
+    for name in ["keep' OR '1'='1", "../outside", "..", ".", "../export"]:
+        removal = remove_variant(instance, database, name, export_dir, models)
+        assert all(count == 0 for count in removal.rows.values()), (name, removal)
+        assert removal.paths == [], (name, removal)
     with database.get_connection() as connection:
-        assert connection.execute(
-            f"SELECT variant FROM {storage.qualified(connection, 'paser', 'variants')}"
-        ).fetchall() == [("keep",)]
-    assert (export_dir / "keep" / "selection.json").exists()
+        assert connection.execute("SELECT variant FROM variants").fetchall() == [("keep",)]
+    assert (export_dir / "keep" / "selection.json").exists() and (models / "adapters" / "keep").is_dir()
     assert (outside / "precious.txt").read_text() == "keep me"
 
 
@@ -201,12 +207,8 @@ def test_field_named_like_sql_injection_maps_through_and_lands_as_data(tmp_path:
     )
     assert result.success
     with database.get_connection(read_only=True) as connection:
-        pool = connection.execute(
-            f"SELECT instruction, output FROM {storage.qualified(connection, 'paser', 'recovery_pool')}"
-        ).fetchall()
-        rejected = connection.execute(
-            f"SELECT source_row, reason, detail FROM {storage.qualified(connection, 'paser', 'recovery_pool_rejected')}"
-        ).fetchall()
+        pool = connection.execute("SELECT instruction, output FROM recovery_pool").fetchall()
+        rejected = connection.execute("SELECT source_row, reason, detail FROM recovery_pool_rejected").fetchall()
         names = connection.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'paser' ORDER BY ALL"
         ).fetchall()

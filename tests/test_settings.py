@@ -219,3 +219,14 @@ def test_the_launchpad_config_sets_a_grouped_setting() -> None:
         run_config={"resources": {"paser": {"config": {"selection": {"budget": 0.05}}}}},
     )
     assert result.output_for_node("budget_of") == 0.05
+
+
+def test_the_ui_config_schema_is_grouped_by_stage_with_help_on_every_field() -> None:
+    """What the launchpad shows under resources.paser.config: one section per stage, each field described."""
+    schema = PaserConfig.to_config_schema().as_field().config_type
+    assert list(schema.fields) == ["seed", *STAGES]
+    for stage, model in STAGES.items():
+        section = schema.fields[stage]
+        assert section.description == model.__doc__
+        assert list(section.config_type.fields) == list(model.model_fields)
+        assert all(field.description for field in section.config_type.fields.values()), stage

@@ -6,7 +6,7 @@
   variant's downstream assets are stale.
 - ``pruned_model`` materializes each variant's checkpoint: it prunes the original for a recipe
   variant (cached by recipe, original and calibration data) or checks an external one, records it
-  in ``pruned_checkpoints``, and carries the checkpoint's content hash as data version.
+  in the ``pruned_model`` table, and carries the checkpoint's content hash as data version.
 """
 
 import hashlib
@@ -148,7 +148,7 @@ def _build_recipe_variant(
     code_version="1",
     kinds={"pytorch", "safetensors"},
     description="Each variant's pruned model: the original pruned by the variant's recipe (Wanda or magnitude), "
-    "or the variant's external checkpoint, recorded in pruned_checkpoints.",
+    "or the variant's external checkpoint, recorded in the table pruned_model.",
 )
 @reads(*MODEL_LOADING, "pruning", "seed")
 def pruned_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
@@ -178,7 +178,7 @@ def pruned_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: 
         ]
     ).astype({"sparsity": "float64"})
     with duckdb.write() as conn:
-        storage.replace_partition(conn, duckdb.schema_name, PRUNED_TABLE, {"variant": variant.name}, row)
+        storage.replace_partition(conn, PRUNED_TABLE, {"variant": variant.name}, row)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
@@ -194,9 +194,8 @@ def pruned_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: 
 def pruned_reference(duckdb: PaserDuckDB, variant: str) -> ModelReference:
     """The checkpoint that ``pruned_model`` recorded for ``variant``."""
     with duckdb.get_connection() as conn:
-        if storage.table_exists(conn, duckdb.schema_name, PRUNED_TABLE):
-            table = storage.qualified(conn, duckdb.schema_name, PRUNED_TABLE)
-            rows = conn.execute(f"SELECT path FROM {table} WHERE variant = ?", [variant]).fetchall()
+        if storage.table_exists(conn, PRUNED_TABLE):
+            rows = conn.execute(f"SELECT path FROM {PRUNED_TABLE} WHERE variant = ?", [variant]).fetchall()
         else:
             rows = []
     if not rows:

@@ -10,7 +10,7 @@ from paser_assets.settings import reads
 from paser_assets.tables import table_metadata
 
 POOL_GROUP = "pool"
-HOLDOUT_TABLE = "holdout"
+HOLDOUT_TABLE = "holdout_split"
 
 
 @dg.asset(
@@ -39,8 +39,8 @@ def recovery_pool(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb:
         f"{build.duplicates_removed} duplicates merged"
     )
     with duckdb.write() as conn:
-        storage.replace_table(conn, duckdb.schema_name, "recovery_pool", build.accepted)
-        storage.replace_table(conn, duckdb.schema_name, "recovery_pool_rejected", build.rejected)
+        storage.replace_table(conn, "recovery_pool", build.accepted)
+        storage.replace_table(conn, "recovery_pool_rejected", build.rejected)
     families = build.accepted["family"].value_counts().sort_index()
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(build.accepted)),
@@ -79,7 +79,7 @@ def holdout_split(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResu
     chosen = set(seeded_order(pool["sample_id"].tolist(), paser.seed)[:size])
     table = pool[pool["sample_id"].isin(chosen)].sort_values("sample_id").reset_index(drop=True)
     with duckdb.write() as conn:
-        storage.replace_table(conn, duckdb.schema_name, HOLDOUT_TABLE, table)
+        storage.replace_table(conn, HOLDOUT_TABLE, table)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(table)),
         metadata={

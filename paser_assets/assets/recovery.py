@@ -49,27 +49,6 @@ def _method_partition(context: dg.AssetExecutionContext) -> tuple[str, str]:
     return key.method, key.variant
 
 
-def _query(duckdb: PaserDuckDB, sql: str, parameters: list | None = None) -> pd.DataFrame:
-    """Run ``sql`` with ``{table}`` placeholders replaced by qualified table names."""
-    with duckdb.get_connection() as conn:
-        names = {
-            name: storage.qualified(conn, duckdb.schema_name, name)
-            for name in (
-                "recovery_pool",
-                "holdout",
-                "clusters",
-                "degradation_scores",
-                "capability_degradation",
-                "sample_concepts",
-                "selection",
-                "baseline_selection",
-                "heldout_nll",
-                "general_text_nll",
-            )
-        }
-        return conn.execute(sql.format(**names), parameters or []).df()
-
-
 def _encode(tokenizer: Any, frame: pd.DataFrame, max_tokens: int) -> list[EncodedSample]:
     return [
         encode_sample(tokenizer, row.sample_id, row.instruction, row.input, row.output, max_tokens)
@@ -105,15 +84,17 @@ def baseline_selections(
         paser.scoring.max_tokens,
         paser.models.store(duckdb.database),
     )
-    frame = _query(
-        duckdb,
-        """SELECT s.sample_id, c.cluster, s.jsd, s.ies, s.pruned_nll, k.concepts, p.instruction, p.input, p.output
-        FROM {degradation_scores} s JOIN {clusters} c USING (sample_id) JOIN {sample_concepts} k USING (sample_id)
-        JOIN {recovery_pool} p USING (sample_id)
-        WHERE s.variant = ? AND s.sample_id NOT IN (SELECT sample_id FROM {holdout}) ORDER BY s.sample_id""",
-        [variant],
-    )
-    budgets = _query(duckdb, "SELECT cluster, cds, budget FROM {capability_degradation} WHERE variant = ?", [variant])
+    with duckdb.get_connection() as conn:
+        frame = conn.execute(
+            """SELECT s.sample_id, c.cluster, s.jsd, s.ies, s.pruned_nll, k.concepts, p.instruction, p.input, p.output
+            FROM degradation_scores s JOIN clusters c USING (sample_id) JOIN sample_concepts k USING (sample_id)
+            JOIN recovery_pool p USING (sample_id)
+            WHERE s.variant = ? AND s.sample_id NOT IN (SELECT sample_id FROM holdout_split) ORDER BY s.sample_id""",
+            [variant],
+        ).df()
+        budgets = conn.execute(
+            "SELECT cluster, cds, budget FROM capability_degradation WHERE variant = ?", [variant]
+        ).df()
     budget = int(budgets["budget"].sum())
     ids = frame["sample_id"].tolist()
     picks: dict[str, list[str]] = {
@@ -151,11 +132,11 @@ def baseline_selections(
     ]
     table = pd.DataFrame(rows, columns=["variant", "method", "rank", "sample_id"]).astype({"rank": "int64"})
     with duckdb.write() as conn:
-        storage.replace_partition(conn, duckdb.schema_name, "baseline_selection", {"variant": variant}, table)
+        storage.replace_partition(conn, "baseline_selections", {"variant": variant}, table)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(table)),
         metadata={
-            **table_metadata("baseline_selection", duckdb.schema_name, len(table)),
+            **table_metadata("baseline_selections", duckdb.schema_name, len(table)),
             "budget": budget,
             "selected_per_method": dg.MetadataValue.json({m: len(c) for m, c in picks.items()}),
         },
@@ -170,14 +151,15 @@ def _lead(tokenizer: Any) -> tuple[int, ...]:
 
 def method_selection(duckdb: PaserDuckDB, method: str, variant: str) -> pd.DataFrame:
     """The (sample_id, instruction, input, output) rows a method selected for a variant."""
-    if method == "paser":
-        sql = """SELECT p.sample_id, p.instruction, p.input, p.output FROM {selection} s
-        JOIN {recovery_pool} p USING (sample_id) WHERE s.variant = ? AND s.decision = 'selected'
-        ORDER BY s.cluster, s.rank"""
-        return _query(duckdb, sql, [variant])
-    sql = """SELECT p.sample_id, p.instruction, p.input, p.output FROM {baseline_selection} b
-    JOIN {recovery_pool} p USING (sample_id) WHERE b.variant = ? AND b.method = ? ORDER BY b.rank"""
-    return _query(duckdb, sql, [variant, method])
+    with duckdb.get_connection() as conn:
+        if method == "paser":
+            sql = """SELECT p.sample_id, p.instruction, p.input, p.output FROM selection s
+            JOIN recovery_pool p USING (sample_id) WHERE s.variant = ? AND s.decision = 'selected'
+            ORDER BY s.cluster, s.rank"""
+            return conn.execute(sql, [variant]).df()
+        sql = """SELECT p.sample_id, p.instruction, p.input, p.output FROM baseline_selections b
+        JOIN recovery_pool p USING (sample_id) WHERE b.variant = ? AND b.method = ? ORDER BY b.rank"""
+        return conn.execute(sql, [variant, method]).df()
 
 
 @dg.asset(
@@ -241,9 +223,7 @@ def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
         ]
     )
     with duckdb.write() as conn:
-        storage.replace_partition(
-            conn, duckdb.schema_name, "recovered_adapters", {"variant": variant, "method": method}, adapter_row
-        )
+        storage.replace_partition(conn, "recovered_adapters", {"variant": variant, "method": method}, adapter_row)
     losses = record["losses"]
     return dg.MaterializeResult(
         data_version=dg.DataVersion(recipe_hash[:24]),
@@ -263,11 +243,11 @@ def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
 
 
 def _heldout(duckdb: PaserDuckDB) -> pd.DataFrame:
-    return _query(
-        duckdb,
-        "SELECT p.sample_id, p.instruction, p.input, p.output FROM {holdout} h JOIN {recovery_pool} p "
-        "USING (sample_id) ORDER BY p.sample_id",
-    )
+    with duckdb.get_connection() as conn:
+        return conn.execute(
+            "SELECT p.sample_id, p.instruction, p.input, p.output FROM holdout_split h JOIN recovery_pool p "
+            "USING (sample_id) ORDER BY p.sample_id"
+        ).df()
 
 
 def _evaluate(
@@ -302,8 +282,8 @@ def _write_evaluation(
     ).astype({"tokens": "int64"})  # fmt: skip
     with duckdb.write() as conn:
         where = {"variant": variant, "method": method}
-        storage.replace_partition(conn, duckdb.schema_name, "heldout_nll", where, nll)
-        storage.replace_partition(conn, duckdb.schema_name, "general_text_nll", where, general)
+        storage.replace_partition(conn, "heldout_nll", where, nll)
+        storage.replace_partition(conn, "general_text_nll", where, general)
     return nll
 
 
@@ -384,11 +364,9 @@ def recorded_adapter(duckdb: PaserDuckDB, variant: str, method: str) -> Path:
     with duckdb.get_connection() as conn:
         rows = (
             conn.execute(
-                f"SELECT path FROM {storage.qualified(conn, duckdb.schema_name, 'recovered_adapters')} "
-                "WHERE variant = ? AND method = ?",
-                [variant, method],
+                "SELECT path FROM recovered_adapters WHERE variant = ? AND method = ?", [variant, method]
             ).fetchall()
-            if storage.table_exists(conn, duckdb.schema_name, "recovered_adapters")
+            if storage.table_exists(conn, "recovered_adapters")
             else []
         )
     if not rows:
@@ -410,18 +388,17 @@ def recovery_comparison(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
     variant = context.partition_key
-    nll = _query(
-        duckdb,
-        """SELECT CASE WHEN h.model = 'recovered' THEN h.method ELSE h.model END AS method, c.cluster, h.nll
-        FROM {heldout_nll} h JOIN {clusters} c USING (sample_id) WHERE h.variant = ?""",
-        [variant],
-    )
-    general = _query(
-        duckdb,
-        """SELECT CASE WHEN model = 'recovered' THEN method ELSE model END AS method, perplexity AS general_ppl
-        FROM {general_text_nll} WHERE variant = ?""",
-        [variant],
-    )
+    with duckdb.get_connection() as conn:
+        nll = conn.execute(
+            """SELECT CASE WHEN h.model = 'recovered' THEN h.method ELSE h.model END AS method, c.cluster, h.nll
+            FROM heldout_nll h JOIN clusters c USING (sample_id) WHERE h.variant = ?""",
+            [variant],
+        ).df()
+        general = conn.execute(
+            """SELECT CASE WHEN model = 'recovered' THEN method ELSE model END AS method, perplexity AS general_ppl
+            FROM general_text_nll WHERE variant = ?""",
+            [variant],
+        ).df()
     order = ["original", "pruned", *paser.recovery.recovery_methods]
     missing = [m for m in order if m not in set(nll["method"])]
     if missing:
@@ -442,7 +419,7 @@ def recovery_comparison(
         {"samples": "int64"}
     )
     with duckdb.write() as conn:
-        storage.replace_partition(conn, duckdb.schema_name, "recovery_comparison", {"variant": variant}, table)
+        storage.replace_partition(conn, "recovery_comparison", {"variant": variant}, table)
     summary = table[table["cluster"].isna()]
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(table)),

@@ -32,6 +32,8 @@ SCORES_GROUP = "scores"
 SCORING_RECIPE = "teacher-forced-jsd/1"  # bump when the prompt or the score changes meaning
 # What a sample's score holds besides its id: the score_cache columns after scoring_key and sample_id.
 SCORE_COLUMNS = [f.name for f in dataclasses.fields(SampleScore) if f.name != "sample_id"]
+
+
 def _scoring_key(original_version: str, pruned_version: str, paser: PaserConfig) -> str:
     return (
         f"{SCORING_RECIPE}|original={original_version}|pruned={pruned_version}|max_tokens={paser.scoring.max_tokens}"
@@ -47,10 +49,9 @@ class DuckDBScoreStore:
 
     def read(self, key: str, sample_ids: Collection[str] | None = None) -> pd.DataFrame:
         with self.duckdb.get_connection() as conn:
-            if not storage.table_exists(conn, self.duckdb.schema_name, "score_cache"):
+            if not storage.table_exists(conn, "score_cache"):
                 return pd.DataFrame(columns=["sample_id", *SCORE_COLUMNS])
-            table = storage.qualified(conn, self.duckdb.schema_name, "score_cache")
-            query = f"SELECT sample_id, {', '.join(SCORE_COLUMNS)} FROM {table} WHERE scoring_key = ?"
+            query = f"SELECT sample_id, {', '.join(SCORE_COLUMNS)} FROM score_cache WHERE scoring_key = ?"
             if sample_ids is None:
                 return conn.execute(query, [key]).df()
             wanted = f"{query} AND sample_id IN (SELECT unnest(?::VARCHAR[]))"
@@ -60,7 +61,7 @@ class DuckDBScoreStore:
         rows = [[key, score.sample_id, *(getattr(score, c) for c in SCORE_COLUMNS)] for score in scores]
         frame = pd.DataFrame(rows, columns=["scoring_key", "sample_id", *SCORE_COLUMNS])
         with self.duckdb.write() as conn:
-            storage.append_rows(conn, self.duckdb.schema_name, "score_cache", frame)
+            storage.append_rows(conn, "score_cache", frame)
 
 
 def _states_key(original_version: str, paser: PaserConfig) -> str:
@@ -141,9 +142,7 @@ def build_degradation_scores(shards: int) -> dg.AssetsDefinition:
             raise dg.Failure(description=str(error)) from None
         table = score_table(scores, variant, shard)
         with duckdb.write() as conn:
-            storage.replace_partition(
-                conn, duckdb.schema_name, "degradation_scores", {"variant": variant, "shard": shard}, table
-            )
+            storage.replace_partition(conn, "degradation_scores", {"variant": variant, "shard": shard}, table)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(storage.content_hash(table)),
             metadata={
@@ -174,7 +173,7 @@ def score_table(scores: pd.DataFrame, variant: str, shard: int) -> pd.DataFrame:
         cost=np.asarray(costs, dtype=np.int64),
         ies=[individual_efficiency(float(j), c) for j, c in zip(scores["jsd"], costs, strict=True)],
     )
-    return table[list(TABLES["degradation_scores"])].astype({"shard": "int64"})
+    return table[list(TABLES["degradation_scores"].columns)].astype({"shard": "int64"})
 
 
 @dg.asset(
@@ -195,12 +194,12 @@ def capability_degradation(
     variant = context.partition_key
     with duckdb.get_connection() as conn:
         frame = conn.execute(
-            f"""
+            """
             SELECT c.cluster, s.jsd, s.ies
-            FROM {storage.qualified(conn, schema, "clusters")} c
-            JOIN {storage.qualified(conn, schema, "degradation_scores")} s USING (sample_id)
+            FROM clusters c
+            JOIN degradation_scores s USING (sample_id)
             WHERE s.variant = ?
-              AND c.sample_id NOT IN (SELECT sample_id FROM {storage.qualified(conn, schema, "holdout")})
+              AND c.sample_id NOT IN (SELECT sample_id FROM holdout_split)
             """,
             [variant],
         ).df()
@@ -208,10 +207,9 @@ def capability_degradation(
         raise dg.Failure(description="clusters and degradation_scores share no sample: materialize both again")
     with duckdb.get_connection() as conn:
         missing = conn.execute(
-            f"""
-            SELECT count(*) FROM {storage.qualified(conn, schema, "clusters")} c
-            WHERE c.sample_id NOT IN (SELECT sample_id FROM {storage.qualified(conn, schema, "degradation_scores")}
-                                      WHERE variant = ?)
+            """
+            SELECT count(*) FROM clusters c
+            WHERE c.sample_id NOT IN (SELECT sample_id FROM degradation_scores WHERE variant = ?)
             """,
             [variant],
         ).fetchall()[0][0]
@@ -239,7 +237,7 @@ def capability_degradation(
     )[["cluster", "size", "cds", "jsd_std", "mean_ies", "budget", "budget_share"]]
     table.insert(0, "variant", variant)
     with duckdb.write() as conn:
-        storage.replace_partition(conn, schema, "capability_degradation", {"variant": variant}, table)
+        storage.replace_partition(conn, "capability_degradation", {"variant": variant}, table)
     labels = table["cluster"].astype(str).tolist()
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(table)),

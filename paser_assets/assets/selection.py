@@ -43,7 +43,7 @@ def sample_concepts(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeRe
         {"sample_id": pool["sample_id"], "concepts": concepts, "n_concepts": [len(c) for c in concepts]}
     ).astype({"n_concepts": "int64"})
     with duckdb.write() as conn:
-        storage.replace_table(conn, duckdb.schema_name, "sample_concepts", table)
+        storage.replace_table(conn, "sample_concepts", table)
     examples = pool.assign(concepts=[", ".join(c) for c in concepts])[["instruction", "concepts"]].head(6)
     examples["instruction"] = examples["instruction"].str.slice(0, 80)
     return dg.MaterializeResult(
@@ -57,35 +57,31 @@ def sample_concepts(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeRe
 
 
 def _candidates(duckdb: PaserDuckDB, variant: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    schema = duckdb.schema_name
     with duckdb.get_connection() as conn:
         frame = conn.execute(
-            f"""
+            """
             SELECT s.sample_id, c.cluster, s.ies, s.jsd, k.concepts
-            FROM {storage.qualified(conn, schema, "degradation_scores")} s
-            JOIN {storage.qualified(conn, schema, "clusters")} c USING (sample_id)
-            JOIN {storage.qualified(conn, schema, "sample_concepts")} k USING (sample_id)
+            FROM degradation_scores s
+            JOIN clusters c USING (sample_id)
+            JOIN sample_concepts k USING (sample_id)
             WHERE s.variant = ?
-              AND s.sample_id NOT IN (SELECT sample_id FROM {storage.qualified(conn, schema, "holdout")})
+              AND s.sample_id NOT IN (SELECT sample_id FROM holdout_split)
             ORDER BY s.sample_id
             """,
             [variant],
         ).df()
         budgets = conn.execute(
-            f"SELECT cluster, cds, budget FROM {storage.qualified(conn, schema, 'capability_degradation')} "
-            "WHERE variant = ? ORDER BY cluster",
-            [variant],
+            "SELECT cluster, cds, budget FROM capability_degradation WHERE variant = ? ORDER BY cluster", [variant]
         ).df()
     return frame, budgets
 
 
-def _create_view(conn: duckdb.DuckDBPyConnection, schema: str) -> None:
-    """The view of selected rows with their text and scores.
+def _create_view(conn: duckdb.DuckDBPyConnection) -> None:
+    """The view of selected rows with their text and scores, in the connection's current schema.
 
     Its body names tables without catalog or schema: DuckDB resolves them in the view's own schema,
     and rejects catalog-qualified names inside a view when catalog and schema share a name.
     """
-    conn.execute(f"USE {storage.qualified_schema(conn, schema)}")
     conn.execute(
         f"""
         CREATE OR REPLACE VIEW {SELECTED_VIEW} AS
@@ -174,9 +170,9 @@ def selection(
     ).astype({"cooccurrences": "int64"})
     graph.insert(0, "variant", variant)
     with duckdb.write() as conn:
-        storage.replace_partition(conn, duckdb.schema_name, "selection", {"variant": variant}, table)
-        storage.replace_partition(conn, duckdb.schema_name, "concept_graph", {"variant": variant}, graph)
-        _create_view(conn, duckdb.schema_name)
+        storage.replace_partition(conn, "selection", {"variant": variant}, table)
+        storage.replace_partition(conn, "concept_graph", {"variant": variant}, graph)
+        _create_view(conn)
     per_cluster = (
         table.groupby("cluster")
         .agg(
@@ -273,9 +269,8 @@ def selection_export(
 ) -> dg.MaterializeResult:
     variant = validate_variant_name(context.partition_key)
     with duckdb.get_connection() as conn:
-        view = storage.qualified(conn, duckdb.schema_name, SELECTED_VIEW)
         rows = conn.execute(
-            f"SELECT sample_id, cluster, instruction, input, output, jsd, ies FROM {view} "
+            f"SELECT sample_id, cluster, instruction, input, output, jsd, ies FROM {SELECTED_VIEW} "
             "WHERE variant = ? ORDER BY cluster, rank",
             [variant],
         ).df()
@@ -291,29 +286,20 @@ def selection_export(
     )
 
 
-def _scalar(duckdb: PaserDuckDB, sql: str) -> float:
-    with duckdb.get_connection() as conn:
-        sql = sql.format(**{t: storage.qualified(conn, duckdb.schema_name, t) for t in _CHECK_TABLES})
-        return conn.execute(sql).fetchall()[0][0]
-
-
-_CHECK_TABLES = ("selection", "recovery_pool", "capability_degradation", "degradation_scores")
-
-
 @dg.asset_check(
     asset="selection", description="Per variant, the budget is met exactly, or every candidate was considered."
 )
 def budget_met(duckdb: PaserDuckDB) -> dg.AssetCheckResult:
     with duckdb.get_connection() as conn:
         frame = conn.execute(
-            f"""
+            """
             SELECT b.variant, b.budget,
                    count(*) FILTER (WHERE s.decision = 'selected') AS selected,
                    count(*) FILTER (WHERE s.decision = 'budget_full') AS unvisited,
                    count(*) FILTER (WHERE s.decision = 'concept_conflict') AS conflicts
             FROM (SELECT variant, sum(budget) AS budget
-                  FROM {storage.qualified(conn, duckdb.schema_name, "capability_degradation")} GROUP BY variant) b
-            JOIN {storage.qualified(conn, duckdb.schema_name, "selection")} s USING (variant)
+                  FROM capability_degradation GROUP BY variant) b
+            JOIN selection s USING (variant)
             GROUP BY b.variant, b.budget ORDER BY b.variant
             """
         ).df()
@@ -344,40 +330,32 @@ def budget_met(duckdb: PaserDuckDB) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset="selection", description="No sample is selected twice.")
 def no_sample_selected_twice(duckdb: PaserDuckDB) -> dg.AssetCheckResult:
-    duplicates = int(
-        _scalar(
-            duckdb,
-            "SELECT count(*) FROM (SELECT variant, sample_id FROM {selection} WHERE decision = 'selected' "
-            "GROUP BY variant, sample_id HAVING count(*) > 1)",
-        )
-    )
+    with duckdb.get_connection() as conn:
+        (duplicates,) = conn.execute(
+            "SELECT count(*) FROM (SELECT variant, sample_id FROM selection WHERE decision = 'selected' "
+            "GROUP BY variant, sample_id HAVING count(*) > 1)"
+        ).fetchone()
     return dg.AssetCheckResult(passed=duplicates == 0, metadata={"duplicated_samples": duplicates})
 
 
 @dg.asset_check(asset="selection", description="Every selected sample is in the recovery pool.")
 def selected_samples_in_pool(duckdb: PaserDuckDB) -> dg.AssetCheckResult:
-    missing = int(
-        _scalar(
-            duckdb,
-            "SELECT count(*) FROM {selection} s WHERE s.decision = 'selected' "
-            "AND s.sample_id NOT IN (SELECT sample_id FROM {recovery_pool})",
-        )
-    )
+    with duckdb.get_connection() as conn:
+        (missing,) = conn.execute(
+            "SELECT count(*) FROM selection s WHERE s.decision = 'selected' "
+            "AND s.sample_id NOT IN (SELECT sample_id FROM recovery_pool)"
+        ).fetchone()
     return dg.AssetCheckResult(passed=missing == 0, metadata={"missing_from_pool": missing})
 
 
 @dg.asset_check(asset="degradation_scores", description="Every JSD lies in [0, ln 2].")
 def jsd_in_range(duckdb: PaserDuckDB) -> dg.AssetCheckResult:
-    outside = int(
-        _scalar(
-            duckdb,
-            f"SELECT count(*) FROM {{degradation_scores}} WHERE NOT (jsd BETWEEN 0 AND {LN2!r}) OR jsd IS NULL",
-        )
-    )
-    low, high = (
-        _scalar(duckdb, "SELECT min(jsd) FROM {degradation_scores}"),
-        _scalar(duckdb, "SELECT max(jsd) FROM {degradation_scores}"),
-    )
+    with duckdb.get_connection() as conn:
+        outside, low, high = conn.execute(
+            "SELECT count(*) FILTER (WHERE NOT (jsd BETWEEN 0 AND ?) OR jsd IS NULL), min(jsd), max(jsd) "
+            "FROM degradation_scores",
+            [LN2],
+        ).fetchone()
     return dg.AssetCheckResult(
         passed=outside == 0,
         metadata={

@@ -47,13 +47,11 @@ def instruction_embeddings(
     settings = paser.semantic
     model_key = _embedding_model_key(settings.embedding_model)
     with duckdb.get_connection() as conn:
-        pool = storage.read_table(conn, schema, "recovery_pool", "sample_id, instruction, input")
+        pool = storage.read_table(conn, "recovery_pool", "sample_id, instruction, input")
         cached = pd.DataFrame(columns=["sample_id", "embedding"])
-        if storage.table_exists(conn, schema, "embedding_cache"):
+        if storage.table_exists(conn, "embedding_cache"):
             cached = conn.execute(
-                f"SELECT sample_id, embedding FROM {storage.qualified(conn, schema, 'embedding_cache')} "
-                "WHERE model_key = ?",
-                [model_key],
+                "SELECT sample_id, embedding FROM embedding_cache WHERE model_key = ?", [model_key]
             ).df()
     known = dict(zip(cached["sample_id"], cached["embedding"], strict=True))
     missing = pool[~pool["sample_id"].isin(known.keys())]
@@ -75,8 +73,8 @@ def instruction_embeddings(
     )
     with duckdb.write() as conn:
         if len(new_rows):
-            storage.append_rows(conn, schema, "embedding_cache", new_rows)
-        storage.replace_table(conn, schema, "instruction_embeddings", table)
+            storage.append_rows(conn, "embedding_cache", new_rows)
+        storage.replace_table(conn, "instruction_embeddings", table)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(table)),
         metadata={
@@ -119,7 +117,7 @@ def manifold(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pase
         }
     )
     with duckdb.write() as conn:
-        storage.replace_table(conn, duckdb.schema_name, "manifold", table)
+        storage.replace_table(conn, "manifold", table)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(table)),
         metadata={
@@ -155,9 +153,9 @@ def _cluster_space(space: str, embeddings: pd.DataFrame, manifold_table: pd.Data
 def clusters(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
     settings = paser.semantic
     with duckdb.get_connection() as conn:
-        embeddings = storage.read_table(conn, duckdb.schema_name, "instruction_embeddings")
-        manifold_table = storage.read_table(conn, duckdb.schema_name, "manifold")
-        pool = storage.read_table(conn, duckdb.schema_name, "recovery_pool", "sample_id, family")
+        embeddings = storage.read_table(conn, "instruction_embeddings")
+        manifold_table = storage.read_table(conn, "manifold")
+        pool = storage.read_table(conn, "recovery_pool", "sample_id, family")
     if not embeddings["sample_id"].equals(manifold_table["sample_id"]):
         raise dg.Failure("the manifold is out of date with the embeddings: materialize `manifold` again")
     points = _cluster_space(settings.cluster_space, embeddings, manifold_table)
@@ -179,7 +177,7 @@ def clusters(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pase
         }
     )
     with duckdb.write() as conn:
-        storage.replace_table(conn, duckdb.schema_name, "clusters", table)
+        storage.replace_table(conn, "clusters", table)
     sizes = np.bincount(result.labels)
     metadata: dict[str, object] = {
         **table_metadata("clusters", duckdb.schema_name, len(table)),
@@ -218,11 +216,11 @@ def cluster_profiles(duckdb: PaserDuckDB) -> dg.MaterializeResult:
     schema = duckdb.schema_name
     with duckdb.get_connection() as conn:
         frame = conn.execute(
-            f"""
+            """
             SELECT c.sample_id, c.cluster, p.instruction, p.input, p.family, e.embedding
-            FROM {storage.qualified(conn, schema, "clusters")} c
-            JOIN {storage.qualified(conn, schema, "recovery_pool")} p USING (sample_id)
-            JOIN {storage.qualified(conn, schema, "instruction_embeddings")} e USING (sample_id)
+            FROM clusters c
+            JOIN recovery_pool p USING (sample_id)
+            JOIN instruction_embeddings e USING (sample_id)
             ORDER BY c.cluster, c.sample_id
             """
         ).df()
@@ -246,7 +244,7 @@ def cluster_profiles(duckdb: PaserDuckDB) -> dg.MaterializeResult:
         )
     table = pd.DataFrame(rows).astype({"cluster": "int64", "size": "int64"})
     with duckdb.write() as conn:
-        storage.replace_table(conn, schema, "cluster_profiles", table)
+        storage.replace_table(conn, "cluster_profiles", table)
     overview = table[["cluster", "size", "main_family", "top_keyphrases"]].copy()
     overview["top_keyphrases"] = overview["top_keyphrases"].map(lambda terms: ", ".join(terms[:4]))
     digest = hashlib.sha256(table.to_json().encode()).hexdigest()[:24]

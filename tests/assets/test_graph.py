@@ -76,9 +76,19 @@ def test_every_asset_materializes_into_duckdb(identical_run) -> None:
 
 def test_tables_match_the_documented_schema(identical_run) -> None:
     _, database, _ = identical_run
-    for table in ["recovery_pool", "clusters", "cluster_profiles", "degradation_scores", "capability_degradation"]:
-        columns = [row[0] for row in query(database, f"DESCRIBE {table}")]
-        assert columns == list(TABLES[table]), table
+    stored = {
+        row[0]
+        for row in query(
+            database,
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = 'paser' AND table_type = 'BASE TABLE'",
+        )
+    }
+    assert {"recovery_pool", "clusters", "cluster_profiles", "degradation_scores", "selection"} <= stored
+    assert stored <= set(TABLES), "a table is written that tables.py does not declare"
+    for table in stored:
+        columns = {row[0]: row[1] for row in query(database, f"DESCRIBE {table}")}
+        assert columns == TABLES[table].types, table
 
 
 def test_metadata_carries_schema_row_count_and_cluster_map(identical_run) -> None:
@@ -109,7 +119,7 @@ def test_pruned_equal_to_original_scores_exactly_zero(identical_run) -> None:
 def test_budget_is_allocated_exactly(identical_run) -> None:
     _, database, _ = identical_run
     pool_rows = query(database, "SELECT count(*) FROM recovery_pool")[0][0]
-    held_out = query(database, "SELECT count(*) FROM holdout")[0][0]
+    held_out = query(database, "SELECT count(*) FROM holdout_split")[0][0]
     assert held_out == round(0.1 * pool_rows)  # the default held-out split is never selectable
     total, over_capacity, sizes = query(
         database, "SELECT sum(budget), count(*) FILTER (WHERE budget > size), sum(size) FROM capability_degradation"
@@ -130,7 +140,7 @@ def test_built_in_pruning_degrades_and_rerun_reuses_scores(tmp_path: Path, tiny_
     assert first_scores.metadata["float16_rounding_jsd_error"].value.startswith("mean ")
     # 'auto' keeps float32 heads for the tiny model's small vocabulary, on any CPU.
     assert first_scores.metadata["output_head_precision"].value == "float32"
-    sparsity = query(database, "SELECT sparsity FROM pruned_checkpoints")[0][0]
+    sparsity = query(database, "SELECT sparsity FROM pruned_model")[0][0]
     assert abs(sparsity - 0.5) < 0.01
     assert query(database, "SELECT sum(budget) FROM capability_degradation")[0][0] == 10
     before = query(database, "SELECT * FROM degradation_scores ORDER BY sample_id")

@@ -97,7 +97,7 @@ def recovery(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> 
     instance = dg.DagsterInstance.ephemeral()
     first = run_graph(defs, instance)
     assert first.success, first.failures()
-    holdout_before = query(database, "SELECT * FROM holdout ORDER BY sample_id")
+    holdout_before = query(database, "SELECT * FROM holdout_split ORDER BY sample_id")
     first_metadata = recovered_metadata(instance)
     second = run_graph(defs, instance)
     assert second.success, second.failures()
@@ -119,18 +119,18 @@ def test_every_recovery_partition_materializes(recovery: Recovery) -> None:
 
 def test_the_held_out_split_never_intersects_any_selection(recovery: Recovery) -> None:
     database = recovery.database
-    holdout = {row[0] for row in query(database, "SELECT sample_id FROM holdout")}
+    holdout = {row[0] for row in query(database, "SELECT sample_id FROM holdout_split")}
     pool = scalar(database, "SELECT count(*) FROM recovery_pool")
     assert len(holdout) == round(0.1 * pool) > 0
     # Not even a candidate of PASER's selection, whatever its decision.
     candidates = {row[0] for row in query(database, "SELECT sample_id FROM selection")}
     assert candidates and not candidates & holdout
     assert len(candidates) == pool - len(holdout)
-    baselines = query(database, "SELECT DISTINCT method, sample_id FROM baseline_selection")
+    baselines = query(database, "SELECT DISTINCT method, sample_id FROM baseline_selections")
     assert {method for method, _ in baselines} == set(BASELINES)
     assert not {sample_id for _, sample_id in baselines} & holdout
     # Nor in the exported files.
-    held = frame(database, "SELECT p.* FROM recovery_pool p JOIN holdout h USING (sample_id)")
+    held = frame(database, "SELECT p.* FROM recovery_pool p JOIN holdout_split h USING (sample_id)")
     held_records = set(zip(held["instruction"], held["input"], held["output"], strict=True))
     folder = recovery.export / VARIANT
     exported = json.loads((folder / "selection.json").read_text())
@@ -147,17 +147,17 @@ def test_every_method_gets_the_same_budget(recovery: Recovery) -> None:
     assert budget > 0
     paser = scalar(database, "SELECT count(*) FROM selection WHERE variant = ? AND decision = 'selected'", [VARIANT])
     assert paser == budget  # the budget_met check explains any shortfall; this pool has none
-    sql = "SELECT method, count(DISTINCT sample_id) FROM baseline_selection WHERE variant = ? GROUP BY method"
+    sql = "SELECT method, count(DISTINCT sample_id) FROM baseline_selections WHERE variant = ? GROUP BY method"
     counts = dict(query(database, sql, [VARIANT]))
     assert counts == dict.fromkeys(BASELINES, budget)
-    ranks = query(database, "SELECT method, min(rank), max(rank), count(*) FROM baseline_selection GROUP BY method")
+    ranks = query(database, "SELECT method, min(rank), max(rank), count(*) FROM baseline_selections GROUP BY method")
     assert all((low, high, n) == (1, budget, budget) for _, low, high, n in ranks)
     checks = {e.check_name: e.passed for e in recovery.first.get_asset_check_evaluations()}
     assert checks.get("budget_met") is True
 
 
 def test_methods_select_differently(recovery: Recovery) -> None:
-    sql = "SELECT sample_id FROM baseline_selection WHERE method = ?"
+    sql = "SELECT sample_id FROM baseline_selections WHERE method = ?"
     selections = {m: frozenset(row[0] for row in query(recovery.database, sql, [m])) for m in BASELINES}
     assert selections["random"] != selections["top_jsd"]
     assert len(set(selections.values())) >= 3
@@ -166,7 +166,7 @@ def test_methods_select_differently(recovery: Recovery) -> None:
 def test_recovered_adapters_are_safetensors_with_a_loss_curve(recovery: Recovery) -> None:
     database = recovery.database
     paser = scalar(database, "SELECT count(*) FROM selection WHERE decision = 'selected'")
-    sizes = dict(query(database, "SELECT method, count(*) FROM baseline_selection GROUP BY method"))
+    sizes = dict(query(database, "SELECT method, count(*) FROM baseline_selections GROUP BY method"))
     sizes["paser"] = paser
     for method, metadata in recovery.first_metadata.items():
         folder = Path(metadata["adapter"])
@@ -186,7 +186,7 @@ def test_recovered_adapters_are_safetensors_with_a_loss_curve(recovery: Recovery
 def test_recovery_comparison_has_every_method_overall_and_per_cluster(recovery: Recovery) -> None:
     database = recovery.database
     table = frame(database, f"SELECT * FROM recovery_comparison WHERE variant = '{VARIANT}'")
-    holdout = scalar(database, "SELECT count(*) FROM holdout")
+    holdout = scalar(database, "SELECT count(*) FROM holdout_split")
     overall = table[table["cluster"].isna()]
     assert list(overall["method"]) == ["original", "pruned", *RECOVERY_METHODS]
     assert (overall["samples"] == holdout).all()
@@ -201,13 +201,13 @@ def test_recovery_comparison_has_every_method_overall_and_per_cluster(recovery: 
     for method, group in per_cluster.groupby("method"):
         weighted = (group["heldout_nll"] * group["samples"]).sum() / group["samples"].sum()
         assert weighted == pytest.approx(overall.set_index("method").loc[method, "heldout_nll"])
-    clusters = scalar(database, "SELECT count(DISTINCT c.cluster) FROM holdout JOIN clusters c USING (sample_id)")
+    clusters = scalar(database, "SELECT count(DISTINCT c.cluster) FROM holdout_split JOIN clusters c USING (sample_id)")
     assert len(per_cluster) == clusters * len(overall)
 
 
 def test_every_model_is_evaluated_on_every_held_out_sample(recovery: Recovery) -> None:
     database = recovery.database
-    holdout = scalar(database, "SELECT count(*) FROM holdout")
+    holdout = scalar(database, "SELECT count(*) FROM holdout_split")
     sql = "SELECT method, model, count(*), count(DISTINCT sample_id) FROM heldout_nll GROUP BY ALL ORDER BY ALL"
     counts = query(database, sql)
     expected = sorted(
@@ -240,7 +240,7 @@ def test_a_rerun_reuses_the_adapters_and_keeps_the_held_out_split(recovery: Reco
     assert sum("LoRA fine-tuning variant" in m for m in first_messages) == len(RECOVERY_METHODS)
     assert not any("LoRA fine-tuning variant" in m for m in second_messages)
     assert sum("reusing the adapter" in m for m in second_messages) == len(RECOVERY_METHODS)
-    assert query(recovery.database, "SELECT * FROM holdout ORDER BY sample_id") == recovery.holdout_before
+    assert query(recovery.database, "SELECT * FROM holdout_split ORDER BY sample_id") == recovery.holdout_before
     # Membership is the seeded order of the pool's sample ids, whatever the row order.
     pool = [row[0] for row in query(recovery.database, "SELECT sample_id FROM recovery_pool ORDER BY random()")]
     expected = sorted(seeded_order(pool, recovery.config.seed)[: len(recovery.holdout_before)])

@@ -109,7 +109,7 @@ def test_selection_assets_materialize(run: Run) -> None:
     materialized = {e.asset_key.to_user_string() for e in run.result.get_asset_materialization_events()}
     assert {"sample_concepts", "selection", "concept_graph", "selection_export"} <= materialized
     pool = query(run.database, "SELECT count(*) FROM recovery_pool")[0][0]
-    pool -= query(run.database, "SELECT count(*) FROM holdout")[0][0]  # the held-out split is not selectable
+    pool -= query(run.database, "SELECT count(*) FROM holdout_split")[0][0]  # the held-out split is not selectable
     budget = query(run.database, "SELECT sum(budget) FROM capability_degradation")[0][0]
     assert budget == (pool + 1) // 2  # half the selectable pool, rounded half up
     # every selectable candidate gets exactly one decision

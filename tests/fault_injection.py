@@ -1,0 +1,49 @@
+"""`paser <args>` with a pause inside one table's write, for the crash-safety tests to kill the run there.
+
+    python tests/fault_injection.py <table> materialize
+
+wraps the storage writes so that, once the write of ``<table>`` has run (its transaction still open), the
+process announces it on stderr and sleeps; the test then kills it with SIGKILL. The hook lives here, not in
+the package: production code has no test switch.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from paser_assets import storage
+
+WRITES = ("replace_table", "replace_partition", "append_rows")
+
+
+def announcement(table: str) -> str:
+    return f"fault injection: paused inside the write of {table}"
+
+
+def _paused(write: Callable[..., None], table: str) -> Callable[..., None]:
+    def paused_write(conn: Any, written: str, *args: Any, **kwargs: Any) -> None:
+        write(conn, written, *args, **kwargs)
+        if written == table:
+            print(announcement(table), file=sys.stderr, flush=True)
+            time.sleep(3600)
+
+    return paused_write
+
+
+def pause_inside_writes_of(table: str) -> None:
+    """Make every storage write of ``table`` pause after writing, inside its transaction (assets call the
+    writes as ``storage.<name>``, so replacing the module attributes reaches them all)."""
+    storage.declared(table)  # a typo in a test must not silently never pause
+    for name in WRITES:
+        setattr(storage, name, _paused(getattr(storage, name), table))
+
+
+if __name__ == "__main__":
+    target, *arguments = sys.argv[1:]
+    pause_inside_writes_of(target)
+    from paser_assets.cli import main
+
+    sys.exit(main(arguments))

@@ -1,0 +1,93 @@
+"""The table declarations: consistent with DuckDB, with the asset graph and with the README."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from paser_assets import PaserConfig, PaserDuckDB, build_definitions
+from paser_assets.tables import (
+    PER_VARIANT_TABLES,
+    README,
+    TABLES,
+    UPDATE_COMMAND,
+    Table,
+    column_schema,
+    readme_with_reference,
+)
+
+
+@pytest.fixture(scope="module")
+def asset_keys(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    folder = tmp_path_factory.mktemp("defs")
+    defs = build_definitions(PaserConfig(), PaserDuckDB(database=str(folder / "paser.duckdb")))
+    return {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+
+
+def test_every_declared_type_is_spelled_as_duckdb_reports_it() -> None:
+    # Existing tables are compared with the declaration by these strings, so they must be DuckDB's own.
+    with duckdb.connect(":memory:") as conn:
+        for table in TABLES.values():
+            for column, sql_type in table.types.items():
+                reported = conn.execute(f"SELECT typeof(CAST(NULL AS {sql_type}))").fetchone()[0]
+                assert reported == sql_type, f"{table.name}.{column}: declare {reported}, not {sql_type}"
+
+
+def test_every_writer_is_an_asset_and_an_assets_main_table_has_its_name(asset_keys: set[str]) -> None:
+    for table in TABLES.values():
+        assert set(table.writers) <= asset_keys, table.name
+        if table.name in asset_keys:
+            assert table.writers == (table.name,), f"table {table.name} is the main table of asset {table.name}"
+    assert TABLES["variants"].writers == ()  # the registry, written by `paser variants` and sync_variants
+
+
+def test_the_renamed_tables_carry_their_assets_names(asset_keys: set[str]) -> None:
+    for old, new in [
+        ("holdout", "holdout_split"),
+        ("pruned_checkpoints", "pruned_model"),
+        ("baseline_selection", "baseline_selections"),
+    ]:
+        assert old not in TABLES and new in TABLES and new in asset_keys
+    assert TABLES["recovered_adapters"].writers == ("recovered_model",)
+    assert TABLES["recovered_adapters"].types == {
+        "variant": "VARCHAR",
+        "method": "VARCHAR",
+        "path": "VARCHAR",
+        "recipe_hash": "VARCHAR",
+        "train_samples": "BIGINT",
+        "train_tokens": "BIGINT",
+        "train_seconds": "DOUBLE",
+    }
+
+
+def test_per_variant_tables_are_derived_from_the_declaration() -> None:
+    assert PER_VARIANT_TABLES == tuple(name for name, table in TABLES.items() if table.per_variant)
+    assert {"selection", "baseline_selections", "heldout_nll", "recovered_adapters", "variants"} <= set(
+        PER_VARIANT_TABLES
+    )
+    assert {"recovery_pool", "score_cache", "embedding_cache"}.isdisjoint(PER_VARIANT_TABLES)
+    for name in PER_VARIANT_TABLES:
+        assert TABLES[name].types["variant"] == "VARCHAR", name
+    with pytest.raises(ValueError, match="no variant column"):
+        Table("broken", None, {"a": ("BIGINT", "x")}, per_variant=True, description="")
+
+
+def test_the_declaration_cannot_be_changed_at_run_time() -> None:
+    with pytest.raises(TypeError):
+        TABLES["selection"].columns["extra"] = ("BIGINT", "sneaked in")  # type: ignore[index]
+    assert "extra" not in TABLES["selection"].types
+
+
+def test_column_schema_metadata_is_the_declaration() -> None:
+    for name, table in TABLES.items():
+        schema = column_schema(name)
+        assert [(c.name, c.type, c.description) for c in schema.columns] == [
+            (column, sql_type, description) for column, (sql_type, description) in table.columns.items()
+        ]
+
+
+def test_the_readme_table_reference_is_up_to_date() -> None:
+    readme = README.read_text()
+    assert readme_with_reference(readme) == readme, f"the README's table reference is out of date: run {UPDATE_COMMAND}"
+    for name in TABLES:
+        assert f"| `{name}` |" in readme
