@@ -128,7 +128,7 @@ def main() -> None:
     batches = [
         [samples[i] for i in b]
         for b in plan_batches(
-            [len(s.input_ids) for s in samples], config.scoring_token_budget, config.scoring_max_batch
+            [len(s.input_ids) for s in samples], config.scoring.scoring_token_budget, config.scoring.scoring_max_batch
         )
     ]
     log(f"{len(samples)} samples in {len(batches)} batches")

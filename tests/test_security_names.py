@@ -157,7 +157,7 @@ def test_valid_variant_names_are_accepted() -> None:
     names = ["wanda50", "mag-2-4", "1st_try", "v" * 64]
     assert [v.name for v in parse_variants("; ".join(f"{n}=magnitude:0.5" for n in names))] == names
     config = PaserConfig.from_env({"PASER_VARIANTS": "wanda50=wanda:0.5; mag-2-4=magnitude:2:4"})
-    assert config.variants == {"wanda50": "wanda:0.5", "mag-2-4": "magnitude:2:4"}
+    assert config.models.variants == {"wanda50": "wanda:0.5", "mag-2-4": "magnitude:2:4"}
 
 
 def test_removing_an_injected_variant_name_touches_no_other_variant(tmp_path: Path) -> None:
@@ -196,7 +196,7 @@ def test_field_named_like_sql_injection_maps_through_and_lands_as_data(tmp_path:
         encoding="utf-8",
     )
     config = PaserConfig.from_env({"PASER_DATASET": str(path), "PASER_FIELD_MAP": f"output={odd}"})
-    assert config.field_map == {"output": odd}
+    assert config.pool.field_map == {"output": odd}
     database = PaserDuckDB(database=str(tmp_path / "paser.duckdb"))
     defs = build_definitions(config, database)
     result = dg.materialize(

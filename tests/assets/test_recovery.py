@@ -176,7 +176,7 @@ def test_recovered_adapters_are_safetensors_with_a_loss_curve(recovery: Recovery
         assert not list(folder.glob("*.bin"))
         record = json.loads((folder / "paser_training.json").read_text())
         assert metadata["train_samples"] == sizes[method], method
-        steps = math.ceil(sizes[method] / recovery.config.lora_batch_size) * recovery.config.lora_epochs
+        steps = math.ceil(sizes[method] / recovery.config.recovery.lora_batch_size) * recovery.config.recovery.lora_epochs
         assert record["steps"] == list(range(1, steps + 1))
         assert metadata["first_loss"] == round(record["losses"][0], 4)
         assert metadata["loss_curve"].startswith("![") and "data:image/png;base64," in metadata["loss_curve"]
@@ -250,7 +250,7 @@ def test_a_rerun_reuses_the_adapters_and_keeps_the_held_out_split(recovery: Reco
 def test_recovery_is_off_by_default(recovery: Recovery) -> None:
     """Runs last: the default configuration over the same database and instance materializes no recovery asset."""
     assert PaserConfig().execution.include_recovery is False
-    config = make_config(recovery.cache.parent, Path(recovery.config.original_model))  # recovery not set
+    config = make_config(recovery.cache.parent, Path(recovery.config.models.original_model))  # recovery not set
     defs = build_definitions(config, recovery.database)
     run = run_graph(defs, recovery.instance)
     assert run.success, run.failures()

@@ -122,7 +122,7 @@ def test_selection_assets_materialize(run: Run) -> None:
 
 def test_concepts_table_holds_bounded_distinct_concepts(run: Run) -> None:
     rows = query(run.database, "SELECT concepts, n_concepts FROM sample_concepts")
-    assert rows and all(len(concepts) == n <= run.config.concepts_per_sample for concepts, n in rows)
+    assert rows and all(len(concepts) == n <= run.config.selection.concepts_per_sample for concepts, n in rows)
     assert sum(n > 0 for _, n in rows) > 0.9 * len(rows)
     assert all(len(set(concepts)) == len(concepts) for concepts, _ in rows)
 
@@ -169,7 +169,7 @@ def view_records(run: Run) -> list[dict[str, str]]:
 
 def test_export_round_trips_through_datasets(run: Run) -> None:
     expected = view_records(run)
-    folder = Path(run.config.export_dir) / VARIANT
+    folder = Path(run.config.selection.export_dir) / VARIANT
     cache = run.tmp / "hf-cache"
     parquet = datasets.load_dataset(
         "parquet", data_files=str(folder / "selection.parquet"), split="train", cache_dir=str(cache)
@@ -185,14 +185,14 @@ def test_export_round_trips_through_datasets(run: Run) -> None:
 
 
 def test_json_export_is_an_alpaca_array(run: Run) -> None:
-    records = json.loads((Path(run.config.export_dir) / VARIANT / "selection.json").read_text(encoding="utf-8"))
+    records = json.loads((Path(run.config.selection.export_dir) / VARIANT / "selection.json").read_text(encoding="utf-8"))
     assert isinstance(records, list)
     assert all(list(record) == ALPACA for record in records)
     assert records == view_records(run)
 
 
 def test_export_folder_holds_only_the_finished_files_readable_by_others(run: Run) -> None:
-    folder = Path(run.config.export_dir) / VARIANT
+    folder = Path(run.config.selection.export_dir) / VARIANT
     assert sorted(path.name for path in folder.iterdir()) == sorted(f"selection.{fmt}" for fmt in EXPORT_FORMATS)
     for path in folder.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name

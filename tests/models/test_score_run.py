@@ -251,4 +251,4 @@ def test_the_duckdb_score_store_round_trips_rows(tmp_path: Path) -> None:
         columns = [row[0] for row in conn.execute("DESCRIBE paser.paser.score_cache").fetchall()]
         keys = conn.execute("SELECT scoring_key, count(*) FROM paser.paser.score_cache GROUP BY ALL ORDER BY 1")
         assert keys.fetchall() == [("a", 3), ("b", 1)]
-    assert columns == list(TABLES["score_cache"])
+    assert columns == list(TABLES["score_cache"].columns)
