@@ -9,8 +9,6 @@
 - ``recovery_comparison`` (per variant): held-out NLL and perplexity per method, overall and per cluster.
 """
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import pandas as pd
 
 from paser_assets import charts, storage
 from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, pruned_reference
+from paser_assets.assets.selection import paser_select, selectable_candidates
 from paser_assets.core.baselines import (
     ifd_selection,
     instruction_following_difficulty,
@@ -27,12 +26,13 @@ from paser_assets.core.baselines import (
     top_score_selection,
     uniform_selection,
 )
-from paser_assets.core.consistency import SELECTED, Candidate, select
-from paser_assets.models.checkpoints import load_causal_lm, publish_folder, reference_version, staging_folder
+from paser_assets.core.consistency import SELECTED
+from paser_assets.models.adapters import adapter_folder, adapter_recipe, train_or_reuse
+from paser_assets.models.checkpoints import load_causal_lm, reference_version
 from paser_assets.models.general_text import general_text_samples
 from paser_assets.models.scoring import EncodedSample, encode_sample
 from paser_assets.models.store import ModelStore
-from paser_assets.models.training import load_adapter, perplexity, response_nll, save_adapter, train_lora
+from paser_assets.models.training import load_adapter, perplexity, response_nll
 from paser_assets.partitions import METHODS, VARIANTS, PartitionKey
 from paser_assets.resources import PaserConfig, PaserDuckDB
 from paser_assets.settings import reads
@@ -84,46 +84,13 @@ def baseline_selections(
         paser.scoring.max_tokens,
         paser.models.store(duckdb.database),
     )
-    with duckdb.get_connection() as conn:
-        frame = conn.execute(
-            """SELECT s.sample_id, c.cluster, s.jsd, s.ies, s.pruned_nll, k.concepts, p.instruction, p.input, p.output
-            FROM degradation_scores s JOIN clusters c USING (sample_id) JOIN sample_concepts k USING (sample_id)
-            JOIN recovery_pool p USING (sample_id)
-            WHERE s.variant = ? AND s.sample_id NOT IN (SELECT sample_id FROM holdout_split) ORDER BY s.sample_id""",
-            [variant],
-        ).df()
-        budgets = conn.execute(
-            "SELECT cluster, cds, budget FROM capability_degradation WHERE variant = ?", [variant]
-        ).df()
+    frame, budgets = selectable_candidates(duckdb, variant)
     budget = int(budgets["budget"].sum())
-    ids = frame["sample_id"].tolist()
-    picks: dict[str, list[str]] = {
-        "random": random_selection(ids, budget, seed),
-        "uniform": uniform_selection(dict(zip(ids, frame["cluster"], strict=True)), budget, seed),
-        "top_jsd": top_score_selection(dict(zip(ids, frame["jsd"], strict=True)), budget),
-    }
-    unfiltered = select(
-        [
-            Candidate(r.sample_id, int(r.cluster), float(r.ies), float(r.jsd), frozenset(r.concepts))
-            for r in frame.itertuples(index=False)
-        ],
-        dict(zip(budgets["cluster"].astype(int), budgets["budget"].astype(int), strict=True)),
-        dict(zip(budgets["cluster"].astype(int), budgets["cds"].astype(float), strict=True)),
-        tolerance=1.0,
-    )
-    picks["paser_no_concepts"] = [d.sample_id for d in unfiltered.decisions if d.decision == SELECTED]
+    picks = baseline_picks(frame, budgets, seed)
     if "ifd" in methods:
         context.log.info("IFD: scoring the responses without their instructions under the pruned model")
         model, tokenizer, _ = _load_pruned(store, duckdb, variant)
-        alone = [
-            EncodedSample(s.sample_id, (*_lead(tokenizer), *s.input_ids[s.prompt_tokens :]), 1, s.truncated)
-            for s in _encode(tokenizer, frame, max_tokens)
-        ]
-        unconditioned = response_nll(model, alone, tokenizer.pad_token_id)
-        ifd = {
-            row.sample_id: instruction_following_difficulty(float(row.pruned_nll), unconditioned[row.sample_id])
-            for row in frame.itertuples(index=False)
-        }
+        ifd = ifd_scores(model, tokenizer, frame, max_tokens)
         picks["ifd"] = ifd_selection(ifd, budget)
     rows = [
         {"variant": variant, "method": method, "rank": rank, "sample_id": sample_id}
@@ -141,6 +108,32 @@ def baseline_selections(
             "selected_per_method": dg.MetadataValue.json({m: len(c) for m, c in picks.items()}),
         },
     )
+
+
+def baseline_picks(frame: pd.DataFrame, budgets: pd.DataFrame, seed: int) -> dict[str, list[str]]:
+    """The model-free baselines' choices from the selectable candidates, at PASER's total budget."""
+    budget = int(budgets["budget"].sum())
+    ids = frame["sample_id"].tolist()
+    unfiltered = paser_select(frame, budgets, tolerance=1.0)
+    return {
+        "random": random_selection(ids, budget, seed),
+        "uniform": uniform_selection(dict(zip(ids, frame["cluster"], strict=True)), budget, seed),
+        "top_jsd": top_score_selection(dict(zip(ids, frame["jsd"], strict=True)), budget),
+        "paser_no_concepts": [d.sample_id for d in unfiltered.decisions if d.decision == SELECTED],
+    }
+
+
+def ifd_scores(model: Any, tokenizer: Any, frame: pd.DataFrame, max_tokens: int) -> dict[str, float]:
+    """Instruction-Following Difficulty per sample: NLL of the response with the prompt over without it."""
+    alone = [
+        EncodedSample(s.sample_id, (*_lead(tokenizer), *s.input_ids[s.prompt_tokens :]), 1, s.truncated)
+        for s in _encode(tokenizer, frame, max_tokens)
+    ]
+    unconditioned = response_nll(model, alone, tokenizer.pad_token_id)
+    return {
+        row.sample_id: instruction_following_difficulty(float(row.pruned_nll), unconditioned[row.sample_id])
+        for row in frame.itertuples(index=False)
+    }
 
 
 def _lead(tokenizer: Any) -> tuple[int, ...]:
@@ -180,35 +173,18 @@ def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
     rows = method_selection(duckdb, method, variant)
     if rows.empty:
         raise dg.Failure(description=f"{method} selected nothing for variant {variant!r}: materialize its selection")
-    store = paser.models.store(duckdb.database)
-    model, tokenizer, pruned_version = _load_pruned(store, duckdb, variant)
-    max_tokens = paser.scoring.max_tokens
-    samples = _encode(tokenizer, rows, max_tokens)
+    store, max_tokens = paser.models.store(duckdb.database), paser.scoring.max_tokens
     lora = paser.recovery.lora(paser.seed)
-    recipe = json.dumps(
-        {
-            "lora": lora.__dict__,
-            "pruned": pruned_version,
-            "samples": rows["sample_id"].tolist(),
-            "max_tokens": max_tokens,
-        },
-        sort_keys=True,
-        default=str,
-    )
-    recipe_hash = hashlib.sha256(recipe.encode()).hexdigest()
+    reference = pruned_reference(duckdb, variant)
+    recipe_hash = adapter_recipe(lora, reference_version(reference), rows["sample_id"].tolist(), max_tokens)
     folder = adapter_folder(store.cache_dir, variant, method, recipe_hash)
-    record_file = folder / "paser_training.json"
-    if record_file.exists():
-        context.log.info(f"reusing the adapter {folder} (same selection, settings and pruned model)")
-        record = json.loads(record_file.read_text())
-    else:
-        context.log.info(f"LoRA fine-tuning variant {variant} on {len(samples)} samples selected by {method}")
-        peft_model, log = train_lora(model, samples, tokenizer.pad_token_id, lora, context.log.info)
-        staging = staging_folder(folder)
-        save_adapter(peft_model, staging)
-        record = {"steps": log.steps, "losses": log.losses, "tokens": log.tokens, "seconds": log.seconds}
-        (staging / "paser_training.json").write_text(json.dumps(record))
-        publish_folder(staging, folder)
+
+    def load() -> tuple[Any, list[EncodedSample], int]:
+        context.log.info(f"LoRA fine-tuning variant {variant} on {len(rows)} samples selected by {method}")
+        model, tokenizer = load_causal_lm(reference, store.cache_dir, store.options)
+        return model, _encode(tokenizer, rows, max_tokens), tokenizer.pad_token_id
+
+    record, _ = train_or_reuse(folder, load, lora, context.log.info)
     adapter_row = pd.DataFrame(
         [
             {
@@ -216,27 +192,27 @@ def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
                 "method": method,
                 "path": str(folder),
                 "recipe_hash": recipe_hash[:24],
-                "train_samples": len(samples),
-                "train_tokens": int(record["tokens"]),
-                "train_seconds": float(record["seconds"]),
+                "train_samples": len(rows),
+                "train_tokens": record.tokens,
+                "train_seconds": record.seconds,
             }
         ]
     )
     with duckdb.write() as conn:
         storage.replace_partition(conn, "recovered_adapters", {"variant": variant, "method": method}, adapter_row)
-    losses = record["losses"]
+    losses = record.losses
     return dg.MaterializeResult(
         data_version=dg.DataVersion(recipe_hash[:24]),
         metadata={
             "adapter": dg.MetadataValue.path(str(folder)),
             "method": method,
-            "train_samples": len(samples),
-            "train_tokens": record["tokens"],
-            "seconds": round(record["seconds"], 1),
+            "train_samples": len(rows),
+            "train_tokens": record.tokens,
+            "seconds": round(record.seconds, 1),
             "first_loss": round(losses[0], 4),
             "last_loss": round(losses[-1], 4),
             "loss_curve": dg.MetadataValue.md(
-                charts.line_chart(record["steps"], losses, f"LoRA loss, {method} on {variant}", "step", "loss")
+                charts.line_chart(record.steps, losses, f"LoRA loss, {method} on {variant}", "step", "loss")
             ),
         },
     )
@@ -352,11 +328,6 @@ def recovery_evaluation(
             "adapter": dg.MetadataValue.path(str(adapter)),
         },
     )
-
-
-def adapter_folder(cache_dir: Path, variant: str, method: str, recipe_hash: str) -> Path:
-    """Where the adapter trained by ``method``'s selection on ``variant`` with this recipe is kept."""
-    return cache_dir / "adapters" / variant / f"{method}-{recipe_hash[:16]}"
 
 
 def recorded_adapter(duckdb: PaserDuckDB, variant: str, method: str) -> Path:

@@ -176,6 +176,54 @@ def score_table(scores: pd.DataFrame, variant: str, shard: int) -> pd.DataFrame:
     return table[list(TABLES["degradation_scores"].columns)].astype({"shard": "int64"})
 
 
+def _selectable_scores(duckdb: PaserDuckDB, variant: str) -> pd.DataFrame:
+    """(cluster, jsd, ies) of the variant's selectable samples; an error unless every sample is scored."""
+    with duckdb.get_connection() as conn:
+        frame = conn.execute(
+            """
+            SELECT c.cluster, s.jsd, s.ies
+            FROM clusters c
+            JOIN degradation_scores s USING (sample_id)
+            WHERE s.variant = ?
+              AND c.sample_id NOT IN (SELECT sample_id FROM holdout_split)
+            """,
+            [variant],
+        ).df()
+        missing = conn.execute(
+            "SELECT count(*) FROM clusters WHERE sample_id NOT IN "
+            "(SELECT sample_id FROM degradation_scores WHERE variant = ?)",
+            [variant],
+        ).fetchall()[0][0]
+    if frame.empty:
+        raise dg.Failure(description="clusters and degradation_scores share no sample: materialize both again")
+    if missing:
+        raise dg.Failure(
+            description=f"{missing} samples of variant {variant!r} have no score yet: materialize every shard of "
+            "degradation_scores for this variant first"
+        )
+    return frame
+
+
+def cluster_budgets(frame: pd.DataFrame, budget_setting: float) -> tuple[pd.DataFrame, int]:
+    """Per cluster: size, CDS = mean JSD of its samples, the spread, mean IES and its share of the budget
+    (largest remainder in proportion to CDS, capped by the cluster's size); and the total budget."""
+    per_cluster = (
+        frame.groupby("cluster")
+        .agg(size=("jsd", "size"), cds=("jsd", "mean"), jsd_std=("jsd", "std"), mean_ies=("ies", "mean"))
+        .reset_index()
+        .sort_values("cluster")
+    )
+    budget = resolve_budget(budget_setting, int(per_cluster["size"].sum()))
+    allocation = allocate_budget(budget, per_cluster["cds"].to_numpy(), per_cluster["size"].to_numpy())
+    table = per_cluster.assign(
+        size=per_cluster["size"].astype("int64"),
+        jsd_std=per_cluster["jsd_std"].fillna(0.0),
+        budget=allocation.astype(np.int64),
+        budget_share=allocation / budget,
+    )[["cluster", "size", "cds", "jsd_std", "mean_ies", "budget", "budget_share"]]
+    return table.reset_index(drop=True), budget
+
+
 @dg.asset(
     deps=["degradation_scores", "clusters", "holdout_split", *MODEL_PARENTS],
     partitions_def=partitions.VARIANTS,
@@ -192,49 +240,11 @@ def capability_degradation(
     setting = paser.selection.budget
     schema = duckdb.schema_name
     variant = context.partition_key
-    with duckdb.get_connection() as conn:
-        frame = conn.execute(
-            """
-            SELECT c.cluster, s.jsd, s.ies
-            FROM clusters c
-            JOIN degradation_scores s USING (sample_id)
-            WHERE s.variant = ?
-              AND c.sample_id NOT IN (SELECT sample_id FROM holdout_split)
-            """,
-            [variant],
-        ).df()
-    if frame.empty:
-        raise dg.Failure(description="clusters and degradation_scores share no sample: materialize both again")
-    with duckdb.get_connection() as conn:
-        missing = conn.execute(
-            """
-            SELECT count(*) FROM clusters c
-            WHERE c.sample_id NOT IN (SELECT sample_id FROM degradation_scores WHERE variant = ?)
-            """,
-            [variant],
-        ).fetchall()[0][0]
-    if missing:
-        raise dg.Failure(
-            description=f"{missing} samples of variant {variant!r} have no score yet: materialize every shard of "
-            "degradation_scores for this variant first"
-        )
-    per_cluster = (
-        frame.groupby("cluster")
-        .agg(size=("jsd", "size"), cds=("jsd", "mean"), jsd_std=("jsd", "std"), mean_ies=("ies", "mean"))
-        .reset_index()
-        .sort_values("cluster")
-    )
+    frame = _selectable_scores(duckdb, variant)
     try:
-        budget = resolve_budget(setting, int(per_cluster["size"].sum()))
+        table, budget = cluster_budgets(frame, setting)
     except ValueError as error:
         raise dg.Failure(description=f"PASER_BUDGET={setting}: {error}") from None
-    allocation = allocate_budget(budget, per_cluster["cds"].to_numpy(), per_cluster["size"].to_numpy())
-    table = per_cluster.assign(
-        size=per_cluster["size"].astype("int64"),
-        jsd_std=per_cluster["jsd_std"].fillna(0.0),
-        budget=allocation.astype(np.int64),
-        budget_share=allocation / budget,
-    )[["cluster", "size", "cds", "jsd_std", "mean_ies", "budget", "budget_share"]]
     table.insert(0, "variant", variant)
     with duckdb.write() as conn:
         storage.replace_partition(conn, "capability_degradation", {"variant": variant}, table)

@@ -14,7 +14,7 @@ import pandas as pd
 from paser_assets import storage
 from paser_assets.assets.models import MODEL_PARENTS
 from paser_assets.core.concepts import extract_concepts
-from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, select
+from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, SelectionResult, select
 from paser_assets.core.divergence import LN2
 from paser_assets.partitions import VARIANTS
 from paser_assets.resources import PaserConfig, PaserDuckDB
@@ -56,14 +56,17 @@ def sample_concepts(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeRe
     )
 
 
-def _candidates(duckdb: PaserDuckDB, variant: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def selectable_candidates(duckdb: PaserDuckDB, variant: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A variant's selectable samples (the held-out split excluded) with their scores, cluster, concepts and
+    text, by sample_id; and the per-cluster CDS and budget. PASER and every baseline choose from these."""
     with duckdb.get_connection() as conn:
         frame = conn.execute(
             """
-            SELECT s.sample_id, c.cluster, s.ies, s.jsd, k.concepts
+            SELECT s.sample_id, c.cluster, s.ies, s.jsd, s.pruned_nll, k.concepts, p.instruction, p.input, p.output
             FROM degradation_scores s
             JOIN clusters c USING (sample_id)
             JOIN sample_concepts k USING (sample_id)
+            JOIN recovery_pool p USING (sample_id)
             WHERE s.variant = ?
               AND s.sample_id NOT IN (SELECT sample_id FROM holdout_split)
             ORDER BY s.sample_id
@@ -73,7 +76,74 @@ def _candidates(duckdb: PaserDuckDB, variant: str) -> tuple[pd.DataFrame, pd.Dat
         budgets = conn.execute(
             "SELECT cluster, cds, budget FROM capability_degradation WHERE variant = ? ORDER BY cluster", [variant]
         ).df()
+    if frame.empty or budgets.empty:
+        raise dg.Failure(description=f"no scores or budgets for variant {variant!r}: materialize its scores first")
     return frame, budgets
+
+
+def paser_select(frame: pd.DataFrame, budgets: pd.DataFrame, tolerance: float) -> SelectionResult:
+    """PASER's selection of the candidate rows: per-cluster budgets, IES order, the concept filter at ``tolerance``."""
+    candidates = [
+        Candidate(row.sample_id, int(row.cluster), float(row.ies), float(row.jsd), frozenset(row.concepts))
+        for row in frame.itertuples(index=False)
+    ]
+    clusters = budgets["cluster"].astype(int)
+    return select(
+        candidates,
+        dict(zip(clusters, budgets["budget"].astype(int), strict=True)),
+        dict(zip(clusters, budgets["cds"].astype(float), strict=True)),
+        tolerance,
+    )
+
+
+def decision_table(result: SelectionResult, variant: str) -> pd.DataFrame:
+    """The rows of the selection table: every candidate considered, with its decision."""
+    decisions = result.decisions
+    table = pd.DataFrame(
+        {
+            "variant": variant,
+            "sample_id": [d.sample_id for d in decisions],
+            "cluster": [d.cluster for d in decisions],
+            "rank": [d.rank for d in decisions],
+            "ies": [d.ies for d in decisions],
+            "jsd": [d.jsd for d in decisions],
+            "decision": [d.decision for d in decisions],
+            "conflict_pairs": [[f"{a} | {b}" for a, b in d.conflict_pairs] for d in decisions],
+            "conflict_share": [d.conflict_share for d in decisions],
+            "refill_round": [d.refill_round for d in decisions],
+        }
+    )
+    return table.astype({"variant": str, "cluster": "int64", "rank": "int64", "refill_round": "int64"})
+
+
+def graph_table(result: SelectionResult, variant: str) -> pd.DataFrame:
+    """The rows of the concept_graph table: concept pairs of the selected samples and their co-occurrences."""
+    edges = sorted(result.graph.edges.items())
+    graph = pd.DataFrame(
+        {
+            "variant": variant,
+            "concept_a": [a for (a, _), _ in edges],
+            "concept_b": [b for (_, b), _ in edges],
+            "cooccurrences": [count for _, count in edges],
+        }
+    )
+    return graph.astype({"variant": str, "cooccurrences": "int64"})
+
+
+def acceptance_per_cluster(table: pd.DataFrame, budgets: pd.DataFrame) -> pd.DataFrame:
+    """Per cluster: candidates considered, selected and rejected as conflicts, the budget and the acceptance rate."""
+    per_cluster = (
+        table.groupby("cluster")
+        .agg(
+            considered=("decision", lambda d: int((d != BUDGET_FULL).sum())),
+            selected=("decision", lambda d: int((d == SELECTED).sum())),
+            conflicts=("decision", lambda d: int((d == "concept_conflict").sum())),
+        )
+        .reset_index()
+        .merge(budgets[["cluster", "budget"]], on="cluster")
+    )
+    per_cluster["acceptance_rate"] = (per_cluster["selected"] / per_cluster["considered"].clip(lower=1)).round(3)
+    return per_cluster
 
 
 def _create_view(conn: duckdb.DuckDBPyConnection) -> None:
@@ -133,57 +203,14 @@ def selection(
 ) -> Iterator[dg.MaterializeResult]:
     tolerance = paser.selection.conflict_tolerance
     variant = context.partition_key
-    frame, budgets = _candidates(duckdb, variant)
-    if frame.empty or budgets.empty:
-        raise dg.Failure(description=f"no scores or budgets for variant {variant!r}: materialize its scores first")
-    candidates = [
-        Candidate(row.sample_id, int(row.cluster), float(row.ies), float(row.jsd), frozenset(row.concepts))
-        for row in frame.itertuples(index=False)
-    ]
-    result = select(
-        candidates,
-        dict(zip(budgets["cluster"].astype(int), budgets["budget"].astype(int), strict=True)),
-        dict(zip(budgets["cluster"].astype(int), budgets["cds"].astype(float), strict=True)),
-        tolerance,
-    )
-    table = pd.DataFrame(
-        {
-            "sample_id": [d.sample_id for d in result.decisions],
-            "cluster": [d.cluster for d in result.decisions],
-            "rank": [d.rank for d in result.decisions],
-            "ies": [d.ies for d in result.decisions],
-            "jsd": [d.jsd for d in result.decisions],
-            "decision": [d.decision for d in result.decisions],
-            "conflict_pairs": [[f"{a} | {b}" for a, b in d.conflict_pairs] for d in result.decisions],
-            "conflict_share": [d.conflict_share for d in result.decisions],
-            "refill_round": [d.refill_round for d in result.decisions],
-        }
-    ).astype({"cluster": "int64", "rank": "int64", "refill_round": "int64"})
-    table.insert(0, "variant", variant)
-    edges = sorted(result.graph.edges.items())
-    graph = pd.DataFrame(
-        {
-            "concept_a": [a for (a, _), _ in edges],
-            "concept_b": [b for (_, b), _ in edges],
-            "cooccurrences": [count for _, count in edges],
-        }
-    ).astype({"cooccurrences": "int64"})
-    graph.insert(0, "variant", variant)
+    frame, budgets = selectable_candidates(duckdb, variant)
+    result = paser_select(frame, budgets, tolerance)
+    table, graph = decision_table(result, variant), graph_table(result, variant)
     with duckdb.write() as conn:
         storage.replace_partition(conn, "selection", {"variant": variant}, table)
         storage.replace_partition(conn, "concept_graph", {"variant": variant}, graph)
         _create_view(conn)
-    per_cluster = (
-        table.groupby("cluster")
-        .agg(
-            considered=("decision", lambda d: int((d != BUDGET_FULL).sum())),
-            selected=("decision", lambda d: int((d == SELECTED).sum())),
-            conflicts=("decision", lambda d: int((d == "concept_conflict").sum())),
-        )
-        .reset_index()
-        .merge(budgets[["cluster", "budget"]], on="cluster")
-    )
-    per_cluster["acceptance_rate"] = (per_cluster["selected"] / per_cluster["considered"].clip(lower=1)).round(3)
+    per_cluster = acceptance_per_cluster(table, budgets)
     considered = int(per_cluster["considered"].sum())
     yield dg.MaterializeResult(
         asset_key="selection",

@@ -176,7 +176,9 @@ def test_recovered_adapters_are_safetensors_with_a_loss_curve(recovery: Recovery
         assert not list(folder.glob("*.bin"))
         record = json.loads((folder / "paser_training.json").read_text())
         assert metadata["train_samples"] == sizes[method], method
-        steps = math.ceil(sizes[method] / recovery.config.recovery.lora_batch_size) * recovery.config.recovery.lora_epochs
+        steps = (
+            math.ceil(sizes[method] / recovery.config.recovery.lora_batch_size) * recovery.config.recovery.lora_epochs
+        )
         assert record["steps"] == list(range(1, steps + 1))
         assert metadata["first_loss"] == round(record["losses"][0], 4)
         assert metadata["loss_curve"].startswith("![") and "data:image/png;base64," in metadata["loss_curve"]

@@ -185,7 +185,9 @@ def test_export_round_trips_through_datasets(run: Run) -> None:
 
 
 def test_json_export_is_an_alpaca_array(run: Run) -> None:
-    records = json.loads((Path(run.config.selection.export_dir) / VARIANT / "selection.json").read_text(encoding="utf-8"))
+    records = json.loads(
+        (Path(run.config.selection.export_dir) / VARIANT / "selection.json").read_text(encoding="utf-8")
+    )
     assert isinstance(records, list)
     assert all(list(record) == ALPACA for record in records)
     assert records == view_records(run)

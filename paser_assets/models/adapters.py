@@ -1,0 +1,71 @@
+"""Recovery adapters on disk: one folder per (variant, method, recipe), trained once and reused.
+
+The recipe is everything the adapter's weights depend on: the LoRA settings, the pruned checkpoint's
+content hash, the selected samples in order and how they were cut (``max_tokens``). A folder is written
+in a staging place and moved into place whole, so a crash never leaves half an adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from paser_assets.models.checkpoints import publish_folder, staging_folder
+from paser_assets.models.scoring import EncodedSample
+from paser_assets.models.training import LoraSettings, save_adapter, train_lora
+
+TRAINING_RECORD = "paser_training.json"
+
+
+def adapter_recipe(lora: LoraSettings, pruned_version: str, sample_ids: Sequence[str], max_tokens: int) -> str:
+    """A hash of what an adapter's weights depend on."""
+    recipe = {"lora": lora.__dict__, "pruned": pruned_version, "samples": list(sample_ids), "max_tokens": max_tokens}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def adapter_folder(cache_dir: Path, variant: str, method: str, recipe: str) -> Path:
+    """Where the adapter of ``method``'s selection on ``variant`` with this recipe is kept."""
+    return cache_dir / "adapters" / variant / f"{method}-{recipe[:16]}"
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What training an adapter cost and how its loss went, kept beside the adapter."""
+
+    steps: list[int]
+    losses: list[float]
+    tokens: int
+    seconds: float
+
+    @classmethod
+    def read(cls, folder: Path) -> TrainingRecord | None:
+        path = folder / TRAINING_RECORD
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+
+def train_or_reuse(
+    folder: Path,
+    load: Callable[[], tuple[Any, Sequence[EncodedSample], int]],
+    lora: LoraSettings,
+    log: Callable[[str], None],
+) -> tuple[TrainingRecord, bool]:
+    """The adapter in ``folder``, trained now unless it is there already; returns (record, trained_now).
+
+    ``load`` gives (pruned model, encoded samples, pad id) and is called only when training is needed.
+    """
+    record = TrainingRecord.read(folder)
+    if record is not None:
+        log(f"reusing the adapter {folder} (same selection, settings and pruned model)")
+        return record, False
+    model, samples, pad_id = load()
+    peft_model, training = train_lora(model, samples, pad_id, lora, log)
+    staging = staging_folder(folder)
+    save_adapter(peft_model, staging)
+    record = TrainingRecord(training.steps, training.losses, training.tokens, training.seconds)
+    (staging / TRAINING_RECORD).write_text(json.dumps(record.__dict__))
+    publish_folder(staging, folder)
+    return record, True

@@ -1,0 +1,50 @@
+"""Recovery adapters on disk (paser_assets.models.adapters): the recipe, train once, reuse."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+from paser_assets.models.adapters import TrainingRecord, adapter_folder, adapter_recipe, train_or_reuse
+from paser_assets.models.scoring import encode_sample
+from paser_assets.models.training import LoraSettings
+from paser_assets.pool.demo import generate_demo_pool
+
+LORA = LoraSettings(learning_rate=1e-2, epochs=1, batch_size=4, seed=0)
+
+
+def test_the_recipe_changes_with_everything_the_weights_depend_on() -> None:
+    base = adapter_recipe(LORA, "pruned-a", ["s1", "s2"], 512)
+    assert adapter_recipe(LORA, "pruned-a", ["s1", "s2"], 512) == base
+    others = [
+        adapter_recipe(dataclasses.replace(LORA, r=16), "pruned-a", ["s1", "s2"], 512),
+        adapter_recipe(LORA, "pruned-b", ["s1", "s2"], 512),
+        adapter_recipe(LORA, "pruned-a", ["s2", "s1"], 512),  # the order is the training order
+        adapter_recipe(LORA, "pruned-a", ["s1", "s2"], 256),  # samples cut differently
+    ]
+    assert base not in others and len(set(others)) == len(others)
+    folder = adapter_folder(Path("/cache"), "w50", "random", base)
+    assert folder == Path("/cache/adapters/w50") / f"random-{base[:16]}"
+
+
+def test_an_adapter_is_trained_once_and_then_reused(tmp_path: Path, tiny_pair, tokenizer) -> None:
+    rows = generate_demo_pool(8, seed=1)
+    samples = [
+        encode_sample(tokenizer, f"s{i}", r["instruction"], r["input"], r["output"], 64) for i, r in enumerate(rows)
+    ]
+    loads: list[int] = []
+
+    def load():
+        loads.append(1)
+        return copy.deepcopy(tiny_pair[0]), samples, tokenizer.pad_token_id
+
+    folder = tmp_path / "adapters" / "v" / "paser-x"
+    record, trained = train_or_reuse(folder, load, LORA, lambda _: None)
+    assert trained and loads == [1]
+    assert record.tokens > 0 and len(record.losses) == len(record.steps) == 2  # 8 samples, batches of 4
+    assert (folder / "adapter_model.safetensors").exists()
+    again, trained_again = train_or_reuse(folder, load, LORA, lambda _: None)
+    assert not trained_again and loads == [1]  # nothing loaded the second time
+    assert again == record == TrainingRecord.read(folder)
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging folder left behind
