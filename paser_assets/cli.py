@@ -1,21 +1,37 @@
-"""The ``paser`` command: materialize the graph from the shell and print SQL summaries."""
+"""The ``paser`` command: materialize the graph from the shell and print SQL summaries.
+
+Every setting is a ``PASER_*`` environment variable (``paser settings`` lists them); the common ones are
+also flags. Heavy packages (Dagster, PyTorch) are imported only by the commands that need them, so
+``paser --help`` answers at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import dagster as dg
-import duckdb
+if TYPE_CHECKING:
+    import dagster as dg
 
-from paser_assets import storage
-from paser_assets.assets.selection import export_folder
-from paser_assets.registry import add_variant, registered_variants, remove_variant, sync_variants
-from paser_assets.resources import PaserDuckDB, SettingError
-from paser_assets.runner import GraphRun, default_instance, instance_home, plan_refresh, refresh, run_graph
-from paser_assets.variants import VariantError, parse_variant_spec, validate_variant_name
+    from paser_assets.resources import PaserDuckDB
+    from paser_assets.runner import GraphRun
+
+# Flags for the settings people change most, and the environment variable each one sets (a test checks
+# these names against the settings' declarations).
+FLAGS: dict[str, tuple[str, str]] = {
+    "--db": ("PASER_DB", "the DuckDB file"),
+    "--dataset": ("PASER_DATASET", "a JSON/JSONL/Parquet/CSV file or folder, or a hub dataset id"),
+    "--pruned-model": ("PASER_PRUNED_MODEL", "an external pruned checkpoint (variant 'external')"),
+    "--budget": ("PASER_BUDGET", "the selection budget: a fraction such as 0.2, or a count"),
+}
+EPILOG = (
+    "Settings come from PASER_* environment variables; `paser settings` lists every one with its default. "
+    "Without DAGSTER_HOME, runs are recorded in .dagster_home beside the database, which `make ui` shows."
+)
 
 SUMMARY_QUERIES: list[tuple[str, str]] = [
     (
@@ -52,7 +68,18 @@ SUMMARY_QUERIES: list[tuple[str, str]] = [
 
 def summary(database: PaserDuckDB | None = None) -> str:
     """The summary tables, queried with SQL from the DuckDB file, as text."""
+    import duckdb
+
+    from paser_assets import storage
+    from paser_assets.resources import PaserDuckDB
+
+    from pathlib import Path
+
+    from paser_assets.settings import SettingError
+
     database = database or PaserDuckDB.from_env()
+    if database.database != ":memory:" and not Path(database.database).is_file():
+        raise SettingError(f"no database at {database.database}: run `paser materialize` first, or set PASER_DB")
     schema = storage.validate_identifier(database.schema_name, "schema name")
     lines = [f"PASER summary of {database.database} (schema {schema})"]
     try:
@@ -74,6 +101,8 @@ def summary(database: PaserDuckDB | None = None) -> str:
 
 def _instance(database: PaserDuckDB) -> dg.DagsterInstance:
     """The run history this command uses, announced on the first line so nobody wonders which one it was."""
+    from paser_assets.runner import default_instance, instance_home
+
     home, source = instance_home(database.database)
     print(f"paser: Dagster instance {home} ({source}); database {database.database} (schema {database.schema_name})")
     return default_instance(database.database)
@@ -93,6 +122,11 @@ def _report(run: GraphRun, elapsed: float) -> None:
 
 
 def _variants_command(args: argparse.Namespace) -> int:
+    from paser_assets.assets.selection import export_folder
+    from paser_assets.registry import add_variant, registered_variants, remove_variant, sync_variants
+    from paser_assets.runner import refresh
+    from paser_assets.variants import parse_variant_spec, validate_variant_name
+
     defs = _load_definitions()
     config, database = defs.resources["paser"], defs.resources["duckdb"]
     instance = _instance(database)
@@ -120,66 +154,105 @@ def _variants_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="paser", description=__doc__)
+def _dry_run(defs: dg.Definitions, instance: dg.DagsterInstance) -> int:
+    from paser_assets.runner import plan_refresh
+
+    observation, stale = plan_refresh(defs, instance)
+    if not observation.success:
+        print("paser: observing the checkpoints failed; see the log above", file=sys.stderr)
+        return 1
+    print("would recompute:" if stale else "nothing to recompute: every asset is up to date")
+    for line in stale.explain():
+        print(f"  {line}")
+    return 0
+
+
+def _graph_command(args: argparse.Namespace) -> int:
+    """materialize, demo and refresh."""
+    from paser_assets.runner import refresh, run_graph
+
+    defs = _load_definitions()
+    instance = _instance(defs.resources["duckdb"])
+    if args.command == "refresh" and args.dry_run:
+        return _dry_run(defs, instance)
+    start = time.monotonic()
+    if args.command == "refresh":
+        graph_run, stale = refresh(defs, instance)
+        print(f"\nstale or missing after observing: {', '.join(stale) or 'nothing'}")
+    else:
+        graph_run = run_graph(defs, instance, selection=getattr(args, "select", None))
+    _report(graph_run, time.monotonic() - start)
+    if args.command == "demo" and graph_run.success:
+        print()
+        print(summary())
+    return 0 if graph_run.success else 1
+
+
+def _settings_command(_: argparse.Namespace) -> int:
+    from paser_assets.resources import PaserDuckDB
+    from paser_assets.settings import settings_markdown
+
+    print(settings_markdown(PaserDuckDB.documented_settings()), end="")
+    return 0
+
+
+def _summary_command(_: argparse.Namespace) -> int:
+    print(summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    for flag, (variable, meaning) in FLAGS.items():
+        common.add_argument(flag, metavar=variable.removeprefix("PASER_"), help=f"{meaning} (sets {variable})")
+    parser = argparse.ArgumentParser(prog="paser", description=__doc__.split("\n\n")[0], epilog=EPILOG)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("materialize", help="observe the checkpoints and materialize every asset and variant")
+
+    def command(name: str, help_text: str, handler, flags: bool = True) -> argparse.ArgumentParser:
+        parents = [common] if flags else []
+        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=EPILOG, parents=parents)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    run = command("materialize", "observe the checkpoints and materialize every asset and variant", _graph_command)
     run.add_argument("--select", help="Dagster asset selection, e.g. 'key:clusters+' (default: everything)")
-    commands.add_parser("demo", help="materialize everything, then print the summary")
-    refresh_command = commands.add_parser(
-        "refresh", help="observe the checkpoints and materialize exactly what is stale or missing (after a re-prune)"
-    )
-    refresh_command.add_argument(
-        "--dry-run", action="store_true", help="observe and list what would be recomputed and why, run nothing"
-    )
-    commands.add_parser("summary", help="print the SQL summary of the DuckDB file")
-    commands.add_parser("settings", help="list every setting with its environment variable, default and meaning")
-    variants = commands.add_parser("variants", help="list, add or remove pruned variants")
+    command("demo", "materialize everything, then print the summary", _graph_command)
+    refresh = command(
+        "refresh", "observe the checkpoints and materialize exactly what is stale or missing (after a re-prune)",
+        _graph_command,
+    )  # fmt: skip
+    refresh.add_argument("--dry-run", action="store_true", help="list what would be recomputed and why, run nothing")
+    command("summary", "print the SQL summary of the DuckDB file", _summary_command)
+    command("settings", "list every setting with its environment variable, default and meaning", _settings_command)
+    # The flags go on the actions (`paser variants list --db x`): argparse lets a subparser's defaults
+    # overwrite a value its parent parsed, so they cannot sit on both levels.
+    variants = command("variants", "list, add or remove pruned variants", _variants_command, flags=False)
     actions = variants.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", help="list the registered variants")
-    add = actions.add_parser("add", help="register a variant and materialize only it")
+    actions.add_parser("list", help="list the registered variants", parents=[common])
+    add = actions.add_parser("add", help="register a variant and materialize only it", parents=[common])
     add.add_argument("name", help="letters, digits, '_' and '-'")
     add.add_argument("spec", help="a recipe such as wanda:0.5 or magnitude:2:4, or a checkpoint folder")
     add.add_argument("--replace", action="store_true", help="redefine an existing variant")
     add.add_argument("--no-materialize", action="store_true", help="only register it")
-    remove = actions.add_parser(
-        "remove", help="delete a variant's rows in every per-variant table, its export and adapter files and partition"
-    )
+    remove = actions.add_parser("remove", help="delete a variant's rows, export files and partition", parents=[common])
     remove.add_argument("name")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "summary":
-            print(summary())
-            return 0
-        if args.command == "settings":
-            from paser_assets.settings import settings_markdown
+    return parser
 
-            print(settings_markdown(PaserDuckDB.documented_settings()), end="")
-            return 0
-        if args.command == "variants":
-            return _variants_command(args)
-        defs = _load_definitions()
-        instance = _instance(defs.resources["duckdb"])
-        start = time.monotonic()
-        if args.command == "refresh" and args.dry_run:
-            observation, stale = plan_refresh(defs, instance)
-            if not observation.success:
-                print("paser: observing the checkpoints failed; see the log above", file=sys.stderr)
-                return 1
-            print("would recompute:" if stale else "nothing to recompute: every asset is up to date")
-            for line in stale.explain():
-                print(f"  {line}")
-            return 0
-        if args.command == "refresh":
-            graph_run, stale = refresh(defs, instance)
-            print(f"\nstale or missing after observing: {', '.join(stale) or 'nothing'}")
-        else:
-            graph_run = run_graph(defs, instance, selection=getattr(args, "select", None))
-        _report(graph_run, time.monotonic() - start)
-        if args.command == "demo" and graph_run.success:
-            print()
-            print(summary())
-        return 0 if graph_run.success else 1
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag, (variable, _) in FLAGS.items():
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"), None)
+        if value is not None:
+            os.environ[variable] = value  # before the definitions read the environment
+    import dagster as dg
+
+    from paser_assets import storage
+    from paser_assets.settings import SettingError
+    from paser_assets.variants import VariantError
+
+    try:
+        return args.handler(args)
     except (SettingError, VariantError, storage.DatabaseLockedError) as error:
         print(f"paser: {error}", file=sys.stderr)
         return 2

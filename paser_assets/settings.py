@@ -519,6 +519,9 @@ class PaserConfig(dg.ConfigurableResource):
     def from_env(cls, env: Mapping[str, str] | None = None) -> PaserConfig:
         """Settings from ``PASER_*`` variables; unset or empty variables keep the defaults."""
         env = os.environ if env is None else env
+        unknown = unknown_variables(env)
+        if unknown:
+            raise SettingError(f"unknown settings in the environment: {', '.join(unknown)}; unset them")
         values: dict[str, Any] = {}
         raw_by_path: dict[str, str] = {}
         for item in all_settings():
@@ -585,6 +588,18 @@ def all_settings() -> Iterator[SettingInfo]:
             extra = _extra(info)
             env = extra.get("env", ENV_PREFIX + name.upper())
             yield SettingInfo(f"{stage}.{name}", name, stage, env, extra.get("affects", "results"), info)
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """``PASER_*`` variables that name no setting (a typo would otherwise leave the default in force silently)."""
+    from paser_assets.resources import PaserDuckDB
+
+    known = [*environment_names().values(), *PaserDuckDB.environment_names().values()]
+    found = []
+    for name in sorted(v for v in env if v.startswith(ENV_PREFIX) and v not in known):
+        match = get_close_matches(name, known, 1)
+        found.append(name + (f" (did you mean {match[0]}?)" if match else ""))
+    return found
 
 
 def environment_names() -> dict[str, str]:

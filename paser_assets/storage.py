@@ -70,7 +70,7 @@ def is_lock_error(error: Exception) -> bool:
 
 def connect(database: str, *, read_only: bool = False, lock_timeout_s: float = 30.0) -> duckdb.DuckDBPyConnection:
     """Open ``database``, waiting at most ``lock_timeout_s`` for another process's lock to go."""
-    if database != ":memory:":
+    if database != ":memory:" and not read_only:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     delay = 0.05

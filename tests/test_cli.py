@@ -132,3 +132,48 @@ def test_the_standard_dagster_cli_selects_any_single_asset(tmp_path: Path) -> No
         rejected = conn.execute("SELECT count(*) FROM std.paser.recovery_pool_rejected").fetchall()[0][0]
         profiles = conn.execute("SELECT count(*) FROM std.paser.cluster_profiles").fetchall()[0][0]
     assert rejected >= 0 and profiles >= 2
+
+
+def test_help_loads_no_heavy_package_and_names_the_settings(tmp_path: Path) -> None:
+    probe = (
+        "import sys\n"
+        "from paser_assets.cli import main\n"
+        "try:\n    main(['materialize', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('HEAVY', sorted(m for m in ('dagster', 'torch', 'transformers', 'duckdb') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert "HEAVY []" in result.stdout, result.stdout + result.stderr
+    for flag, (variable, _) in paser_cli_flags().items():
+        assert flag in result.stdout and variable in result.stdout
+    assert "paser settings" in result.stdout
+
+
+def paser_cli_flags() -> dict[str, tuple[str, str]]:
+    from paser_assets.cli import FLAGS
+
+    return FLAGS
+
+
+def test_flags_set_the_settings_they_name() -> None:
+    from paser_assets.resources import PaserDuckDB
+    from paser_assets.settings import environment_names
+
+    known = {*environment_names().values(), *PaserDuckDB.environment_names().values()}
+    assert {variable for variable, _ in paser_cli_flags().values()} <= known
+
+
+def test_flags_reach_the_run_and_a_missing_database_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "x.duckdb"
+    result = run_paser(["summary", "--db", str(missing)], {"DAGSTER_HOME": ""}, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"paser: no database at {missing}: run `paser materialize` first, or set PASER_DB"
+    assert not missing.parent.exists()  # nothing created by looking
+    listed = run_paser(["variants", "list", "--db", str(tmp_path / "v.duckdb")], {"DAGSTER_HOME": ""}, tmp_path)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert listed.stdout.splitlines()[0].endswith(f"database {tmp_path / 'v.duckdb'} (schema paser)")
+
+
+def test_an_unknown_setting_variable_is_refused(tmp_path: Path) -> None:
+    result = run_paser(["demo"], {"PASER_DB": str(tmp_path / "x.duckdb"), "PASER_BUDGETT": "0.1"}, tmp_path)
+    assert result.returncode == 2
+    assert "PASER_BUDGETT (did you mean PASER_BUDGET?)" in result.stderr and "Traceback" not in result.stderr

@@ -115,6 +115,12 @@ def test_bad_database_settings_name_the_variable(variable: str, value: str) -> N
         PaserDuckDB.from_env({variable: value})
 
 
+def test_an_unknown_variable_is_an_error_with_a_suggestion() -> None:
+    with pytest.raises(SettingError, match=r"PASER_BUDGETT \(did you mean PASER_BUDGET\?\)"):
+        PaserConfig.from_env({"PASER_BUDGETT": "0.1"})
+    assert PaserConfig.from_env({"PASER_DB": "x.duckdb"}) == PaserConfig()  # the database's own settings
+
+
 def test_flat_and_grouped_settings_agree_and_typos_are_refused() -> None:
     flat = PaserConfig(max_tokens=256, demo_size=40, seed=3)
     grouped = PaserConfig(scoring={"max_tokens": 256}, pool={"demo_size": 40}, seed=3)

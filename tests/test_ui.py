@@ -85,8 +85,8 @@ def _log(message: str) -> None:
 
 
 def chromium_path() -> str | None:
-    """PASER_TEST_CHROMIUM if set, else Debian's Chromium; Playwright cannot download its own browser here."""
-    override = os.environ.get("PASER_TEST_CHROMIUM")
+    """CHROMIUM_EXECUTABLE if set, else Debian's Chromium; Playwright cannot download its own browser here."""
+    override = os.environ.get("CHROMIUM_EXECUTABLE")
     candidates = [override] if override else ["/usr/bin/chromium", shutil.which("chromium")]
     return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
@@ -105,7 +105,7 @@ def browser() -> Iterator[Any]:
         _skip(f"the playwright package is not installed ({error}); `pip install playwright` (the dev extra)")
     executable = chromium_path()
     if executable is None:
-        where = os.environ.get("PASER_TEST_CHROMIUM") or "/usr/bin/chromium"
+        where = os.environ.get("CHROMIUM_EXECUTABLE") or "/usr/bin/chromium"
         _skip(f"Chromium is not installed ({where} missing); `apt-get install chromium`, as .ci/run does")
     manager = sync_playwright().start()
     try:
