@@ -68,13 +68,12 @@ SUMMARY_QUERIES: list[tuple[str, str]] = [
 
 def summary(database: PaserDuckDB | None = None) -> str:
     """The summary tables, queried with SQL from the DuckDB file, as text."""
+    from pathlib import Path
+
     import duckdb
 
     from paser_assets import storage
     from paser_assets.resources import PaserDuckDB
-
-    from pathlib import Path
-
     from paser_assets.settings import SettingError
 
     database = database or PaserDuckDB.from_env()
