@@ -299,7 +299,7 @@ def test_demo_pool_clustering_recovers_families(demo_embeddings, automatic):
         n_neighbors=config.n_neighbors,
         regularization=config.graph_regularization,
         max_clusters=config.max_clusters,
-        seed=config.seed,
+        seed=PaserConfig().seed,
     )
     score = normalized_mutual_info_score(families, result.labels)
     print(f"demo pool NMI ({'automatic' if automatic else 'fixed'} k={result.n_clusters}): {score:.4f}")
