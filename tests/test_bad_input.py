@@ -1,6 +1,6 @@
 """Bad input through Dagster: each bad file gives rejected rows with reasons, or one clear failure naming the file.
 
-Every case materializes only the ``recovery_pool`` multi-asset (``recovery_pool`` + ``recovery_pool_rejected``)
+Every case materializes only the ``recovery_pool`` asset (tables ``recovery_pool`` + ``recovery_pool_rejected``)
 into a real DuckDB file and reads the tables back. The readers' own edge cases are in ``tests/pool``; here we check
 what a user sees: the rows in DuckDB, or a ``dg.Failure`` whose message names the file (and row), never a bare
 traceback, and never a half-written table.
@@ -80,10 +80,7 @@ def failure_message(result: dg.ExecuteInProcessResult) -> str:
 
 def assert_success(result: dg.ExecuteInProcessResult) -> None:
     assert result.success, [e.step_failure_data for e in result.all_events if e.is_step_failure]
-    assert {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()} == {
-        "recovery_pool",
-        "recovery_pool_rejected",
-    }
+    assert {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()} == {"recovery_pool"}
 
 
 @pytest.fixture
@@ -333,5 +330,5 @@ def test_cli_shows_progress_and_rejections_on_success(tmp_path: Path) -> None:
     result = run_cli(tmp_path, path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "read 4 rows: 3 kept, 1 rejected, 0 duplicates merged" in result.stderr  # Dagster's INFO log
-    assert "materialized 2 assets" in result.stdout and "recovery_pool_rejected" in result.stdout
+    assert "materialized 1 assets" in result.stdout and "recovery_pool" in result.stdout
     assert rejected(tmp_path / "cli.duckdb") == [("pool.jsonl", 4, "malformed_row")]

@@ -23,7 +23,6 @@ from paser_assets.variants import Variant
 
 SHARED = {
     "recovery_pool",
-    "recovery_pool_rejected",
     "instruction_embeddings",
     "manifold",
     "clusters",
