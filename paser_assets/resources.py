@@ -27,6 +27,8 @@ from paser_assets.settings import (
 
 DEFAULT_DB = "paser.duckdb"
 DEFAULT_SCHEMA = "paser"
+# The Dagster instance (run history) the CLI uses without DAGSTER_HOME, beside the DuckDB file.
+INSTANCE_FOLDER = ".dagster_home"
 
 __all__ = ["DEFAULT_DB", "DEFAULT_SCHEMA", "RECOVERY_METHODS", "PaserConfig", "PaserDuckDB", "SettingError",
            "parse_field_map"]  # fmt: skip

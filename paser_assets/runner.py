@@ -18,7 +18,7 @@ import dagster as dg
 from paser_assets import partitions
 from paser_assets.partitions import PartitionKey
 from paser_assets.registry import sync_variants
-from paser_assets.resources import PaserConfig, PaserDuckDB
+from paser_assets.resources import INSTANCE_FOLDER, PaserConfig, PaserDuckDB
 from paser_assets.staleness import StaleSet, stale_or_missing
 
 OBSERVED = (dg.AssetKey("original_model"), dg.AssetKey("pruned_checkpoint"))
@@ -54,9 +54,6 @@ def concise_console_logger(init_context: dg.InitLoggerContext) -> logging.Logger
     console = dg.colored_console_logger.logger_fn(init_context)
     console.addFilter(_ConciseFailures())
     return console
-
-
-INSTANCE_FOLDER = ".dagster_home"
 
 
 def instance_home(database: str) -> tuple[Path, str]:

@@ -1,16 +1,27 @@
 """The ``recovery_pool`` asset and its rejection table."""
 
+from pathlib import Path
+
 import dagster as dg
 
 from paser_assets import storage
 from paser_assets.core.baselines import seeded_order
 from paser_assets.pool import PoolInputError, load_pool
-from paser_assets.resources import PaserConfig, PaserDuckDB
+from paser_assets.resources import INSTANCE_FOLDER, PaserConfig, PaserDuckDB
 from paser_assets.settings import reads
 from paser_assets.tables import table_metadata
 
 POOL_GROUP = "pool"
 HOLDOUT_TABLE = "holdout_split"
+
+
+def _own_outputs(database: str) -> list[Path]:
+    """The plugin's outputs at their default places beside the DuckDB file, never read as data. Moved ones
+    (PASER_MODEL_CACHE, PASER_EXPORT_DIR) are recognised by what they hold (see paser_assets.pool.folders)."""
+    if database == ":memory:":
+        return []
+    folder = Path(database).resolve().parent
+    return [Path(database).resolve(), folder / "paser_models", folder / "paser_export", folder / INSTANCE_FOLDER]
 
 
 @dg.asset(
@@ -31,6 +42,7 @@ def recovery_pool(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb:
             max_chars=settings.max_chars,
             demo_size=settings.demo_size,
             seed=paser.seed,
+            exclude=_own_outputs(duckdb.database),
         )
     except PoolInputError as error:
         raise dg.Failure(description=str(error)) from None
@@ -54,6 +66,7 @@ def recovery_pool(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb:
             "rejected": len(build.rejected),
             "rejected_table": dg.MetadataValue.text(f"{duckdb.schema_name}.recovery_pool_rejected"),
             "rejection_reasons": dg.MetadataValue.json(build.rejection_counts),
+            "files_skipped": dg.MetadataValue.json([f"{p.path}: {p.reason}" for p in build.skipped]),
             "families": dg.MetadataValue.json({str(k): int(v) for k, v in families.items()}),
             "preview": dg.MetadataValue.md(
                 build.accepted[["sample_id", "family", "instruction"]].head(8).to_markdown(index=False)
