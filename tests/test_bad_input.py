@@ -332,3 +332,25 @@ def test_cli_shows_progress_and_rejections_on_success(tmp_path: Path) -> None:
     assert "read 4 rows: 3 kept, 1 rejected, 0 duplicates merged" in result.stderr  # Dagster's INFO log
     assert "materialized 1 assets" in result.stdout and "recovery_pool" in result.stdout
     assert rejected(tmp_path / "cli.duckdb") == [("pool.jsonl", 4, "malformed_row")]
+
+
+def test_the_plugins_own_outputs_inside_the_dataset_folder_are_never_read(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    jsonl(data / "pool.jsonl", GOOD)
+    db = data / "paser.duckdb"
+    first = materialize_pool(data, db)
+    assert_success(first)
+    # What later runs leave beside the database: a model cache, an export, the CLI's run history.
+    record = data / "paser_models" / "pruned" / "wanda-50-abc" / "paser_pruning.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"recipe": {"method": "wanda"}, "instruction": "x", "output": "y"}))
+    (data / "paser_export" / "v").mkdir(parents=True)
+    jsonl(data / "paser_export" / "v" / "selection.jsonl", GOOD[:1])
+    (data / ".dagster_home").mkdir()
+    second = materialize_pool(data, db)
+    assert_success(second)
+    assert len(rows(db, "recovery_pool", "sample_id")) == len(GOOD)
+    assert rejected(db) == []
+    skipped = second.asset_materializations_for_node("recovery_pool")[0].metadata["files_skipped"].value
+    assert any("paser_models" in line for line in skipped) and any("paser_export" in line for line in skipped)
