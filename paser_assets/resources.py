@@ -76,8 +76,8 @@ class PaserDuckDB(DuckDBResource):
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for name, variable in cls.environment_names().items():
-            raw = env.get(variable, "").strip()
-            if raw:
+            raw = env.get(variable, "")
+            if raw:  # not stripped: a schema name with spaces or a newline is refused, not repaired
                 values[name] = raw
         try:
             return cls(**values)

@@ -80,7 +80,7 @@ TABLES: dict[str, Table] = _declare(
     ),
     Table(
         "recovery_pool_rejected",
-        "recovery_pool_rejected",
+        "recovery_pool",
         {
             name: ("BIGINT" if name == "source_row" else "VARCHAR", description)
             for name, description in REJECTED_COLUMNS.items()
