@@ -124,7 +124,7 @@ def _variants_command(args: argparse.Namespace) -> int:
     from paser_assets.assets.selection import export_folder
     from paser_assets.registry import add_variant, registered_variants, remove_variant, sync_variants
     from paser_assets.runner import refresh
-    from paser_assets.variants import parse_variant_spec, validate_variant_name
+    from paser_assets.variants import VariantError, parse_variant_spec, validate_variant_name
 
     defs = _load_definitions()
     config, database = defs.resources["paser"], defs.resources["duckdb"]
@@ -145,6 +145,10 @@ def _variants_command(args: argparse.Namespace) -> int:
         _report(run, time.monotonic() - start)
         return 0 if run.success else 1
     name = validate_variant_name(args.name)
+    known = registered_variants(database, config.pruning.recipe())
+    if name not in known:
+        raise VariantError(f"variant {name!r} is not registered in {database.database}; registered: "
+                           f"{', '.join(sorted(known)) or 'none'}")  # fmt: skip
     cache_dir = config.models.store(database.database).cache_dir
     removal = remove_variant(
         instance, database, name, export_folder(config.selection.export_dir, database.database), cache_dir

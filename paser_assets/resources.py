@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -27,6 +28,8 @@ from paser_assets.settings import (
 
 DEFAULT_DB = "paser.duckdb"
 DEFAULT_SCHEMA = "paser"
+# Bytes 8-11 of every DuckDB database file.
+DUCKDB_MAGIC = b"DUCK"
 # The Dagster instance (run history) the CLI uses without DAGSTER_HOME, beside the DuckDB file.
 INSTANCE_FOLDER = ".dagster_home"
 
@@ -52,6 +55,29 @@ class PaserDuckDB(DuckDBResource):
         ge=0.0,
         allow_inf_nan=False,
     )
+
+    @field_validator("database")
+    @classmethod
+    def _database_file(cls, value: str) -> str:
+        """Checked before any work: a folder, a file of another kind or a place that cannot be written."""
+        if value == ":memory:":
+            return value
+        path = Path(value).expanduser()
+        if path.is_dir():
+            raise ValueError(f"{value} is a folder; name a file such as {path / 'paser.duckdb'}")
+        if path.is_file():
+            with path.open("rb") as handle:
+                header = handle.read(16)
+            if header[8:12] != DUCKDB_MAGIC:
+                kind = " (it is an SQLite database)" if header.startswith(b"SQLite format 3") else ""
+                kind = " (it is empty)" if not header else kind
+                raise ValueError(f"{value} is not a DuckDB database{kind}; choose another file or delete it")
+        existing = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise ValueError(f"{value} cannot be created: {existing} is a file, not a folder")
+        if existing is not None and not path.exists() and not os.access(existing, os.W_OK):
+            raise ValueError(f"{value} cannot be created: {existing} is not writable")
+        return value
 
     @field_validator("schema_name")
     @classmethod

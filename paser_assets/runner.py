@@ -18,7 +18,7 @@ import dagster as dg
 from paser_assets import partitions
 from paser_assets.partitions import PartitionKey
 from paser_assets.registry import sync_variants
-from paser_assets.resources import INSTANCE_FOLDER, PaserConfig, PaserDuckDB
+from paser_assets.resources import INSTANCE_FOLDER, PaserConfig, PaserDuckDB, SettingError
 from paser_assets.staleness import StaleSet, stale_or_missing
 
 OBSERVED = (dg.AssetKey("original_model"), dg.AssetKey("pruned_checkpoint"))
@@ -72,8 +72,10 @@ def instance_home(database: str) -> tuple[Path, str]:
 
 def default_instance(database: str) -> dg.DagsterInstance:
     """The persistent instance of :func:`instance_home` (created on first use)."""
-    home, _ = instance_home(database)
+    home, source = instance_home(database)
     home.mkdir(parents=True, exist_ok=True)
+    if source != "DAGSTER_HOME" and not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text("# Dagster's defaults: runs and events in SQLite files in this folder.\n")
     os.environ["DAGSTER_HOME"] = str(home)  # Dagster reads it, and so do the processes a run starts
     return dg.DagsterInstance.get()
 
@@ -223,6 +225,21 @@ def default_selection(defs: dg.Definitions) -> set[dg.AssetKey]:
     return keys
 
 
+def resolve_selection(defs: dg.Definitions, selection: str) -> set[dg.AssetKey]:
+    """The assets a Dagster selection string names; a multi-asset (selection + concept_graph) runs whole.
+
+    A string Dagster cannot parse, or one that names no asset, is a :class:`SettingError` that says so."""
+    graph = defs.resolve_asset_graph()
+    try:
+        keys = dg.AssetSelection.from_string(selection).required_multi_asset_neighbors().resolve(graph)
+    except Exception as error:  # Dagster raises several kinds for a bad string
+        raise SettingError(f"--select {selection!r} is not a Dagster asset selection: {error}") from None
+    if not keys:
+        names = ", ".join(sorted(key.to_user_string() for key in graph.materializable_asset_keys))
+        raise SettingError(f"--select {selection!r} matches no asset; the assets are: {names}")
+    return set(keys)
+
+
 def run_graph(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -234,13 +251,7 @@ def run_graph(
     names = sync_variants(instance, database, config)
     if variants is not None:
         names = variants
-    graph = defs.resolve_asset_graph()
-    wanted = (
-        # a multi-asset (recovery_pool + recovery_pool_rejected) runs whole: select its siblings too
-        dg.AssetSelection.from_string(selection).required_multi_asset_neighbors().resolve(graph)
-        if selection
-        else default_selection(defs)
-    )
+    wanted = resolve_selection(defs, selection) if selection else default_selection(defs)
     plan = _plan(defs, set(wanted))
     run = GraphRun()
     if plan.shared:

@@ -124,6 +124,13 @@ def _parse_pairs(raw: str, separator: str, what: str, form: str) -> dict[str, st
     return mapping
 
 
+def _folder_or_none(value: str | None) -> str | None:
+    """A folder setting: it may not exist yet, but it may not be a file."""
+    if value is not None and Path(value).expanduser().exists() and not Path(value).expanduser().is_dir():
+        raise ValueError(f"{value} is a file, not a folder")
+    return value
+
+
 def parse_field_map(raw: str) -> dict[str, str]:
     """Parse ``"output=answer,instruction=question"`` into ``{"output": "answer", ...}``."""
     try:
@@ -249,6 +256,11 @@ class ModelSettings(Stage):
         options = LoadOptions(allow_pickle=self.allow_pickle, trust_remote_code=self.trust_remote_code)
         return ModelStore(original_model=self.original_model, cache_dir=cache_dir, options=options)
 
+    @field_validator("model_cache_dir")
+    @classmethod
+    def _cache_folder(cls, value: str | None) -> str | None:
+        return _folder_or_none(value)
+
     @field_validator("variants", mode="before")
     @classmethod
     def _variants_text(cls, value: Any) -> Any:
@@ -369,6 +381,11 @@ class SelectionSettings(Stage):
         allow_inf_nan=False,
     )
     export_dir: str | None = setting(None, "Folder of the exported selection; default: paser_export beside the DB.")
+
+    @field_validator("export_dir")
+    @classmethod
+    def _export_folder(cls, value: str | None) -> str | None:
+        return _folder_or_none(value)
 
     @field_validator("budget")
     @classmethod

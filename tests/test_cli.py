@@ -177,3 +177,35 @@ def test_an_unknown_setting_variable_is_refused(tmp_path: Path) -> None:
     result = run_paser(["demo"], {"PASER_DB": str(tmp_path / "x.duckdb"), "PASER_BUDGETT": "0.1"}, tmp_path)
     assert result.returncode == 2
     assert "PASER_BUDGETT (did you mean PASER_BUDGET?)" in result.stderr and "Traceback" not in result.stderr
+
+
+def _misuse_cases(tmp: Path) -> list[tuple[list[str], dict[str, str], str]]:
+    sqlite = tmp / "other.db"
+    sqlite.write_bytes(b"SQLite format 3\x00" + bytes(100))
+    (tmp / "afile").write_text("x")
+    db = str(tmp / "x.duckdb")
+    return [
+        (["materialize"], {"PASER_DB": db, "PASER_BUDGET": "inf"}, "PASER_BUDGET='inf'"),
+        (["materialize"], {"PASER_DB": db, "PASER_BUDGET": "nan"}, "PASER_BUDGET='nan'"),
+        (["materialize"], {"PASER_DB": db, "PASER_SEED": "-1"}, "PASER_SEED='-1'"),
+        (["materialize"], {"PASER_DB": db, "PASER_PRUNE_NM": "4:2"}, "PASER_PRUNE_NM='4:2'"),
+        (["materialize"], {"PASER_DB": db, "PASER_GRAPH_REGULARIZATION": "-1"}, "PASER_GRAPH_REGULARIZATION"),
+        (["materialize"], {"PASER_DB": db, "PASER_DB_LOCK_TIMEOUT": "nan"}, "PASER_DB_LOCK_TIMEOUT='nan'"),
+        (["materialize"], {"PASER_DB": str(tmp)}, "is a folder"),
+        (["materialize"], {"PASER_DB": str(sqlite)}, "it is an SQLite database"),
+        (["materialize"], {"PASER_DB": db, "PASER_EXPORT_DIR": str(tmp / "afile")}, "PASER_EXPORT_DIR="),
+        (["materialize"], {"PASER_DB": db, "PASER_BUDGETT": "0.1"}, "did you mean PASER_BUDGET?"),
+        (["materialize", "--select", "key:("], {"PASER_DB": db}, "is not a Dagster asset selection"),
+        (["materialize", "--select", "key:nothing"], {"PASER_DB": db}, "matches no asset"),
+        (["variants", "remove", "nothere"], {"PASER_DB": db}, "'nothere' is not registered"),
+        (["summary"], {"PASER_DB": str(tmp / "missing.duckdb")}, "no database at"),
+    ]
+
+
+def test_misuse_is_one_clear_line_and_exit_code_2(tmp_path: Path) -> None:
+    for args, env, expected in _misuse_cases(tmp_path):
+        result = run_paser(args, {**env, "DAGSTER_HOME": ""}, tmp_path)
+        message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+        assert result.returncode == 2, (args, env, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr, (args, env, result.stderr[-2000:])
+        assert message.startswith("paser: ") and expected in message, (args, env, message)

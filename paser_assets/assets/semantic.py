@@ -4,6 +4,8 @@ None of these read a model under test, so re-pruning never makes them stale.
 """
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 import numpy as np
@@ -22,6 +24,15 @@ from paser_assets.tables import table_metadata
 SEMANTIC_GROUP = "semantic"
 # Bump when embedding_text() changes, so cached vectors of the old recipe are not reused.
 EMBEDDING_TEXT_VERSION = "instruction+input/1"
+
+
+@contextmanager
+def _limits_of_the_pool(rows: int) -> Iterator[None]:
+    """A pool too small for the manifold or the clustering fails with the algorithm's reason, not a traceback."""
+    try:
+        yield
+    except ValueError as error:
+        raise dg.Failure(description=f"the pool has {rows} samples, too few: {error}; add data") from None
 
 
 def _vectors(frame: pd.DataFrame, column: str) -> np.ndarray:
@@ -101,13 +112,14 @@ def manifold(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pase
     embeddings = duckdb.read("instruction_embeddings")
     points = _vectors(embeddings, "embedding")
     context.log.info(f"learning a {settings.manifold_dims}-D {settings.manifold} manifold of {len(points)} embeddings")
-    if settings.manifold == "umap":
-        coordinates = umap_coordinates(points, settings.manifold_dims, seed=paser.seed)
-        picture = coordinates if settings.manifold_dims == 2 else umap_coordinates(points, 2, seed=paser.seed)
-    else:
-        dims = max(settings.manifold_dims, 2)
-        coordinates = diffusion_map(points, dims, n_neighbors=neighbors, seed=paser.seed)
-        picture = coordinates[:, :2]
+    with _limits_of_the_pool(len(points)):
+        if settings.manifold == "umap":
+            coordinates = umap_coordinates(points, settings.manifold_dims, seed=paser.seed)
+            picture = coordinates if settings.manifold_dims == 2 else umap_coordinates(points, 2, seed=paser.seed)
+        else:
+            dims = max(settings.manifold_dims, 2)
+            coordinates = diffusion_map(points, dims, n_neighbors=neighbors, seed=paser.seed)
+            picture = coordinates[:, :2]
     table = pd.DataFrame(
         {
             "sample_id": embeddings["sample_id"],
@@ -159,14 +171,15 @@ def clusters(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pase
     if not embeddings["sample_id"].equals(manifold_table["sample_id"]):
         raise dg.Failure("the manifold is out of date with the embeddings: materialize `manifold` again")
     points = _cluster_space(settings.cluster_space, embeddings, manifold_table)
-    result = spectral_clustering(
-        points,
-        settings.n_clusters,
-        n_neighbors=settings.n_neighbors,
-        regularization=settings.graph_regularization,
-        max_clusters=settings.max_clusters,
-        seed=paser.seed,
-    )
+    with _limits_of_the_pool(len(points)):
+        result = spectral_clustering(
+            points,
+            settings.n_clusters,
+            n_neighbors=settings.n_neighbors,
+            regularization=settings.graph_regularization,
+            max_clusters=settings.max_clusters,
+            seed=paser.seed,
+        )
     context.log.info(f"{result.n_clusters} clusters ({result.criterion})")
     table = pd.DataFrame(
         {
