@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from paser_assets import charts, storage
-from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, pruned_reference
+from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, MODEL_PLACEMENT, placement, pruned_reference
 from paser_assets.core.baselines import (
     ifd_selection,
     instruction_following_difficulty,
@@ -29,6 +29,7 @@ from paser_assets.core.baselines import (
 )
 from paser_assets.core.consistency import SELECTED, Candidate, select
 from paser_assets.models.checkpoints import load_causal_lm, publish_folder, reference_version, staging_folder
+from paser_assets.models.device import Placement
 from paser_assets.models.general_text import general_text_samples
 from paser_assets.models.scoring import EncodedSample, encode_sample
 from paser_assets.models.store import ModelStore
@@ -77,10 +78,10 @@ def _encode(tokenizer: Any, frame: pd.DataFrame, max_tokens: int) -> list[Encode
     ]
 
 
-def _load_pruned(store: ModelStore, duckdb: PaserDuckDB, variant: str) -> tuple[Any, Any, str]:
-    """The variant's pruned model, its tokenizer and its content hash."""
+def _load_pruned(store: ModelStore, duckdb: PaserDuckDB, variant: str, where: Placement) -> tuple[Any, Any, str]:
+    """The variant's pruned model (placed), its tokenizer and its content hash."""
     reference = pruned_reference(duckdb, variant)
-    model, tokenizer = load_causal_lm(reference, store.cache_dir, store.options)
+    model, tokenizer = load_causal_lm(reference, store.cache_dir, store.options, where)
     return model, tokenizer, reference_version(reference)
 
 
@@ -94,7 +95,8 @@ def _load_pruned(store: ModelStore, duckdb: PaserDuckDB, variant: str) -> tuple[
     description="The baselines' selections at PASER's budget: random, uniform across clusters, top JSD, "
     "IFD and PASER without the concept filter.",
 )  # fmt: skip
-@reads(*MODEL_LOADING, "recovery.recovery_methods", "recovery.recovery_seed", "scoring.max_tokens", "seed")
+@reads(*MODEL_LOADING, *MODEL_PLACEMENT, "recovery.recovery_methods", "recovery.recovery_seed", "scoring.max_tokens",
+       "seed")  # fmt: skip
 def baseline_selections(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -133,7 +135,7 @@ def baseline_selections(
     picks["paser_no_concepts"] = [d.sample_id for d in unfiltered.decisions if d.decision == SELECTED]
     if "ifd" in methods:
         context.log.info("IFD: scoring the responses without their instructions under the pruned model")
-        model, tokenizer, _ = _load_pruned(store, duckdb, variant)
+        model, tokenizer, _ = _load_pruned(store, duckdb, variant, placement(paser))
         alone = [
             EncodedSample(s.sample_id, (*_lead(tokenizer), *s.input_ids[s.prompt_tokens :]), 1, s.truncated)
             for s in _encode(tokenizer, frame, max_tokens)
@@ -189,7 +191,7 @@ def method_selection(duckdb: PaserDuckDB, method: str, variant: str) -> pd.DataF
     description="A LoRA fine-tune (peft) of the pruned model on a method's selection, saved as a safetensors "
     "adapter; the loss curve is in the metadata.",
 )
-@reads(*MODEL_LOADING, "recovery", "scoring.max_tokens", "seed")
+@reads(*MODEL_LOADING, *MODEL_PLACEMENT, "recovery", "scoring.max_tokens", "seed")
 def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
     method, variant = _method_partition(context)
     methods = paser.recovery.recovery_methods
@@ -199,7 +201,8 @@ def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
     if rows.empty:
         raise dg.Failure(description=f"{method} selected nothing for variant {variant!r}: materialize its selection")
     store = paser.models.store(duckdb.database)
-    model, tokenizer, pruned_version = _load_pruned(store, duckdb, variant)
+    where = placement(paser)
+    model, tokenizer, pruned_version = _load_pruned(store, duckdb, variant, where)
     max_tokens = paser.scoring.max_tokens
     samples = _encode(tokenizer, rows, max_tokens)
     lora = paser.recovery.lora(paser.seed)
@@ -209,6 +212,7 @@ def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
             "pruned": pruned_version,
             "samples": rows["sample_id"].tolist(),
             "max_tokens": max_tokens,
+            "precision": where.precision,
         },
         sort_keys=True,
         default=str,
@@ -221,10 +225,17 @@ def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
         record = json.loads(record_file.read_text())
     else:
         context.log.info(f"LoRA fine-tuning variant {variant} on {len(samples)} samples selected by {method}")
-        peft_model, log = train_lora(model, samples, tokenizer.pad_token_id, lora, context.log.info)
+        peft_model, log = train_lora(model, samples, tokenizer.pad_token_id, lora, context.log.info, where)
         staging = staging_folder(folder)
         save_adapter(peft_model, staging)
-        record = {"steps": log.steps, "losses": log.losses, "tokens": log.tokens, "seconds": log.seconds}
+        record = {
+            "steps": log.steps,
+            "losses": log.losses,
+            "tokens": log.tokens,
+            "seconds": log.seconds,
+            "precision": log.precision,
+            "device": str(where.device),
+        }
         (staging / "paser_training.json").write_text(json.dumps(record))
         publish_folder(staging, folder)
     adapter_row = pd.DataFrame(
@@ -253,6 +264,7 @@ def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
             "train_samples": len(samples),
             "train_tokens": record["tokens"],
             "seconds": round(record["seconds"], 1),
+            "precision": record.get("precision", "float32"),  # adapters trained before the setting: float32
             "first_loss": round(losses[0], 4),
             "last_loss": round(losses[-1], 4),
             "loss_curve": dg.MetadataValue.md(
@@ -316,7 +328,7 @@ def _write_evaluation(
     description="The original and the pruned model on the held-out split and on general text (Python's "
     "standard-library documentation), for reference.",
 )
-@reads(*MODEL_LOADING, "scoring.max_tokens")
+@reads(*MODEL_LOADING, *MODEL_PLACEMENT, "scoring.max_tokens")
 def reference_evaluation(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -326,8 +338,9 @@ def reference_evaluation(
         raise dg.Failure(description="the held-out split is empty: set PASER_HOLDOUT above 0 to evaluate recovery")
     store = paser.models.store(duckdb.database)
     max_tokens = paser.scoring.max_tokens
-    pruned, tokenizer, _ = _load_pruned(store, duckdb, variant)
-    original, _ = load_causal_lm(store.original, store.cache_dir, store.options)
+    where = placement(paser)
+    pruned, tokenizer, _ = _load_pruned(store, duckdb, variant, where)
+    original, _ = load_causal_lm(store.original, store.cache_dir, store.options, where)
     results = {
         "original": _evaluate(original, tokenizer, heldout, max_tokens),
         "pruned": _evaluate(pruned, tokenizer, heldout, max_tokens),
@@ -341,6 +354,7 @@ def reference_evaluation(
             "pruned_heldout_nll": float(np.mean(list(results["pruned"][0].values()))),
             "original_general_ppl": perplexity(results["original"][1]),
             "pruned_general_ppl": perplexity(results["pruned"][1]),
+            "precision": where.precision,
         },
     )
 
@@ -353,14 +367,15 @@ def reference_evaluation(
     kinds={"duckdb", "pytorch"},
     description="The recovered model (pruned + a method's adapter) on the held-out split and on general text.",
 )
-@reads(*MODEL_LOADING, "scoring.max_tokens")
+@reads(*MODEL_LOADING, *MODEL_PLACEMENT, "scoring.max_tokens")
 def recovery_evaluation(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
     method, variant = _method_partition(context)
     adapter = recorded_adapter(duckdb, variant, method)
     heldout = _heldout(duckdb)
-    pruned, tokenizer, _ = _load_pruned(paser.models.store(duckdb.database), duckdb, variant)
+    where = placement(paser)
+    pruned, tokenizer, _ = _load_pruned(paser.models.store(duckdb.database), duckdb, variant, where)
     recovered = load_adapter(pruned, adapter)
     results = {"recovered": _evaluate(recovered, tokenizer, heldout, paser.scoring.max_tokens)}
     nll = _write_evaluation(duckdb, variant, method, results)
@@ -370,6 +385,7 @@ def recovery_evaluation(
             "heldout_nll": float(np.mean(list(results["recovered"][0].values()))),
             "general_ppl": perplexity(results["recovered"][1]),
             "adapter": dg.MetadataValue.path(str(adapter)),
+            "precision": where.precision,
         },
     )
 
