@@ -71,6 +71,13 @@ class Float32Head:
         return torch.nn.functional.linear(hidden.float(), self.weight, self.bias)
 
 
+def float32_head(module: torch.nn.Module) -> torch.nn.Module | Float32Head:
+    """``module`` itself when its weight is float32, else a :class:`Float32Head` over its weight and bias."""
+    if module.weight.dtype == torch.float32:
+        return module
+    return Float32Head(module.weight, getattr(module, "bias", None))
+
+
 def head_logits(
     head: torch.nn.Module | Float32Head | TargetCentredBFloat16Head, hidden: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:

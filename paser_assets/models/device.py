@@ -128,11 +128,6 @@ class Placement:
     device: torch.device = CPU
     precision: Precision = "float32"
 
-    @classmethod
-    def of(cls, device_setting: str, precision_setting: str) -> Placement:
-        device = resolve_device(device_setting)
-        return cls(device, resolve_precision(precision_setting, device))
-
     @property
     def dtype(self) -> torch.dtype:
         return DTYPES[self.precision]

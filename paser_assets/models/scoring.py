@@ -21,7 +21,7 @@ import torch
 
 from paser_assets.core.divergence import chunked_divergence
 from paser_assets.core.efficiency import individual_efficiency
-from paser_assets.core.output_head import Float32Head, HeadPrecision, TargetCentredBFloat16Head
+from paser_assets.core.output_head import Float32Head, HeadPrecision, TargetCentredBFloat16Head, float32_head
 from paser_assets.models.device import Precision, model_precision, precision_key
 from paser_assets.models.original_cache import OriginalOutputCache, OriginalStates, compact_states
 
@@ -290,18 +290,20 @@ class PairScorer:
         # None: compile the JSD kernel when the vocabulary is large enough for it to pay off.
         self.compile_jsd = vocabulary >= COMPILE_MIN_VOCABULARY if compile_jsd is None else compile_jsd
         self.head_precision = resolve_head_precision(head_precision, vocabulary, self.precision)
-        self._heads: dict[int, tuple[torch.Tensor, Float32Head | TargetCentredBFloat16Head]] = {}
+        self._heads: dict[int, tuple[torch.Tensor, torch.nn.Module | Float32Head | TargetCentredBFloat16Head]] = {}
 
     def _head(self, module: torch.nn.Module) -> torch.nn.Module | Float32Head | TargetCentredBFloat16Head:
-        """The output head at ``head_precision``; copies (bfloat16, or float32 of a lower-precision model)
-        are made once per weight tensor."""
+        """The output head at ``head_precision``: the module itself in float32, else a copy (bfloat16, or
+        float32 over a lower-precision model) made once per weight tensor."""
         weight = module.weight
-        if self.head_precision == "float32" and weight.dtype == torch.float32:
-            return module
-        head_class = Float32Head if self.head_precision == "float32" else TargetCentredBFloat16Head
         # The weight is held with its copy, so its id() cannot be reused by another tensor meanwhile.
         if id(weight) not in self._heads:
-            self._heads[id(weight)] = (weight, head_class(weight, getattr(module, "bias", None)))
+            head = (
+                float32_head(module)
+                if self.head_precision == "float32"
+                else TargetCentredBFloat16Head(weight, getattr(module, "bias", None))
+            )
+            self._heads[id(weight)] = (weight, head)
         return self._heads[id(weight)][1]
 
     def score(self, batch: Sequence[EncodedSample]) -> list[SampleScore]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from paser_assets.core.output_head import Float32Head
+from paser_assets.core.output_head import float32_head
 from paser_assets.models.device import Placement, autocast, model_precision, place_model
 from paser_assets.models.scoring import EncodedSample, pack_batch, plan_batches
 from paser_assets.progress import format_duration
@@ -167,13 +167,6 @@ def load_adapter(model: Any, folder: Path) -> Any:
     return recovered
 
 
-def _float32_head(inner: Any) -> torch.nn.Module | Float32Head:
-    module = inner.get_output_embeddings()
-    if module.weight.dtype == torch.float32:
-        return module
-    return Float32Head(module.weight, getattr(module, "bias", None))
-
-
 @torch.inference_mode()
 def response_nll(
     model: Any,
@@ -190,7 +183,7 @@ def response_nll(
     float32 on response positions only, a chunk at a time, as in scoring.
     """
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's LoRA'd base
-    head = _float32_head(inner)
+    head = float32_head(inner.get_output_embeddings())
     device = torch.device(device) if device is not None else next(inner.parameters()).device
     precision = model_precision(inner)
     result: dict[str, float] = {}
