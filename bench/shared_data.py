@@ -11,23 +11,25 @@ from pathlib import Path
 DATA_FILES = ("gsm8k_train.json", "gpteacher_toolformer.json", "gpteacher_roleplay.json", "gpteacher_codegen.json")
 
 
-def read_records(data_dir: Path) -> list[dict[str, str]]:
-    """Every record of the four files in order, with the file's stem as ``family``.
+def read_file(path: Path) -> list[dict[str, str]]:
+    """The Alpaca records of one file, with the file's stem as ``family``.
 
     The answer field is ``output``, or ``response`` in gpteacher_codegen.json.
     """
-    records = []
-    for name in DATA_FILES:
-        for record in json.loads((data_dir / name).read_text(encoding="utf-8")):
-            records.append(
-                {
-                    "instruction": record["instruction"],
-                    "input": record.get("input", ""),
-                    "output": record.get("output", record.get("response", "")),
-                    "family": name.split(".")[0],
-                }
-            )
-    return records
+    return [
+        {
+            "instruction": record["instruction"],
+            "input": record.get("input", ""),
+            "output": record.get("output", record.get("response", "")),
+            "family": path.name.split(".")[0],
+        }
+        for record in json.loads(path.read_text(encoding="utf-8"))
+    ]
+
+
+def read_records(data_dir: Path) -> list[dict[str, str]]:
+    """Every record of the four files in order (see :func:`read_file`)."""
+    return [record for name in DATA_FILES for record in read_file(data_dir / name)]
 
 
 def median_time(function: Callable[[], object], repeats: int) -> float:

@@ -107,8 +107,9 @@ class Stage(dg.Config):
         return fixed
 
     @classmethod
-    def version_value(cls, name: str, value: Any) -> Any:
-        """The value folded into code versions; a stage overrides it where a setting resolves by hardware."""
+    def version_value(cls, name: str, value: Any, config: PaserConfig) -> Any:
+        """The value folded into code versions; a stage overrides it where a setting resolves by hardware
+        (``config``: all the settings, for a resolution that depends on another one, such as the device)."""
         return value
 
 
@@ -242,6 +243,13 @@ class ModelSettings(Stage):
         affects="runtime",
         env="PASER_MODEL_CACHE",
     )
+    device: str = setting(
+        "auto",
+        "Where the models run (sentence model, scoring, LoRA, evaluation, IFD): 'auto' (the GPU when torch sees "
+        "one), 'cpu', 'cuda' (cuda:$LOCAL_RANK when set, else cuda:0) or 'cuda:N'. Results move only by "
+        "floating-point rounding, and through PASER_PRECISION=auto, whose resolution is in the code version.",
+        affects="runtime",
+    )
 
     def store(self, database_path: str) -> ModelStore:
         """Where this run's model files live: ``model_cache_dir``, or ``paser_models`` beside the DB file."""
@@ -260,6 +268,13 @@ class ModelSettings(Stage):
     @classmethod
     def _cache_folder(cls, value: str | None) -> str | None:
         return _folder_or_none(value)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        from paser_assets.models.device import parse_device
+
+        return parse_device(value)
 
     @field_validator("variants", mode="before")
     @classmethod
@@ -320,11 +335,17 @@ class ScoringSettings(Stage):
     max_tokens: int = setting(
         512, "Prompt + response tokens scored, trained and evaluated per sample (longer are cut).", ge=8
     )
+    precision: Literal["auto", "float32", "bfloat16"] = setting(
+        "auto",
+        "Precision of the decoder passes (scoring, LoRA, evaluation, IFD): 'auto' is bfloat16 on a GPU (float16 "
+        "where it lacks bfloat16) and on a CPU with AVX512-BF16 or AMX, float32 elsewhere. The JSD kernel "
+        "accumulates in float32/float64 either way.",
+    )
     head_precision: Literal["auto", "float32", "bfloat16"] = setting(
         "auto",
-        "Precision of the output heads when scoring: 'auto' is bfloat16 on a CPU with AMX for a vocabulary of "
-        ">= 16384 tokens (target-centred, about 2e-4 nats of JSD from float32, 1.9x faster heads and JSD), float32 "
-        "elsewhere.",
+        "Precision of the output heads when scoring: 'auto' follows PASER_PRECISION, bfloat16 (target-centred, "
+        "about 2e-4 nats of JSD from float32 heads) when the decoder runs in bfloat16 and the vocabulary has "
+        ">= 16384 tokens, float32 otherwise.",
     )
     jsd_compile: Literal["auto", "on", "off"] = setting(
         "auto",
@@ -332,8 +353,16 @@ class ScoringSettings(Stage):
         "there), 'on', or 'off'. Falls back to eager PyTorch if compiling fails.",
         affects="runtime",
     )
-    scoring_token_budget: int = setting(4096, "Padded tokens per scoring batch.", affects="runtime", ge=1)
-    scoring_max_batch: int = setting(16, "Rows per scoring batch.", affects="runtime", ge=1)
+    scoring_token_budget: int | None = setting(
+        None,
+        "Padded tokens per scoring batch; unset (env: 'auto') is 4096 on a CPU and, on a GPU, what half its free "
+        "memory holds after the models are loaded.",
+        affects="runtime",
+        ge=1,
+    )
+    scoring_max_batch: int | None = setting(
+        None, "Rows per scoring batch; unset (env: 'auto') is 16 on a CPU, 512 on a GPU.", affects="runtime", ge=1
+    )
     score_shards: int = setting(
         1,
         "Shards of degradation_scores per variant (partitions), so that a backfill spreads scoring over processes "
@@ -356,12 +385,22 @@ class ScoringSettings(Stage):
         allow_inf_nan=False,
     )
 
+    @field_validator("scoring_token_budget", "scoring_max_batch", mode="before")
     @classmethod
-    def version_value(cls, name: str, value: Any) -> Any:
+    def _auto_limits(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in ("auto", "none") else value
+
+    @classmethod
+    def version_value(cls, name: str, value: Any, config: PaserConfig) -> Any:
+        # 'auto' computes in other floats on other hardware: the key names what it resolves to here.
+        if name == "precision":
+            from paser_assets.models.device import precision_key
+
+            return precision_key(value, config.models.device)
         if name == "head_precision":
             from paser_assets.models.scoring import head_precision_key
 
-            return head_precision_key(value)  # 'auto' gives other floats with and without AMX
+            return head_precision_key(value, config.scoring.precision, config.models.device)
         return value
 
 
@@ -561,7 +600,7 @@ class PaserConfig(dg.ConfigurableResource):
         for item in all_settings():
             if item.affects == "results" and (item.path in paths or item.stage in paths):
                 model = STAGES[item.stage] if item.stage else Stage
-                values[item.path] = model.version_value(item.name, self.value(item.path))
+                values[item.path] = model.version_value(item.name, self.value(item.path), self)
         if not values:
             return None
         return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]

@@ -8,6 +8,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
+import torch
 
 from paser_assets import build_definitions
 from paser_assets.graph import declared_settings
@@ -59,6 +60,9 @@ def test_environment_values_are_parsed() -> None:
             "PASER_ALLOW_PICKLE": "true",
             "PASER_MANIFOLD": "Diffusion",
             "PASER_HEAD_PRECISION": "BFloat16",
+            "PASER_PRECISION": "Float32",
+            "PASER_DEVICE": "CUDA:1",
+            "PASER_SCORING_TOKEN_BUDGET": "auto",
             "PASER_VARIANTS": "a=wanda:0.5; b=/ckpt",
             "PASER_RECOVERY_METHODS": "random, PASER",
             "PASER_RECOVERY": "1",
@@ -69,6 +73,8 @@ def test_environment_values_are_parsed() -> None:
     assert config.semantic.n_clusters == 12 and config.selection.budget == 150 and config.pruning.sparsity == 0.6
     assert config.pruning.prune_n_m == "2:4" and config.models.allow_pickle is True
     assert config.semantic.manifold == "diffusion" and config.scoring.head_precision == "bfloat16"
+    assert config.scoring.precision == "float32" and config.models.device == "cuda:1"
+    assert config.scoring.scoring_token_budget is None
     assert config.models.variants == {"a": "wanda:0.5", "b": "/ckpt"}
     assert config.recovery.recovery_methods == ["paser", "random"]  # in the canonical order
     assert config.execution.include_recovery is True
@@ -90,6 +96,9 @@ def test_environment_values_are_parsed() -> None:
         ("PASER_DEMO_SIZE", "0"),
         ("PASER_ALLOW_PICKLE", "perhaps"),
         ("PASER_HEAD_PRECISION", "float16"),
+        ("PASER_PRECISION", "float16"),
+        ("PASER_DEVICE", "gpu"),
+        ("PASER_DEVICE", "cuda:one"),
         ("PASER_SEED", "-1"),
         ("PASER_PRUNE_NM", "4:2"),
         ("PASER_PRUNE_NM", "2-4"),
@@ -159,7 +168,11 @@ def _alternative(item: SettingInfo) -> Any:
         return 5 if default is None else default + 1
     if base is float:
         return default / 2 if default else 0.5
-    return {"prune_n_m": "2:4", "dask_address": "tcp://127.0.0.1:8786"}.get(item.name, f"/tmp/other-{item.name}")
+    # The device: the other name of what 'auto' takes here, so that PASER_PRECISION=auto resolves alike.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {"prune_n_m": "2:4", "dask_address": "tcp://127.0.0.1:8786", "device": device}.get(
+        item.name, f"/tmp/other-{item.name}"
+    )
 
 
 def _code_versions(config: PaserConfig) -> dict[str, str | None]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import torch
 
 from paser_assets import storage
 from paser_assets.automation import observation_condition
@@ -28,6 +29,7 @@ from paser_assets.models.checkpoints import (
     reference_version,
     save_checkpoint,
 )
+from paser_assets.models.device import DeviceError, Placement, resolve_device, resolve_precision
 from paser_assets.models.pruning import calibration_batch, measured_sparsity, prune_model
 from paser_assets.models.store import ModelStore
 from paser_assets.partitions import VARIANTS
@@ -43,6 +45,23 @@ PRUNING_RECORD = "paser_pruning.json"
 MODEL_PARENTS = ["original_model", "pruned_checkpoint", "pruned_model"]
 # What loading a model reads: where the files are and the two safety switches.
 MODEL_LOADING = ("models.original_model", "models.model_cache_dir", "models.allow_pickle", "models.trust_remote_code")
+# Where the models that score, train and evaluate run, and in which precision (pruning stays on the CPU in
+# float32, so a built-in pruned checkpoint does not depend on the hardware).
+MODEL_PLACEMENT = ("models.device", "scoring.precision")
+
+
+def run_device(paser: PaserConfig) -> torch.device:
+    """The device the settings name on this machine; one this process cannot see is a clear failure."""
+    try:
+        return resolve_device(paser.models.device)
+    except DeviceError as error:
+        raise dg.Failure(description=str(error)) from None
+
+
+def placement(paser: PaserConfig) -> Placement:
+    """The device and precision the settings resolve to on this machine."""
+    device = run_device(paser)
+    return Placement(device, resolve_precision(paser.scoring.precision, device))
 
 
 @reads(*MODEL_LOADING)

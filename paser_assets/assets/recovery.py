@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from paser_assets import charts, storage
-from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, pruned_reference
+from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, MODEL_PLACEMENT, placement, pruned_reference
 from paser_assets.assets.selection import paser_select, selectable_candidates
 from paser_assets.core.baselines import (
     ifd_selection,
@@ -29,6 +29,7 @@ from paser_assets.core.baselines import (
 from paser_assets.core.consistency import SELECTED
 from paser_assets.models.adapters import adapter_folder, adapter_recipe, train_or_reuse
 from paser_assets.models.checkpoints import load_causal_lm, reference_version
+from paser_assets.models.device import Placement
 from paser_assets.models.general_text import general_text_samples
 from paser_assets.models.scoring import EncodedSample, encode_sample
 from paser_assets.models.store import ModelStore
@@ -56,10 +57,10 @@ def _encode(tokenizer: Any, frame: pd.DataFrame, max_tokens: int) -> list[Encode
     ]
 
 
-def _load_pruned(store: ModelStore, duckdb: PaserDuckDB, variant: str) -> tuple[Any, Any, str]:
-    """The variant's pruned model, its tokenizer and its content hash."""
+def _load_pruned(store: ModelStore, duckdb: PaserDuckDB, variant: str, where: Placement) -> tuple[Any, Any, str]:
+    """The variant's pruned model (placed), its tokenizer and its content hash."""
     reference = pruned_reference(duckdb, variant)
-    model, tokenizer = load_causal_lm(reference, store.cache_dir, store.options)
+    model, tokenizer = load_causal_lm(reference, store.cache_dir, store.options, where)
     return model, tokenizer, reference_version(reference)
 
 
@@ -73,7 +74,8 @@ def _load_pruned(store: ModelStore, duckdb: PaserDuckDB, variant: str) -> tuple[
     description="The baselines' selections at PASER's budget: random, uniform across clusters, top JSD, "
     "IFD and PASER without the concept filter.",
 )  # fmt: skip
-@reads(*MODEL_LOADING, "recovery.recovery_methods", "recovery.recovery_seed", "scoring.max_tokens", "seed")
+@reads(*MODEL_LOADING, *MODEL_PLACEMENT, "recovery.recovery_methods", "recovery.recovery_seed", "scoring.max_tokens",
+       "seed")  # fmt: skip
 def baseline_selections(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -89,7 +91,7 @@ def baseline_selections(
     picks = baseline_picks(frame, budgets, seed)
     if "ifd" in methods:
         context.log.info("IFD: scoring the responses without their instructions under the pruned model")
-        model, tokenizer, _ = _load_pruned(store, duckdb, variant)
+        model, tokenizer, _ = _load_pruned(store, duckdb, variant, placement(paser))
         ifd = ifd_scores(model, tokenizer, frame, max_tokens)
         picks["ifd"] = ifd_selection(ifd, budget)
     rows = [
@@ -164,7 +166,7 @@ def method_selection(duckdb: PaserDuckDB, method: str, variant: str) -> pd.DataF
     description="A LoRA fine-tune (peft) of the pruned model on a method's selection, saved as a safetensors "
     "adapter; the loss curve is in the metadata.",
 )
-@reads(*MODEL_LOADING, "recovery", "scoring.max_tokens", "seed")
+@reads(*MODEL_LOADING, *MODEL_PLACEMENT, "recovery", "scoring.max_tokens", "seed")
 def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
     method, variant = _method_partition(context)
     methods = paser.recovery.recovery_methods
@@ -174,17 +176,20 @@ def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
     if rows.empty:
         raise dg.Failure(description=f"{method} selected nothing for variant {variant!r}: materialize its selection")
     store, max_tokens = paser.models.store(duckdb.database), paser.scoring.max_tokens
+    where = placement(paser)
     lora = paser.recovery.lora(paser.seed)
     reference = pruned_reference(duckdb, variant)
-    recipe_hash = adapter_recipe(lora, reference_version(reference), rows["sample_id"].tolist(), max_tokens)
+    recipe_hash = adapter_recipe(
+        lora, reference_version(reference), rows["sample_id"].tolist(), max_tokens, where.precision
+    )
     folder = adapter_folder(store.cache_dir, variant, method, recipe_hash)
 
     def load() -> tuple[Any, list[EncodedSample], int]:
         context.log.info(f"LoRA fine-tuning variant {variant} on {len(rows)} samples selected by {method}")
-        model, tokenizer = load_causal_lm(reference, store.cache_dir, store.options)
+        model, tokenizer, _ = _load_pruned(store, duckdb, variant, where)
         return model, _encode(tokenizer, rows, max_tokens), tokenizer.pad_token_id
 
-    record, _ = train_or_reuse(folder, load, lora, context.log.info)
+    record, _ = train_or_reuse(folder, load, lora, context.log.info, where)
     adapter_row = pd.DataFrame(
         [
             {
@@ -209,6 +214,7 @@ def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
             "train_samples": len(rows),
             "train_tokens": record.tokens,
             "seconds": round(record.seconds, 1),
+            "precision": record.precision,
             "first_loss": round(losses[0], 4),
             "last_loss": round(losses[-1], 4),
             "loss_curve": dg.MetadataValue.md(
@@ -272,7 +278,7 @@ def _write_evaluation(
     description="The original and the pruned model on the held-out split and on general text (Python's "
     "standard-library documentation), for reference.",
 )
-@reads(*MODEL_LOADING, "scoring.max_tokens")
+@reads(*MODEL_LOADING, *MODEL_PLACEMENT, "scoring.max_tokens")
 def reference_evaluation(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -282,8 +288,9 @@ def reference_evaluation(
         raise dg.Failure(description="the held-out split is empty: set PASER_HOLDOUT above 0 to evaluate recovery")
     store = paser.models.store(duckdb.database)
     max_tokens = paser.scoring.max_tokens
-    pruned, tokenizer, _ = _load_pruned(store, duckdb, variant)
-    original, _ = load_causal_lm(store.original, store.cache_dir, store.options)
+    where = placement(paser)
+    pruned, tokenizer, _ = _load_pruned(store, duckdb, variant, where)
+    original, _ = load_causal_lm(store.original, store.cache_dir, store.options, where)
     results = {
         "original": _evaluate(original, tokenizer, heldout, max_tokens),
         "pruned": _evaluate(pruned, tokenizer, heldout, max_tokens),
@@ -297,6 +304,7 @@ def reference_evaluation(
             "pruned_heldout_nll": float(np.mean(list(results["pruned"][0].values()))),
             "original_general_ppl": perplexity(results["original"][1]),
             "pruned_general_ppl": perplexity(results["pruned"][1]),
+            "precision": where.precision,
         },
     )
 
@@ -309,14 +317,15 @@ def reference_evaluation(
     kinds={"duckdb", "pytorch"},
     description="The recovered model (pruned + a method's adapter) on the held-out split and on general text.",
 )
-@reads(*MODEL_LOADING, "scoring.max_tokens")
+@reads(*MODEL_LOADING, *MODEL_PLACEMENT, "scoring.max_tokens")
 def recovery_evaluation(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
     method, variant = _method_partition(context)
     adapter = recorded_adapter(duckdb, variant, method)
     heldout = _heldout(duckdb)
-    pruned, tokenizer, _ = _load_pruned(paser.models.store(duckdb.database), duckdb, variant)
+    where = placement(paser)
+    pruned, tokenizer, _ = _load_pruned(paser.models.store(duckdb.database), duckdb, variant, where)
     recovered = load_adapter(pruned, adapter)
     results = {"recovered": _evaluate(recovered, tokenizer, heldout, paser.scoring.max_tokens)}
     nll = _write_evaluation(duckdb, variant, method, results)
@@ -326,6 +335,7 @@ def recovery_evaluation(
             "heldout_nll": float(np.mean(list(results["recovered"][0].values()))),
             "general_ppl": perplexity(results["recovered"][1]),
             "adapter": dg.MetadataValue.path(str(adapter)),
+            "precision": where.precision,
         },
     )
 

@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 
 from paser_assets import charts, partitions, storage
-from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, pruned_reference
+from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, MODEL_PLACEMENT, placement, pruned_reference
 from paser_assets.core.allocation import allocate_budget, resolve_budget
 from paser_assets.core.efficiency import attention_cost, individual_efficiency
 from paser_assets.models.checkpoints import CheckpointError, reference_version
+from paser_assets.models.device import precision_key
 from paser_assets.models.original_cache import OriginalOutputCache
 from paser_assets.models.score_run import ScoringOptions, score_shard
 from paser_assets.models.scoring import SampleScore, head_precision_key
@@ -37,8 +38,14 @@ SCORE_COLUMNS = [f.name for f in dataclasses.fields(SampleScore) if f.name != "s
 def _scoring_key(original_version: str, pruned_version: str, paser: PaserConfig) -> str:
     return (
         f"{SCORING_RECIPE}|original={original_version}|pruned={pruned_version}|max_tokens={paser.scoring.max_tokens}"
-        f"|head={head_precision_key(paser.scoring.head_precision)}"
+        f"|head={head_precision_key(paser.scoring.head_precision, paser.scoring.precision, paser.models.device)}"
+        f"|precision={_computed_in(paser)}"
     )
+
+
+def _computed_in(paser: PaserConfig) -> str:
+    """The precision the decoder passes run in on this machine (the same for 'auto' and its resolution)."""
+    return precision_key(paser.scoring.precision, paser.models.device).removeprefix("auto:")
 
 
 class DuckDBScoreStore:
@@ -66,6 +73,8 @@ class DuckDBScoreStore:
 
 def _states_key(original_version: str, paser: PaserConfig) -> str:
     recipe = f"{SCORING_RECIPE}|original={original_version}|max_tokens={paser.scoring.max_tokens}"
+    if _computed_in(paser) != "float32":  # float32 states keep the key they had before the precision setting
+        recipe += f"|precision={_computed_in(paser)}"
     return hashlib.sha256(recipe.encode()).hexdigest()[:20]
 
 
@@ -91,6 +100,7 @@ def score_pool(
         else None
     )
     scoring = paser.scoring
+    where = placement(paser)
     options = ScoringOptions(
         max_tokens=scoring.max_tokens,
         token_budget=scoring.scoring_token_budget,
@@ -98,8 +108,9 @@ def score_pool(
         compile_jsd={"auto": None, "on": True, "off": False}[scoring.jsd_compile],
         head_precision=scoring.head_precision,
         commit_every_s=scoring.score_commit_s,
+        device=str(where.device),
     )
-    loader = partial(load_pair, settings, pruned)
+    loader = partial(load_pair, settings, pruned, where)
     scores, facts = score_shard(pool, key, DuckDBScoreStore(duckdb), loader, options, states, context.log.info)
     return scores, {
         "variant": variant,
@@ -108,6 +119,7 @@ def score_pool(
         "original_hash": original_version,
         "pruned": pruned.display,
         "pruned_hash": pruned_version,
+        "precision": _computed_in(paser),  # of every score in the table, reused or not: it is in the key
         **facts.metadata(),
     }
 
@@ -125,7 +137,7 @@ def build_degradation_scores(shards: int) -> dg.AssetsDefinition:
         description="Per sample: mean JSD between the original and pruned next-token distributions over the "
         "response, token counts, cost, IES and each model's mean response NLL. Partitioned by variant and shard.",
     )
-    @reads(*MODEL_LOADING, "scoring")
+    @reads(*MODEL_LOADING, *MODEL_PLACEMENT, "scoring")
     def degradation_scores(
         context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
     ) -> dg.MaterializeResult:

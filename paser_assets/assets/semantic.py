@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from paser_assets import charts, storage
+from paser_assets.assets.models import run_device
 from paser_assets.core.clustering import spectral_clustering
 from paser_assets.core.manifold import diffusion_map, umap_coordinates
 from paser_assets.core.profiles import distinctive_terms, representative_indices
@@ -50,7 +51,7 @@ def _embedding_model_key(model: str) -> str:
     kinds={"duckdb", "sentence_transformers"},
     description="Sentence embedding of each sample's instruction + input; cached by sample_id.",
 )
-@reads("semantic.embedding_model", "semantic.embedding_batch_size")
+@reads("semantic.embedding_model", "semantic.embedding_batch_size", "models.device")
 def instruction_embeddings(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -71,7 +72,13 @@ def instruction_embeddings(
     if len(missing):
         progress = Progress("embedding", len(missing), context.log.info)
         texts = [embedding_text(i, x) for i, x in zip(missing["instruction"], missing["input"], strict=True)]
-        vectors = embed_texts(settings.embedding_model, texts, settings.embedding_batch_size, progress.advance)
+        vectors = embed_texts(
+            settings.embedding_model,
+            texts,
+            settings.embedding_batch_size,
+            progress.advance,
+            device=str(run_device(paser)),
+        )
         new_rows = pd.DataFrame(
             {"model_key": model_key, "sample_id": missing["sample_id"].to_numpy(), "embedding": list(vectors)}
         )

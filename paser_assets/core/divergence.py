@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from paser_assets.core.output_head import TargetCentredBFloat16Head, head_logits
+from paser_assets.core.output_head import Float32Head, TargetCentredBFloat16Head, head_logits
 
 LN2 = math.log(2.0)
 
@@ -82,8 +82,8 @@ def _fused_divergence_and_nll(
 def chunked_divergence(
     hidden_p: torch.Tensor,
     hidden_q: torch.Tensor,
-    head_p: torch.nn.Module | TargetCentredBFloat16Head,
-    head_q: torch.nn.Module | TargetCentredBFloat16Head,
+    head_p: torch.nn.Module | Float32Head | TargetCentredBFloat16Head,
+    head_q: torch.nn.Module | Float32Head | TargetCentredBFloat16Head,
     targets: torch.Tensor,
     chunk_size: int = 128,
     compiled: bool = False,
@@ -94,13 +94,14 @@ def chunked_divergence(
     and ``targets`` holds those next tokens. The output heads run ``chunk_size`` rows at a time,
     so peak memory is a few (chunk_size x vocabulary) tensors whatever the batch. ``compiled`` runs
     the per-chunk kernel through torch.compile (same formula; results differ from eager by ~1e-8).
-    A head may be a :class:`TargetCentredBFloat16Head`, which reads the targets too.
+    A head may be a :class:`TargetCentredBFloat16Head`, which reads the targets too. The results are float32
+    on the hidden states' device.
     """
     kernel = _fused_divergence_and_nll if compiled else divergence_and_nll
-    count = hidden_p.shape[0]
-    jsd = torch.empty(count, dtype=torch.float32)
-    nll_p = torch.empty(count, dtype=torch.float32)
-    nll_q = torch.empty(count, dtype=torch.float32)
+    count, device = hidden_p.shape[0], hidden_p.device
+    jsd = torch.empty(count, dtype=torch.float32, device=device)
+    nll_p = torch.empty(count, dtype=torch.float32, device=device)
+    nll_q = torch.empty(count, dtype=torch.float32, device=device)
     for start in range(0, count, chunk_size):
         rows = slice(start, start + chunk_size)
         logits_p = head_logits(head_p, hidden_p[rows], targets[rows])

@@ -15,15 +15,24 @@ from pathlib import Path
 from typing import Any
 
 from paser_assets.models.checkpoints import publish_folder, staging_folder
+from paser_assets.models.device import Placement
 from paser_assets.models.scoring import EncodedSample
 from paser_assets.models.training import LoraSettings, save_adapter, train_lora
 
 TRAINING_RECORD = "paser_training.json"
 
 
-def adapter_recipe(lora: LoraSettings, pruned_version: str, sample_ids: Sequence[str], max_tokens: int) -> str:
-    """A hash of what an adapter's weights depend on."""
-    recipe = {"lora": lora.__dict__, "pruned": pruned_version, "samples": list(sample_ids), "max_tokens": max_tokens}
+def adapter_recipe(
+    lora: LoraSettings, pruned_version: str, sample_ids: Sequence[str], max_tokens: int, precision: str
+) -> str:
+    """A hash of what an adapter's weights depend on, the compute precision of training included."""
+    recipe = {
+        "lora": lora.__dict__,
+        "pruned": pruned_version,
+        "samples": list(sample_ids),
+        "max_tokens": max_tokens,
+        "precision": precision,
+    }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -40,6 +49,8 @@ class TrainingRecord:
     losses: list[float]
     tokens: int
     seconds: float
+    precision: str = "float32"  # adapters trained before the precision setting were float32
+    device: str = "cpu"
 
     @classmethod
     def read(cls, folder: Path) -> TrainingRecord | None:
@@ -52,20 +63,25 @@ def train_or_reuse(
     load: Callable[[], tuple[Any, Sequence[EncodedSample], int]],
     lora: LoraSettings,
     log: Callable[[str], None],
+    placement: Placement | None = None,
 ) -> tuple[TrainingRecord, bool]:
     """The adapter in ``folder``, trained now unless it is there already; returns (record, trained_now).
 
-    ``load`` gives (pruned model, encoded samples, pad id) and is called only when training is needed.
+    ``load`` gives (pruned model, encoded samples, pad id) and is called only when training is needed;
+    training runs on ``placement`` (None: where and as the model is).
     """
     record = TrainingRecord.read(folder)
     if record is not None:
         log(f"reusing the adapter {folder} (same selection, settings and pruned model)")
         return record, False
     model, samples, pad_id = load()
-    peft_model, training = train_lora(model, samples, pad_id, lora, log)
+    peft_model, training = train_lora(model, samples, pad_id, lora, log, placement)
     staging = staging_folder(folder)
     save_adapter(peft_model, staging)
-    record = TrainingRecord(training.steps, training.losses, training.tokens, training.seconds)
+    device = str(placement.device) if placement is not None else str(next(model.parameters()).device)
+    record = TrainingRecord(
+        training.steps, training.losses, training.tokens, training.seconds, training.precision, device
+    )
     (staging / TRAINING_RECORD).write_text(json.dumps(record.__dict__))
     publish_folder(staging, folder)
     return record, True

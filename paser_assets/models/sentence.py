@@ -41,8 +41,9 @@ def embed_texts(
     batch_size: int = 64,
     on_batch: Callable[[int], None] | None = None,
     chunk_size: int = 1024,
+    device: str = "cpu",
 ) -> np.ndarray:
-    """L2-normalised float32 embeddings, one row per text, in input order.
+    """L2-normalised float32 embeddings, one row per text, in input order, computed on ``device``.
 
     Texts are encoded in length-sorted chunks (less padding), and ``on_batch`` is called with
     the number of texts done after each chunk, for progress reporting.
@@ -51,7 +52,7 @@ def embed_texts(
 
     location = resolve_sentence_model(model_name)
     try:
-        model = SentenceTransformer(location, device="cpu", trust_remote_code=False)
+        model = SentenceTransformer(location, device=str(device), trust_remote_code=False)
     except Exception as error:
         raise RuntimeError(
             f"cannot load the sentence model {model_name!r} (resolved to {location!r}): {error}. "

@@ -17,6 +17,7 @@ from paser_assets.models.checkpoints import (
     reference_version,
     tokenizer_differences,
 )
+from paser_assets.models.device import Placement
 from paser_assets.models.pruning import PruneRecipe
 
 
@@ -39,10 +40,13 @@ class ModelStore:
         return self.cache_dir / "pruned" / f"{recipe.name}-{key}"
 
 
-def load_pair(settings: ModelStore, pruned: ModelReference) -> tuple[Any, Any, Any]:
-    """Load (original, pruned, tokenizer); fails with the differences when the tokenizers disagree."""
-    original_model, original_tokenizer = load_causal_lm(settings.original, settings.cache_dir, settings.options)
-    pruned_model, pruned_tokenizer = load_causal_lm(pruned, settings.cache_dir, settings.options)
+def load_pair(settings: ModelStore, pruned: ModelReference, placement: Placement | None = None) -> tuple[Any, Any, Any]:
+    """Load (original, pruned, tokenizer), both models placed alike (default: float32 on the CPU); fails
+    with the differences when the tokenizers disagree."""
+    original_model, original_tokenizer = load_causal_lm(
+        settings.original, settings.cache_dir, settings.options, placement
+    )
+    pruned_model, pruned_tokenizer = load_causal_lm(pruned, settings.cache_dir, settings.options, placement)
     differences = tokenizer_differences(original_tokenizer, pruned_tokenizer)
     if differences:
         raise CheckpointError(

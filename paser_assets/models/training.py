@@ -3,6 +3,11 @@
 The loss is the mean NLL of the response tokens (prompt tokens are masked), the same positions the
 degradation scores read. Batches are length-bucketed and their order is shuffled by the seed, so a
 run is deterministic for a seed on the CPU.
+
+Both run where a :class:`~paser_assets.models.device.Placement` says. In bfloat16 (or float16) the frozen
+base weights are held in that dtype, the adapter's weights stay float32 (peft keeps them so; they are the
+optimizer's master weights), and the passes run under ``torch.autocast``; the output head of the
+evaluation runs in float32, since a bfloat16 logit of 20 is off by up to 0.06.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from paser_assets.core.output_head import float32_head
+from paser_assets.models.device import Placement, autocast, model_precision, place_model
 from paser_assets.models.scoring import EncodedSample, pack_batch, plan_batches
 from paser_assets.progress import format_duration
 
@@ -45,6 +52,7 @@ class TrainingLog:
     losses: list[float] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
+    precision: str = "float32"
 
 
 def _batch_tensors(batch: Sequence[EncodedSample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,12 +74,18 @@ def train_lora(
     pad_id: int,
     settings: LoraSettings,
     log: Callable[[str], None] | None = None,
+    placement: Placement | None = None,
 ) -> tuple[Any, TrainingLog]:
-    """Wrap ``model`` with LoRA adapters and train them on ``samples``; returns the peft model and its log."""
+    """Wrap ``model`` with LoRA adapters and train them on ``samples``; returns the peft model and its log.
+
+    ``model`` is first moved to ``placement``, in place (None: it trains where and as it is)."""
     from peft import LoraConfig, get_peft_model
 
     if not samples:
         raise ValueError("no samples to train on")
+    if placement is None:
+        placement = Placement(next(model.parameters()).device, model_precision(model))
+    place_model(model, placement)
     torch.manual_seed(settings.seed)
     random.seed(settings.seed)
     np.random.seed(settings.seed)
@@ -93,14 +107,16 @@ def train_lora(
         layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
-    peft_model = get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)  # float32 adapter weights over a lower-precision base
     peft_model.train()
     optimizer = torch.optim.AdamW(
         [p for p in peft_model.parameters() if p.requires_grad], lr=settings.learning_rate, weight_decay=0.0
     )
     batches = plan_batches([len(s.input_ids) for s in samples], token_budget=1 << 30, max_batch=settings.batch_size)
     total_steps = len(batches) * settings.epochs
-    record = TrainingLog()
+    # float16 gradients can underflow: scale the loss (disabled, the scaler calls optimizer.step() as is).
+    scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.precision == "float16")
+    record = TrainingLog(precision=placement.precision)
     start = time.monotonic()
     last_log = start
     step = 0
@@ -108,10 +124,14 @@ def train_lora(
         order = list(range(len(batches)))
         random.Random(settings.seed * 1000 + epoch).shuffle(order)
         for index in order:
-            input_ids, attention_mask, labels = _batch_tensors([samples[i] for i in batches[index]], pad_id)
-            loss = peft_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-            loss.backward()
-            optimizer.step()
+            input_ids, attention_mask, labels = (
+                t.to(placement.device) for t in _batch_tensors([samples[i] for i in batches[index]], pad_id)
+            )
+            with autocast(placement.device, placement.precision):
+                loss = peft_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             record.steps.append(step)
@@ -149,19 +169,29 @@ def load_adapter(model: Any, folder: Path) -> Any:
 
 @torch.inference_mode()
 def response_nll(
-    model: Any, samples: Sequence[EncodedSample], pad_id: int, token_budget: int = 4096, chunk_size: int = 128
+    model: Any,
+    samples: Sequence[EncodedSample],
+    pad_id: int,
+    token_budget: int = 4096,
+    chunk_size: int = 128,
+    device: torch.device | str | None = None,
 ) -> dict[str, float]:
     """Mean NLL of each sample's response tokens under ``model`` (prompt and padding excluded).
 
-    The output head runs on response positions only, a chunk at a time, as in scoring.
+    The decoder runs on ``device`` (default: where the model's weights are) under autocast to the model's
+    dtype, so that a float32 adapter on a bfloat16 base runs in bfloat16 too; the output head runs in
+    float32 on response positions only, a chunk at a time, as in scoring.
     """
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's LoRA'd base
-    head = inner.get_output_embeddings()
+    head = float32_head(inner.get_output_embeddings())
+    device = torch.device(device) if device is not None else next(inner.parameters()).device
+    precision = model_precision(inner)
     result: dict[str, float] = {}
     for batch_indices in plan_batches([len(s.input_ids) for s in samples], token_budget=token_budget, max_batch=32):
         batch = [samples[i] for i in batch_indices]
-        input_ids, attention_mask, row_index, column_index = pack_batch(batch, pad_id)
-        hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        input_ids, attention_mask, row_index, column_index = (t.to(device) for t in pack_batch(batch, pad_id))
+        with autocast(device, precision):
+            hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         hidden = hidden.last_hidden_state[row_index, column_index]
         targets = input_ids[row_index, column_index + 1]
         nll = torch.cat(
@@ -173,7 +203,7 @@ def response_nll(
                 )
                 for start in range(0, len(targets), chunk_size)
             ]
-        )
+        ).cpu()
         offset = 0
         for sample in batch:
             result[sample.sample_id] = float(nll[offset : offset + sample.response_tokens].double().mean())

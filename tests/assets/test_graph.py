@@ -11,6 +11,7 @@ import pytest
 
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
 from paser_assets.graph import declared_settings
+from paser_assets.models.device import resolve_device, resolve_precision
 from paser_assets.runner import run_graph as materialize
 from paser_assets.settings import READ_LOG, all_settings
 from paser_assets.tables import TABLES
@@ -140,6 +141,9 @@ def test_built_in_pruning_degrades_and_rerun_reuses_scores(tmp_path: Path, tiny_
     assert first_scores.metadata["float16_rounding_jsd_error"].value.startswith("mean ")
     # 'auto' keeps float32 heads for the tiny model's small vocabulary, on any CPU.
     assert first_scores.metadata["output_head_precision"].value == "float32"
+    # The decoder's precision is recorded: PASER_PRECISION=auto as it resolves on this machine's CPU.
+    assert first_scores.metadata["precision"].value == resolve_precision("auto", resolve_device("auto"))
+    assert first_scores.metadata["device"].value == str(resolve_device("auto"))
     sparsity = query(database, "SELECT sparsity FROM pruned_model")[0][0]
     assert abs(sparsity - 0.5) < 0.01
     assert query(database, "SELECT sum(budget) FROM capability_degradation")[0][0] == 10
@@ -150,6 +154,7 @@ def test_built_in_pruning_degrades_and_rerun_reuses_scores(tmp_path: Path, tiny_
     assert second.materialized == ["degradation_scores[0|magnitude-50]", "pruned_model[magnitude-50]"]
     scores = latest(instance, "degradation_scores", "0|magnitude-50").asset_materialization
     assert scores.metadata["scored_now"].value == "0"
+    assert scores.metadata["precision"].value == first_scores.metadata["precision"].value  # the reused scores'
     assert query(database, "SELECT * FROM degradation_scores ORDER BY sample_id") == before
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from paser_assets.core.divergence import chunked_divergence, divergence_and_nll
-from paser_assets.core.output_head import TargetCentredBFloat16Head, bfloat16_matmul_is_fast, head_logits
+from paser_assets.core.output_head import Float32Head, TargetCentredBFloat16Head, head_logits
 
 VOCABULARY, HIDDEN, ROWS = 4096, 96, 64
 
@@ -111,7 +110,20 @@ def test_head_logits_calls_a_plain_module_without_targets():
     assert torch.equal(jsd, torch.zeros_like(jsd))
 
 
-def test_the_amx_probe_answers_and_never_raises(monkeypatch: pytest.MonkeyPatch):
-    assert isinstance(bfloat16_matmul_is_fast(), bool)
-    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
-    assert bfloat16_matmul_is_fast() is False
+def test_heads_over_bfloat16_weights_compute_as_over_their_float32_copy():
+    """A model held in bfloat16 gets the same heads as one holding the same (bfloat16-representable) weights
+    in float32: the float32 head upcasts exactly, and the centred head's target logit is float32 either way."""
+    head, hidden, targets = language_model_like_head(6)
+    weight = head.weight.detach().to(torch.bfloat16)
+    bias = torch.linspace(-1.0, 1.0, VOCABULARY).to(torch.bfloat16)
+    upcast, upcast_bias = weight.float(), bias.float()
+    with torch.no_grad():
+        exact = torch.nn.functional.linear(hidden, upcast, upcast_bias)
+    assert torch.equal(
+        Float32Head(weight, bias)(hidden.to(torch.bfloat16)),
+        torch.nn.functional.linear(hidden.to(torch.bfloat16).float(), upcast, upcast_bias),
+    )
+    assert torch.equal(Float32Head(weight, bias)(hidden), exact)
+    low = TargetCentredBFloat16Head(weight, bias)(hidden, targets)
+    assert torch.equal(low, TargetCentredBFloat16Head(upcast, upcast_bias)(hidden, targets))
+    assert log_softmax_error(low.float(), exact) < 0.1

@@ -15,13 +15,14 @@ LORA = LoraSettings(learning_rate=1e-2, epochs=1, batch_size=4, seed=0)
 
 
 def test_the_recipe_changes_with_everything_the_weights_depend_on() -> None:
-    base = adapter_recipe(LORA, "pruned-a", ["s1", "s2"], 512)
-    assert adapter_recipe(LORA, "pruned-a", ["s1", "s2"], 512) == base
+    base = adapter_recipe(LORA, "pruned-a", ["s1", "s2"], 512, "float32")
+    assert adapter_recipe(LORA, "pruned-a", ["s1", "s2"], 512, "float32") == base
     others = [
-        adapter_recipe(dataclasses.replace(LORA, r=16), "pruned-a", ["s1", "s2"], 512),
-        adapter_recipe(LORA, "pruned-b", ["s1", "s2"], 512),
-        adapter_recipe(LORA, "pruned-a", ["s2", "s1"], 512),  # the order is the training order
-        adapter_recipe(LORA, "pruned-a", ["s1", "s2"], 256),  # samples cut differently
+        adapter_recipe(dataclasses.replace(LORA, r=16), "pruned-a", ["s1", "s2"], 512, "float32"),
+        adapter_recipe(LORA, "pruned-b", ["s1", "s2"], 512, "float32"),
+        adapter_recipe(LORA, "pruned-a", ["s2", "s1"], 512, "float32"),  # the order is the training order
+        adapter_recipe(LORA, "pruned-a", ["s1", "s2"], 256, "float32"),  # samples cut differently
+        adapter_recipe(LORA, "pruned-a", ["s1", "s2"], 512, "bfloat16"),  # trained in another precision
     ]
     assert base not in others and len(set(others)) == len(others)
     folder = adapter_folder(Path("/cache"), "w50", "random", base)

@@ -31,7 +31,13 @@ POOL = pd.DataFrame(
 KEY = "test-recipe|original=a|pruned=b"
 # Eight batches of two samples; a commit after every batch.
 OPTIONS = ScoringOptions(
-    max_tokens=256, token_budget=8192, max_batch=2, compile_jsd=None, head_precision="auto", commit_every_s=0.0
+    max_tokens=256,
+    token_budget=8192,
+    max_batch=2,
+    compile_jsd=None,
+    head_precision="auto",
+    commit_every_s=0.0,
+    device="cpu",
 )
 BATCHES = 8
 ROUNDING = 3e-5  # as in test_scoring: float16 rounding of the final hidden states, with the sharpened head
@@ -252,3 +258,28 @@ def test_the_duckdb_score_store_round_trips_rows(tmp_path: Path) -> None:
         keys = conn.execute("SELECT scoring_key, count(*) FROM paser.paser.score_cache GROUP BY ALL ORDER BY 1")
         assert keys.fetchall() == [("a", 3), ("b", 1)]
     assert columns == list(TABLES["score_cache"].columns)
+
+
+def test_the_loader_places_both_models_and_the_facts_say_where(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    from paser_assets.models.checkpoints import LoadOptions, parse_model_reference
+    from paser_assets.models.device import Placement
+    from paser_assets.models.store import ModelStore, load_pair
+
+    store = ModelStore(str(tiny_llama_dir), tmp_path / "cache", LoadOptions())
+    placed: list[Any] = []
+
+    def load() -> tuple[Any, Any, Any]:
+        original, pruned, tokenizer = load_pair(
+            store, parse_model_reference(str(tiny_llama_dir)), Placement(torch.device("cpu"), "bfloat16")
+        )
+        placed.extend([original, pruned])
+        return original, pruned, tokenizer
+
+    options = dataclasses.replace(OPTIONS, token_budget=None, max_batch=None, device="cpu")
+    scores, facts = score_shard(POOL, KEY, MemoryScoreStore(), load, options)
+    assert [{p.dtype for p in model.parameters()} for model in placed] == [{torch.bfloat16}] * 2
+    assert (facts.precision, facts.device, facts.head_precision) == ("bfloat16", "cpu", "float32")
+    assert facts.metadata()["device"] == "cpu"
+    assert (scores["jsd"] == 0.0).all() and len(scores) == len(POOL)  # the same checkpoint twice

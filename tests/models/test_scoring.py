@@ -346,6 +346,26 @@ def test_smollm2_against_itself_is_zero(smollm2):
         assert score.original_nll == score.pruned_nll and math.isfinite(score.original_nll)
 
 
+@pytest.mark.slow
+def test_smollm2_bfloat16_decoder_stays_close_to_float32_and_scores_itself_zero(smollm2):
+    from paser_assets.models.device import Placement, place_model
+
+    model, pruned, tokenizer, samples = smollm2
+    where = Placement(torch.device("cpu"), "bfloat16")
+    model_low, pruned_low = (place_model(copy.deepcopy(m), where) for m in (model, pruned))
+    exact = PairScorer(model, pruned, tokenizer.pad_token_id).score(samples)
+    scorer = PairScorer(model_low, pruned_low, tokenizer.pad_token_id)
+    assert (scorer.precision, scorer.head_precision) == ("bfloat16", "bfloat16")  # auto heads follow
+    for a, b in zip(exact, scorer.score(samples), strict=True):
+        # Measured on 12 rows of ../shared/data: 7e-4 nats on average, at most 2e-3, on JSDs of 0.1-0.5.
+        assert abs(a.jsd - b.jsd) <= 0.03 * a.jsd + 1e-3, (a, b)
+        # On these 4-token demo responses the NLLs reach 15 nats; bfloat16 moves them by about 1%.
+        assert b.original_nll == pytest.approx(a.original_nll, rel=0.03)
+        assert b.pruned_nll == pytest.approx(a.pruned_nll, rel=0.03)
+    same = PairScorer(model_low, copy.deepcopy(model_low), tokenizer.pad_token_id).score(samples)
+    assert all(s.jsd == 0.0 and s.original_nll == s.pruned_nll for s in same)
+
+
 # --- the original-output cache ---------------------------------------------------------------------------
 
 
@@ -419,18 +439,16 @@ def test_compiled_scoring_matches_eager_scoring(model, pruned, tokenizer, sample
 # --- output-head precision -------------------------------------------------------------------------------
 
 
-def test_head_precision_auto_resolves_by_vocabulary_device_and_hardware(monkeypatch):
+def test_head_precision_auto_follows_the_models_precision_for_large_vocabularies():
     from paser_assets.models import scoring
 
-    assert scoring.resolve_head_precision("float32", 10**6) == "float32"
+    assert scoring.resolve_head_precision("float32", 10**6, "bfloat16") == "float32"
     assert scoring.resolve_head_precision("bfloat16", 10) == "bfloat16"
     large = scoring.COMPILE_MIN_VOCABULARY
-    monkeypatch.setattr(scoring, "bfloat16_matmul_is_fast", lambda: True)
-    assert scoring.resolve_head_precision("auto", large) == "bfloat16"
-    assert scoring.resolve_head_precision("auto", large - 1) == "float32"
-    assert scoring.resolve_head_precision("auto", large, "cuda") == "float32"
-    monkeypatch.setattr(scoring, "bfloat16_matmul_is_fast", lambda: False)
-    assert scoring.resolve_head_precision("auto", large) == "float32"
+    assert scoring.resolve_head_precision("auto", large, "bfloat16") == "bfloat16"
+    assert scoring.resolve_head_precision("auto", large - 1, "bfloat16") == "float32"
+    assert scoring.resolve_head_precision("auto", large, "float32") == "float32"
+    assert scoring.resolve_head_precision("auto", large, "float16") == "float32"
     with pytest.raises(ValueError, match="'half'"):
         scoring.resolve_head_precision("half", large)
 
@@ -461,3 +479,145 @@ def test_bfloat16_heads_stay_close_to_float32_and_the_cache_path_matches_to_the_
         assert abs(a.original_nll - b.original_nll) < 2e-2 and abs(a.pruned_nll - b.pruned_nll) < 2e-2
     same = PairScorer(original, original, pad, head_precision="bfloat16").score(samples)
     assert all(s.jsd == 0.0 for s in same)
+
+
+# --- decoder precision and device ------------------------------------------------------------------------
+
+
+def float32_scores_as_before_the_precision_setting(original, pruned, batch, pad_token_id, chunk_size=128):
+    """The scoring path as it was before models could run elsewhere than in float32 on the CPU, spelled out
+    from the primitives: per-sample float16 rounding of both models' states, float32 module heads, the
+    eager kernel a chunk at a time, and float64 per-sample means."""
+    from paser_assets.core.divergence import divergence_and_nll
+    from paser_assets.models.original_cache import compact_states
+    from paser_assets.models.scoring import _final_hidden, pack_batch
+
+    input_ids, mask, rows, columns = pack_batch(batch, pad_token_id)
+    targets = input_ids[rows, columns + 1]
+
+    def rounded(model):
+        live = _final_hidden(model, input_ids, mask)[rows, columns]
+        pieces, offset = [], 0
+        for sample in batch:
+            pieces.append(compact_states(live[offset : offset + sample.response_tokens].numpy()).hidden)
+            offset += sample.response_tokens
+        return torch.from_numpy(np.concatenate([p.astype(np.float32) for p in pieces]))
+
+    with torch.inference_mode():
+        hidden_p, hidden_q = rounded(original), rounded(pruned)
+        outputs = [torch.empty(len(targets)) for _ in range(3)]
+        for start in range(0, len(targets), chunk_size):
+            part = slice(start, start + chunk_size)
+            logits_p = original.get_output_embeddings()(hidden_p[part])
+            logits_q = pruned.get_output_embeddings()(hidden_q[part])
+            for output, value in zip(outputs, divergence_and_nll(logits_p, logits_q, targets[part]), strict=True):
+                output[part] = value
+    result, offset = [], 0
+    for sample in batch:
+        part = slice(offset, offset + sample.response_tokens)
+        result.append(tuple(float(output[part].double().mean()) for output in outputs))
+        offset += sample.response_tokens
+    return result
+
+
+def test_float32_scores_are_unchanged_to_the_bit(sharp_pair, tokenizer, samples):
+    original, pruned = sharp_pair
+    scorer = PairScorer(original, pruned, tokenizer.pad_token_id, head_precision="auto", device="cpu")
+    assert (scorer.precision, scorer.head_precision, scorer.device) == ("float32", "float32", torch.device("cpu"))
+    for batch in (samples[:3], samples):
+        before = float32_scores_as_before_the_precision_setting(original, pruned, batch, tokenizer.pad_token_id)
+        now = [(s.jsd, s.original_nll, s.pruned_nll) for s in scorer.score(batch)]
+        assert now == before
+
+
+@pytest.fixture(scope="module")
+def bfloat16_sharp_pair(sharp_pair):
+    from paser_assets.models.device import Placement, place_model
+
+    where = Placement(torch.device("cpu"), "bfloat16")
+    return tuple(place_model(copy.deepcopy(model), where) for model in sharp_pair)
+
+
+def test_a_model_loaded_in_bfloat16_holds_bfloat16_weights_and_scores_in_it(tiny_llama_dir, tmp_path, tokenizer):
+    from paser_assets.models.device import Placement
+
+    where = Placement(torch.device("cpu"), "bfloat16")
+    model, _ = load_causal_lm(parse_model_reference(str(tiny_llama_dir)), tmp_path, placement=where)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {p.device for p in model.parameters()} == {torch.device("cpu")}
+    scorer = PairScorer(model, model, tokenizer.pad_token_id)
+    assert (scorer.precision, scorer.device) == ("bfloat16", torch.device("cpu"))
+
+
+# The tiny Llama's bfloat16 decoder moves the sharpened pair's JSD (about 0.01) by up to 8e-4 nats, 6%.
+BFLOAT16_JSD = 2e-3
+
+
+@pytest.mark.parametrize("head_precision", ["float32", "bfloat16"])
+def test_bfloat16_decoder_scores_stay_close_to_float32(
+    sharp_pair, bfloat16_sharp_pair, tokenizer, samples, head_precision
+):
+    exact = PairScorer(*sharp_pair, tokenizer.pad_token_id).score(samples)
+    scorer = PairScorer(*bfloat16_sharp_pair, tokenizer.pad_token_id, head_precision=head_precision)
+    assert scorer.precision == "bfloat16" and scorer.head_precision == head_precision
+    fast = scorer.score(samples)
+    assert statistics.mean(s.jsd for s in exact) > 0.005
+    for a, b in zip(exact, fast, strict=True):
+        assert a.sample_id == b.sample_id and b.jsd > 0
+        assert abs(a.jsd - b.jsd) < BFLOAT16_JSD
+        assert abs(a.original_nll - b.original_nll) < 5e-2 and abs(a.pruned_nll - b.pruned_nll) < 5e-2
+
+
+def test_identical_bfloat16_models_score_exactly_zero_live_and_from_the_cache(
+    bfloat16_sharp_pair, tokenizer, samples, tmp_path
+):
+    from paser_assets.models.original_cache import OriginalOutputCache
+
+    original = bfloat16_sharp_pair[0]
+    twin = copy.deepcopy(original)
+    for head_precision in ("float32", "bfloat16"):
+        cache = OriginalOutputCache(tmp_path, head_precision)
+        live = PairScorer(original, twin, tokenizer.pad_token_id, head_precision=head_precision).score_batch(
+            samples, cache
+        )
+        cache.put(live.states)
+        cached = PairScorer(None, twin, tokenizer.pad_token_id, head_precision=head_precision).score_batch(
+            samples, cache, original.get_output_embeddings()
+        )
+        assert cached.used_cache and cached.scores == live.scores
+        assert all(s.jsd == 0.0 and s.original_nll == s.pruned_nll for s in live.scores)
+
+
+def test_bfloat16_states_are_cached_in_float16_without_loss(bfloat16_sharp_pair, tokenizer, samples, tmp_path):
+    from paser_assets.models.original_cache import OriginalOutputCache
+    from paser_assets.models.scoring import _final_hidden, pack_batch
+
+    original, _ = bfloat16_sharp_pair
+    result = PairScorer(*bfloat16_sharp_pair, tokenizer.pad_token_id).score_batch(
+        samples[:2], OriginalOutputCache(tmp_path, "k")
+    )
+    input_ids, mask, rows, columns = pack_batch(samples[:2], tokenizer.pad_token_id)
+    with torch.inference_mode():
+        live = _final_hidden(original, input_ids, mask)[rows, columns].float().numpy()
+    cached = np.concatenate([result.states[s.sample_id].hidden for s in samples[:2]])
+    assert cached.dtype == np.float16
+    assert np.array_equal(cached.astype(np.float32), live)
+
+
+def test_token_budget_from_free_memory():
+    from paser_assets.models.scoring import gpu_token_budget
+
+    assert gpu_token_budget(free_bytes=80 * 2**30, per_token_bytes=16_000) == 1 << 18  # capped
+    assert gpu_token_budget(free_bytes=2**30, per_token_bytes=16_000) == 2**29 // 16_000
+    assert gpu_token_budget(2**30, 16_000, fixed_bytes=2**28) == (2**29 - 2**28) // 16_000
+    assert gpu_token_budget(2**20, 16_000) == 512  # at least a few rows
+    assert gpu_token_budget(2**30, 16_000, share=0.25) < gpu_token_budget(2**30, 16_000)
+
+
+def test_batch_limits_are_fixed_on_a_cpu_and_follow_the_settings(model):
+    from paser_assets.models.scoring import CPU_MAX_BATCH, CPU_TOKEN_BUDGET, activation_bytes_per_token, batch_limits
+
+    assert batch_limits("cpu", model, 512) == (CPU_TOKEN_BUDGET, CPU_MAX_BATCH) == (4096, 16)
+    assert batch_limits("cpu", model, 512, token_budget=1000, max_batch=3) == (1000, 3)
+    # The tiny Llama: hidden 32, intermediate 64, 4 heads; bfloat16 elements.
+    assert activation_bytes_per_token(model.config, 2, 256) == 2 * (6 * 32 + 3 * 64 + 4 * 256)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import copy
 import math
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
+from paser_assets.models.device import Placement, place_model
 from paser_assets.models.general_text import general_text, general_text_samples
 from paser_assets.models.scoring import EncodedSample, encode_sample
 from paser_assets.models.training import (
@@ -221,3 +223,69 @@ def test_perplexity_is_exp_of_the_mean_nll() -> None:
     assert perplexity(1000.0) == math.inf  # exp would overflow
     assert perplexity(math.inf) == math.inf
     assert perplexity(math.nan) == math.inf
+
+
+# -- device and precision
+
+
+def autocast_states(model) -> tuple[list[bool], object]:
+    """Record, at every decoder forward of ``model``, whether CPU autocast to bfloat16 is on."""
+    seen: list[bool] = []
+
+    def hook(module, args, kwargs) -> None:
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+    return seen, model.model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_bfloat16_training_keeps_float32_adapters_over_a_bfloat16_base_under_autocast(base, tokenizer, samples):
+    where = Placement(torch.device("cpu"), "bfloat16")
+    model = copy.deepcopy(base)
+    seen, hook = autocast_states(model)
+    short = LoraSettings(learning_rate=1e-2, epochs=2, batch_size=4, seed=0)
+    peft_model, log = train_lora(model, samples, tokenizer.pad_token_id, short, placement=where)
+    hook.remove()
+    assert log.precision == "bfloat16" and seen and all(seen)
+    adapters = {name: p for name, p in peft_model.named_parameters() if "lora_" in name}
+    assert adapters and {p.dtype for p in adapters.values()} == {torch.float32}  # the master weights
+    assert all(p.requires_grad for p in adapters.values())
+    frozen = {p.dtype for name, p in peft_model.named_parameters() if "lora_" not in name}
+    assert frozen == {torch.bfloat16}
+    _, exact = train_lora(copy.deepcopy(base), samples, tokenizer.pad_token_id, short)
+    assert exact.precision == "float32"
+    # The same batches in the same order: bfloat16 follows the float32 loss curve closely, not exactly.
+    assert len(log.losses) == len(exact.losses) and log.losses != exact.losses
+    for fast, slow in zip(log.losses, exact.losses, strict=True):
+        assert abs(fast - slow) < 0.05 * slow
+    assert epoch_means(log.losses, 2)[1] < epoch_means(log.losses, 2)[0]
+
+
+def test_float32_training_without_a_placement_is_as_with_the_default_one(base, tokenizer, samples):
+    short = LoraSettings(learning_rate=1e-2, epochs=1, batch_size=4, seed=0)
+    model = copy.deepcopy(base)
+    seen, hook = autocast_states(model)
+    _, placed = train_lora(model, samples, tokenizer.pad_token_id, short, placement=Placement())
+    hook.remove()
+    _, unplaced = train_lora(copy.deepcopy(base), samples, tokenizer.pad_token_id, short)
+    assert placed.losses == unplaced.losses and seen and not any(seen)
+
+
+def test_response_nll_in_bfloat16_runs_under_autocast_with_float32_heads(base, trained, tokenizer, samples):
+    exact = response_nll(base, samples, tokenizer.pad_token_id)
+    model = place_model(copy.deepcopy(base), Placement(torch.device("cpu"), "bfloat16"))
+    seen, hook = autocast_states(model)
+    fast = response_nll(model, samples, tokenizer.pad_token_id, device="cpu")
+    hook.remove()
+    assert seen and all(seen)
+    for sample in samples:
+        # A random tiny model's NLL is about 6.4; bfloat16 states move it by a few hundredths.
+        assert fast[sample.sample_id] == pytest.approx(exact[sample.sample_id], abs=0.05)
+        assert fast[sample.sample_id] != exact[sample.sample_id]
+    # A float32 adapter over the bfloat16 base: the LoRA branch runs in bfloat16 too, and still counts.
+    folder = save_adapter(trained[0], Path(tempfile.mkdtemp()) / "adapter")
+    recovered = load_adapter(place_model(copy.deepcopy(base), Placement(torch.device("cpu"), "bfloat16")), folder)
+    with_adapter = response_nll(recovered, samples[:4], tokenizer.pad_token_id)
+    float32_adapter = response_nll(trained[0], samples[:4], tokenizer.pad_token_id)
+    for sample in samples[:4]:
+        assert with_adapter[sample.sample_id] == pytest.approx(float32_adapter[sample.sample_id], abs=0.05)
+        assert abs(with_adapter[sample.sample_id] - fast[sample.sample_id]) > 0.1
