@@ -22,6 +22,8 @@ from paser_assets.settings import (
     RECOVERY_METHODS,
     PaserConfig,
     SettingError,
+    SettingInfo,
+    describe_validation_error,
     parse_field_map,
     setting,
 )
@@ -30,8 +32,6 @@ DEFAULT_DB = "paser.duckdb"
 DEFAULT_SCHEMA = "paser"
 # Bytes 8-11 of every DuckDB database file.
 DUCKDB_MAGIC = b"DUCK"
-# The Dagster instance (run history) the CLI uses without DAGSTER_HOME, beside the DuckDB file.
-INSTANCE_FOLDER = ".dagster_home"
 
 __all__ = ["DEFAULT_DB", "DEFAULT_SCHEMA", "RECOVERY_METHODS", "PaserConfig", "PaserDuckDB", "SettingError",
            "parse_field_map"]  # fmt: skip
@@ -108,13 +108,11 @@ class PaserDuckDB(DuckDBResource):
         try:
             return cls(**values)
         except ValidationError as error:
-            names = cls.environment_names()
-            problems = "; ".join(
-                f"{names.get(str(p['loc'][0]), p['loc'][0])}={p.get('input')!r}: "
-                + p["msg"].removeprefix("Value error, ")
-                for p in error.errors()
-            )
-            raise SettingError(f"invalid setting: {problems}") from None
+            fields = [
+                SettingInfo(name, name, None, variable, "runtime", cls.model_fields[name])
+                for name, variable in cls.environment_names().items()
+            ]
+            raise SettingError(describe_validation_error(error, values, fields)) from None
 
     @contextmanager
     def get_connection(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -16,9 +16,10 @@ from pathlib import Path
 import dagster as dg
 
 from paser_assets import partitions
+from paser_assets.locations import INSTANCE_FOLDER, beside
 from paser_assets.partitions import PartitionKey
 from paser_assets.registry import sync_variants
-from paser_assets.resources import INSTANCE_FOLDER, PaserConfig, PaserDuckDB, SettingError
+from paser_assets.resources import PaserConfig, PaserDuckDB, SettingError
 from paser_assets.staleness import StaleSet, stale_or_missing
 
 OBSERVED = (dg.AssetKey("original_model"), dg.AssetKey("pruned_checkpoint"))
@@ -66,8 +67,8 @@ def instance_home(database: str) -> tuple[Path, str]:
     home = os.environ.get("DAGSTER_HOME", "").strip()
     if home:
         return Path(home), "DAGSTER_HOME"
-    folder = Path(database).resolve().parent if database != ":memory:" else Path.cwd()
-    return folder / INSTANCE_FOLDER, "beside the database"
+    home = beside(database, INSTANCE_FOLDER) if database != ":memory:" else Path.cwd() / INSTANCE_FOLDER
+    return home, "beside the database"
 
 
 def default_instance(database: str) -> dg.DagsterInstance:

@@ -28,7 +28,7 @@ import inspect
 import json
 import os
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import Path
@@ -38,6 +38,7 @@ import dagster as dg
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
+from paser_assets.locations import MODEL_CACHE_FOLDER, beside
 from paser_assets.pool.demo import DEFAULT_DEMO_SIZE
 
 if typing.TYPE_CHECKING:  # the domain objects are imported where they are built: `paser --help` needs no torch
@@ -256,11 +257,7 @@ class ModelSettings(Stage):
         from paser_assets.models.checkpoints import LoadOptions
         from paser_assets.models.store import ModelStore
 
-        cache_dir = (
-            Path(self.model_cache_dir)
-            if self.model_cache_dir
-            else Path(database_path).resolve().parent / "paser_models"
-        )
+        cache_dir = Path(self.model_cache_dir) if self.model_cache_dir else beside(database_path, MODEL_CACHE_FOLDER)
         options = LoadOptions(allow_pickle=self.allow_pickle, trust_remote_code=self.trust_remote_code)
         return ModelStore(original_model=self.original_model, cache_dir=cache_dir, options=options)
 
@@ -663,10 +660,17 @@ def environment_names() -> dict[str, str]:
     return {item.path: item.env for item in all_settings()}
 
 
-def describe_validation_error(error: ValidationError, raw_by_path: Mapping[str, str] | None = None) -> str:
-    """One line per problem, naming the environment variable, the value given and what is allowed."""
-    by_path = {item.path: item for item in all_settings()}
-    by_name = {item.name: item for item in all_settings()}
+def describe_validation_error(
+    error: ValidationError,
+    raw_by_path: Mapping[str, str] | None = None,
+    settings: Iterable[SettingInfo] | None = None,
+) -> str:
+    """One line per problem, naming the environment variable, the value given and what is allowed.
+
+    ``settings``: the fields the error can be about (default: PaserConfig's)."""
+    known = list(all_settings() if settings is None else settings)
+    by_path = {item.path: item for item in known}
+    by_name = {item.name: item for item in known}
     problems = []
     for problem in error.errors():
         location = ".".join(str(part) for part in problem["loc"])

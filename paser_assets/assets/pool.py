@@ -6,8 +6,9 @@ import dagster as dg
 
 from paser_assets import storage
 from paser_assets.core.baselines import seeded_order
+from paser_assets.locations import EXPORT_FOLDER, INSTANCE_FOLDER, MODEL_CACHE_FOLDER, beside
 from paser_assets.pool import PoolInputError, load_pool
-from paser_assets.resources import INSTANCE_FOLDER, PaserConfig, PaserDuckDB
+from paser_assets.resources import PaserConfig, PaserDuckDB
 from paser_assets.settings import reads
 from paser_assets.tables import table_metadata
 
@@ -20,8 +21,10 @@ def _own_outputs(database: str) -> list[Path]:
     (PASER_MODEL_CACHE, PASER_EXPORT_DIR) are recognised by what they hold (see paser_assets.pool.folders)."""
     if database == ":memory:":
         return []
-    folder = Path(database).resolve().parent
-    return [Path(database).resolve(), folder / "paser_models", folder / "paser_export", folder / INSTANCE_FOLDER]
+    return [
+        Path(database).resolve(),
+        *(beside(database, f) for f in (MODEL_CACHE_FOLDER, EXPORT_FOLDER, INSTANCE_FOLDER)),
+    ]
 
 
 @dg.asset(

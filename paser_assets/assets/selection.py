@@ -16,6 +16,7 @@ from paser_assets.assets.models import MODEL_PARENTS
 from paser_assets.core.concepts import extract_concepts
 from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, SelectionResult, select
 from paser_assets.core.divergence import LN2
+from paser_assets.locations import EXPORT_FOLDER, beside
 from paser_assets.partitions import VARIANTS
 from paser_assets.resources import PaserConfig, PaserDuckDB
 from paser_assets.settings import reads
@@ -244,7 +245,7 @@ def _view_name(duckdb: PaserDuckDB) -> str:
 
 def export_folder(export_dir: str | None, database: str) -> Path:
     """The export folder: ``export_dir``, or ``paser_export`` beside the DuckDB file."""
-    return Path(export_dir) if export_dir else Path(database).resolve().parent / "paser_export"
+    return Path(export_dir) if export_dir else beside(database, EXPORT_FOLDER)
 
 
 def safe_export_path(folder: Path, name: str) -> Path:

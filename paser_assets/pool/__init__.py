@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from pathlib import Path
 
-from paser_assets.pool.demo import generate_demo_pool
+from paser_assets.pool.demo import DEFAULT_DEMO_SIZE, generate_demo_pool
 from paser_assets.pool.folders import SkippedPath
 from paser_assets.pool.readers import PoolInputError, RawRow, ReadLimits, read_dataset
 from paser_assets.pool.records import FieldMapping, PoolBuild, build_pool, require_usable
@@ -29,7 +29,7 @@ def load_pool(
     split: str = "train",
     field_map: dict[str, str] | None = None,
     max_chars: int = 20_000,
-    demo_size: int = 480,
+    demo_size: int = DEFAULT_DEMO_SIZE,
     seed: int = 0,
     exclude: Sequence[str | Path] = (),
 ) -> PoolBuild:

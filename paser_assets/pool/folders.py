@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from paser_assets.locations import EXPORT_FOLDER, MODEL_CACHE_FOLDER
 from paser_assets.pool.rows import PoolInputError, display_name
 from paser_assets.pool.textio import COMPRESSION_SUFFIXES, compression_of, format_suffix
 
@@ -29,7 +30,7 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tbz", ".tbz2", ".txz", ".7z", ".ra
 OTHER_COMPRESSION_SUFFIXES = (".zst", ".zstd", ".lz4", ".br", ".z", ".lzma", ".snappy", ".sz")
 
 # Default folder names of the model cache and the export folder; renamed ones are found by content.
-OUTPUT_FOLDER_NAMES = {"paser_models": "the plugin's model cache", "paser_export": "the plugin's export folder"}
+OUTPUT_FOLDER_NAMES = {MODEL_CACHE_FOLDER: "the plugin's model cache", EXPORT_FOLDER: "the plugin's export folder"}
 RUN_RECORDS = {
     "paser_pruning.json": "a pruned model written by the plugin",
     "paser_training.json": "an adapter trained by the plugin",
