@@ -51,8 +51,17 @@ Affects = Literal["results", "observed", "runtime"]
 COMMIT_EVERY_S = 30.0
 ENV_PREFIX = "PASER_"
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-# Selection methods compared by the recovery assets: PASER and the baselines at the same budget.
-RECOVERY_METHODS = ("paser", "random", "uniform", "top_jsd", "ifd", "paser_no_concepts")
+# Selection methods ("arms") compared by the recovery assets. All but `full` (every selectable row) and
+# `random_tokens` (random rows up to PASER's training tokens) take PASER's sample budget. The `paser_*`
+# arms are PASER with one part changed, for the ablations: the allocation rule (`alloc_*`), the order
+# inside a cluster (`order_*`) or the concept filter off (`no_concepts`).
+RECOVERY_METHODS = (
+    "paser", "full", "random", "random_tokens", "uniform", "top_jsd", "ifd", "longest", "paser_no_concepts",
+    "paser_alloc_uniform", "paser_alloc_size", "paser_alloc_cds_size", "paser_order_jsd", "paser_order_random",
+)  # fmt: skip
+# The arms recovered by default: the ablations are asked for by name.
+DEFAULT_RECOVERY_METHODS = RECOVERY_METHODS[:9]
+ALLOCATION_RULES = ("cds", "cds_size", "proportional", "uniform")
 
 
 class SettingError(ValueError):
@@ -417,6 +426,11 @@ class SelectionSettings(Stage):
         allow_inf_nan=False,
     )
     export_dir: str | None = setting(None, "Folder of the exported selection; default: paser_export beside the DB.")
+    allocation: Literal["cds", "cds_size", "proportional", "uniform"] = setting(
+        "cds",
+        "How the budget is split across clusters: in proportion to CDS (the paper's rule), to CDS x cluster "
+        "size, to cluster size, or evenly; always capped by each cluster's size.",
+    )
 
     @field_validator("export_dir")
     @classmethod
@@ -435,7 +449,7 @@ class RecoverySettings(Stage):
     """Baselines and LoRA recovery of the pruned model on each selection."""
 
     recovery_methods: list[str] = setting(
-        default_factory=lambda: list(RECOVERY_METHODS),
+        default_factory=lambda: list(DEFAULT_RECOVERY_METHODS),
         description="Selection methods to recover with and compare: "
         f"{', '.join(RECOVERY_METHODS)}. Env form: 'paser,random'.",
     )
@@ -451,13 +465,20 @@ class RecoverySettings(Stage):
         "pass, and so training, cheaper.",
         ge=0,
     )
-    lora_r: int = setting(8, "LoRA rank of the recovery fine-tune.", ge=1)
-    lora_alpha: int = setting(16, "LoRA alpha.", ge=1)
+    lora_r: int = setting(16, "LoRA rank of the recovery fine-tune.", ge=1)
+    lora_alpha: int = setting(32, "LoRA alpha.", ge=1)
     lora_learning_rate: float = setting(
-        3e-4, "Learning rate of the recovery fine-tune.", env="PASER_LORA_LR", gt=0.0, allow_inf_nan=False
+        1e-3, "Peak learning rate of the recovery fine-tune.", env="PASER_LORA_LR", gt=0.0, allow_inf_nan=False
     )
-    lora_epochs: int = setting(1, "Epochs over the selection.", ge=1)
+    lora_epochs: int = setting(2, "Epochs over the selection.", ge=1)
     lora_batch_size: int = setting(8, "Samples per optimizer step.", ge=1)
+    lora_warmup: float = setting(
+        0.1, "Share of the steps over which the learning rate rises linearly from 0.", ge=0.0, lt=1.0,
+        allow_inf_nan=False,
+    )  # fmt: skip
+    lora_schedule: Literal["cosine", "linear", "constant"] = setting(
+        "cosine", "Learning-rate decay after the warm-up, to 0 at the last step."
+    )
 
     @field_validator("recovery_methods", mode="before")
     @classmethod
@@ -484,10 +505,64 @@ class RecoverySettings(Stage):
             batch_size=self.lora_batch_size,
             top_layers=self.lora_layers,
             seed=self.seed_or(seed),
+            warmup=self.lora_warmup,
+            schedule=self.lora_schedule,
         )
 
     def seed_or(self, seed: int) -> int:
         return seed if self.recovery_seed is None else self.recovery_seed
+
+
+class EvaluationSettings(Stage):
+    """What the recovery is measured on: perplexity on text corpora and zero-shot multiple-choice tasks."""
+
+    eval_text: str = setting(
+        "",
+        "Text corpora for perplexity, 'name=path; name=path' (UTF-8 text files); empty: the documentation of "
+        "Python's standard library, as 'stdlib_docs'.",
+    )
+    eval_window: int = setting(128, "Tokens per non-overlapping perplexity window.", ge=2)
+    eval_max_tokens: int = setting(
+        16384, "Tokens of each corpus evaluated (whole windows from the start), the same for every model.", ge=2
+    )
+    eval_tasks: str = setting(
+        "",
+        "Zero-shot multiple-choice tasks, 'name=path; name=path' (JSON lines with context, choices, label); a "
+        "name starting with winogrande is scored by partial evaluation, hellaswag with its context as is, "
+        "any other as 'Question: ...\\nAnswer:'. Empty: none.",
+    )
+    eval_task_items: int = setting(250, "The first N items of every task are scored, for every model.", ge=1)
+
+    @field_validator("eval_text", "eval_tasks")
+    @classmethod
+    def _named_files(cls, value: str) -> str:
+        parse_named_files(value)
+        return value
+
+    def texts(self) -> dict[str, str]:
+        return parse_named_files(self.eval_text)
+
+    def tasks(self) -> dict[str, str]:
+        return parse_named_files(self.eval_tasks)
+
+
+def parse_named_files(value: str) -> dict[str, str]:
+    """'name=path; name=path' as {name: path}; every path must be a readable file, every name unique."""
+    named: dict[str, str] = {}
+    for entry in (part.strip() for part in value.split(";")):
+        if not entry:
+            continue
+        name, separator, path = (piece.strip() for piece in entry.partition("="))
+        if not separator or not name or not path:
+            raise ValueError(f"{entry!r} is not 'name=path'")
+        if not all(c.isalnum() or c in "_-." for c in name):
+            raise ValueError(f"the name {name!r} may hold only letters, digits, '_', '-' and '.'")
+        if name in named:
+            raise ValueError(f"the name {name!r} is given twice")
+        if not Path(path).expanduser().is_file():
+            raise ValueError(f"{path} is not a file")
+        named[name] = str(Path(path).expanduser())
+    return named
 
 
 class ExecutionSettings(Stage):
@@ -525,6 +600,7 @@ STAGES: dict[str, type[Stage]] = {
     "scoring": ScoringSettings,
     "selection": SelectionSettings,
     "recovery": RecoverySettings,
+    "evaluation": EvaluationSettings,
     "execution": ExecutionSettings,
 }
 # Settings that belong to no single stage.
@@ -562,6 +638,7 @@ class PaserConfig(dg.ConfigurableResource):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings, description=ScoringSettings.__doc__)
     selection: SelectionSettings = Field(default_factory=SelectionSettings, description=SelectionSettings.__doc__)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings, description=RecoverySettings.__doc__)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings, description=EvaluationSettings.__doc__)
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings, description=ExecutionSettings.__doc__)
 
     def __init__(self, **data: Any) -> None:

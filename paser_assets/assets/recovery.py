@@ -9,6 +9,11 @@
 - ``recovery_comparison`` (per variant): held-out NLL and perplexity per method, overall and per cluster.
 """
 
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +24,41 @@ import pandas as pd
 from paser_assets import charts, storage
 from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, MODEL_PLACEMENT, placement, pruned_reference
 from paser_assets.assets.selection import paser_select, selectable_candidates
+from paser_assets.core.allocation import allocate_budget, allocation_weights
 from paser_assets.core.baselines import (
     ifd_selection,
     instruction_following_difficulty,
+    longest_selection,
     random_selection,
+    token_matched_selection,
     top_score_selection,
     uniform_selection,
 )
 from paser_assets.core.consistency import SELECTED
+from paser_assets.core.evaluation import (
+    TaskScore,
+    macro_mean,
+    mean_stderr,
+    recovery_ratio,
+    style_for,
+    task_average,
+)
 from paser_assets.models.adapters import adapter_folder, adapter_recipe, train_or_reuse
 from paser_assets.models.checkpoints import load_causal_lm, reference_version
 from paser_assets.models.device import Placement
-from paser_assets.models.general_text import general_text_samples
+from paser_assets.models.evaluation import TextScore, read_task, score_task, text_perplexity
+from paser_assets.models.general_text import general_text
 from paser_assets.models.scoring import EncodedSample, encode_sample
 from paser_assets.models.store import ModelStore
 from paser_assets.models.training import load_adapter, perplexity, response_nll
 from paser_assets.partitions import METHODS, VARIANTS, PartitionKey
+from paser_assets.progress import format_duration
 from paser_assets.resources import PaserConfig, PaserDuckDB
 from paser_assets.settings import reads
-from paser_assets.tables import table_metadata
+from paser_assets.tables import TABLES, table_metadata
 
 RECOVERY_GROUP = "recovery"
-BASELINES = ("random", "uniform", "top_jsd", "ifd", "paser_no_concepts")
-GENERAL_SEGMENTS = 32  # segments of 256 tokens of general text per model
+STDLIB_TEXT = "stdlib_docs"  # the name of the default corpus, Python's standard-library documentation
 
 
 def _method_partition(context: dg.AssetExecutionContext) -> tuple[str, str]:
@@ -69,13 +86,14 @@ def _load_pruned(store: ModelStore, duckdb: PaserDuckDB, variant: str, where: Pl
           *MODEL_PARENTS],
     partitions_def=VARIANTS,
     group_name=RECOVERY_GROUP,
-    code_version="1",
+    code_version="2",
     kinds={"duckdb", "pytorch"},
-    description="The baselines' selections at PASER's budget: random, uniform across clusters, top JSD, "
-    "IFD and PASER without the concept filter.",
+    description="The other arms' selections: every selectable row (full), random rows at PASER's sample "
+    "budget and at its training tokens, uniform across clusters, top JSD, IFD, the longest responses, and "
+    "PASER with one part changed (the ablations).",
 )  # fmt: skip
 @reads(*MODEL_LOADING, *MODEL_PLACEMENT, "recovery.recovery_methods", "recovery.recovery_seed", "scoring.max_tokens",
-       "seed")  # fmt: skip
+       "selection.conflict_tolerance", "seed")  # fmt: skip
 def baseline_selections(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -88,12 +106,18 @@ def baseline_selections(
     )
     frame, budgets = selectable_candidates(duckdb, variant)
     budget = int(budgets["budget"].sum())
-    picks = baseline_picks(frame, budgets, seed)
-    if "ifd" in methods:
-        context.log.info("IFD: scoring the responses without their instructions under the pruned model")
+    picks = baseline_picks(frame, budgets, seed, paser.selection.conflict_tolerance)
+    if {"ifd", "random_tokens", "longest"} & set(methods):
         model, tokenizer, _ = _load_pruned(store, duckdb, variant, placement(paser))
-        ifd = ifd_scores(model, tokenizer, frame, max_tokens)
-        picks["ifd"] = ifd_selection(ifd, budget)
+        tokens = {s.sample_id: len(s.input_ids) for s in _encode(tokenizer, frame, max_tokens)}
+        chosen = set(paser_selected_ids(duckdb, variant))
+        target = sum(tokens[i] for i in chosen if i in tokens)
+        picks["random_tokens"] = token_matched_selection(tokens, target, seed)
+        picks["longest"] = longest_selection(response_lengths(tokenizer, frame), budget)
+        if "ifd" in methods:
+            context.log.info("IFD: scoring the responses without their instructions under the pruned model")
+            picks["ifd"] = ifd_selection(ifd_scores(model, tokenizer, frame, max_tokens), budget)
+    picks = {method: chosen for method, chosen in picks.items() if method in methods}
     rows = [
         {"variant": variant, "method": method, "rank": rank, "sample_id": sample_id}
         for method, chosen in picks.items()
@@ -112,17 +136,52 @@ def baseline_selections(
     )
 
 
-def baseline_picks(frame: pd.DataFrame, budgets: pd.DataFrame, seed: int) -> dict[str, list[str]]:
-    """The model-free baselines' choices from the selectable candidates, at PASER's total budget."""
+def baseline_picks(frame: pd.DataFrame, budgets: pd.DataFrame, seed: int, tolerance: float) -> dict[str, list[str]]:
+    """The choices that need no model: full, random, uniform, top JSD and the PASER ablations, at PASER's budget.
+
+    The ablations change one part of PASER and keep the rest (its budget, its conflict ``tolerance``):
+    the allocation rule (uniform, proportional to size, CDS x size), the order inside a cluster (JSD alone,
+    random) or the concept filter (off)."""
     budget = int(budgets["budget"].sum())
     ids = frame["sample_id"].tolist()
-    unfiltered = paser_select(frame, budgets, tolerance=1.0)
+    sizes = frame.groupby("cluster").size().reindex(budgets["cluster"]).fillna(0).astype(int).to_numpy()
+
+    def reallocated(rule: str) -> pd.DataFrame:
+        weights = allocation_weights(rule, budgets["cds"].to_numpy(), sizes)
+        return budgets.assign(budget=allocate_budget(budget, weights, sizes))
+
+    def selected(candidates: pd.DataFrame, shares: pd.DataFrame, tau: float) -> list[str]:
+        return [
+            d.sample_id for d in paser_select(candidates, shares, tolerance=tau).decisions if d.decision == SELECTED
+        ]
+
+    random_ies = [int(hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()[:12], 16) for i in ids]
     return {
+        "full": sorted(ids),
         "random": random_selection(ids, budget, seed),
         "uniform": uniform_selection(dict(zip(ids, frame["cluster"], strict=True)), budget, seed),
         "top_jsd": top_score_selection(dict(zip(ids, frame["jsd"], strict=True)), budget),
-        "paser_no_concepts": [d.sample_id for d in unfiltered.decisions if d.decision == SELECTED],
+        "paser_no_concepts": selected(frame, budgets, 1.0),
+        "paser_alloc_uniform": selected(frame, reallocated("uniform"), tolerance),
+        "paser_alloc_size": selected(frame, reallocated("proportional"), tolerance),
+        "paser_alloc_cds_size": selected(frame, reallocated("cds_size"), tolerance),
+        "paser_order_jsd": selected(frame.assign(ies=frame["jsd"]), budgets, tolerance),
+        "paser_order_random": selected(frame.assign(ies=np.asarray(random_ies, dtype=np.float64)), budgets, tolerance),
     }
+
+
+def paser_selected_ids(duckdb: PaserDuckDB, variant: str) -> list[str]:
+    with duckdb.get_connection() as conn:
+        rows = conn.execute(
+            "SELECT sample_id FROM selection WHERE variant = ? AND decision = 'selected'", [variant]
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def response_lengths(tokenizer: Any, frame: pd.DataFrame) -> dict[str, int]:
+    """Tokens of each response, untruncated."""
+    lengths = tokenizer(frame["output"].tolist(), add_special_tokens=False)["input_ids"]
+    return {sample_id: len(ids) for sample_id, ids in zip(frame["sample_id"], lengths, strict=True)}
 
 
 def ifd_scores(model: Any, tokenizer: Any, frame: pd.DataFrame, max_tokens: int) -> dict[str, float]:
@@ -232,53 +291,99 @@ def _heldout(duckdb: PaserDuckDB) -> pd.DataFrame:
         ).df()
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """One model on the held-out split (NLL per sample), the text corpora and the tasks."""
+
+    heldout: dict[str, float]
+    texts: dict[str, TextScore]
+    tasks: dict[str, TaskScore]
+
+
 def _evaluate(
-    model: Any, tokenizer: Any, heldout: pd.DataFrame, max_tokens: int
-) -> tuple[dict[str, float], float, int]:
-    """Per-sample held-out NLL, and the mean NLL over the general text segments with their token count."""
+    model: Any, tokenizer: Any, heldout: pd.DataFrame, max_tokens: int, settings: Any, log: Callable[[str], None]
+) -> Evaluation:
+    """The held-out NLL, the perplexity of every text corpus and the accuracy on every task of ``settings``."""
+    start = time.monotonic()
     per_sample = response_nll(model, _encode(tokenizer, heldout, max_tokens), tokenizer.pad_token_id)
-    segments = general_text_samples(tokenizer, limit=GENERAL_SEGMENTS)
-    general = response_nll(model, segments, tokenizer.pad_token_id)
-    tokens = sum(s.response_tokens for s in segments)
-    mean = sum(general[s.sample_id] * s.response_tokens for s in segments) / max(tokens, 1)
-    return per_sample, mean, tokens
+    texts: dict[str, TextScore] = {}
+    for name, text in evaluation_texts(settings).items():
+        texts[name] = text_perplexity(model, tokenizer, text, settings.eval_window, settings.eval_max_tokens)
+        log(f"perplexity on {name}: {perplexity(texts[name].mean_nll):.3f} ({texts[name].tokens} tokens)")
+    tasks: dict[str, TaskScore] = {}
+    for name, path in settings.tasks().items():
+        try:
+            items = read_task(path, settings.eval_task_items)
+        except ValueError as error:
+            raise dg.Failure(description=f"PASER_EVAL_TASKS {name}: {error}") from None
+        tasks[name] = score_task(model, tokenizer, items, style_for(name))[0]
+        log(f"{name}: acc {tasks[name].acc:.4f} on {tasks[name].items} items")
+    log(f"evaluated in {format_duration(time.monotonic() - start)}")
+    return Evaluation(per_sample, texts, tasks)
 
 
-def _write_evaluation(
-    duckdb: PaserDuckDB, variant: str, method: str, results: dict[str, tuple[dict[str, float], float, int]]
-) -> pd.DataFrame:
+def evaluation_texts(settings: Any) -> dict[str, str]:
+    """The corpora named in PASER_EVAL_TEXT, read; or the standard-library documentation when none is named."""
+    named = settings.texts()
+    if not named:
+        return {STDLIB_TEXT: general_text()}
+    return {name: Path(path).read_text(encoding="utf-8", errors="replace") for name, path in named.items()}
+
+
+def _write_evaluation(duckdb: PaserDuckDB, variant: str, method: str, results: dict[str, Evaluation]) -> pd.DataFrame:
+    keys = {"variant": variant, "method": method}
     nll = pd.DataFrame(
         [
-            {"variant": variant, "method": method, "model": model, "sample_id": sample_id, "nll": value}
-            for model, (per_sample, _, _) in results.items()
-            for sample_id, value in sorted(per_sample.items())
+            {**keys, "model": model, "sample_id": sample_id, "nll": value}
+            for model, result in results.items()
+            for sample_id, value in sorted(result.heldout.items())
         ],
         columns=["variant", "method", "model", "sample_id", "nll"],
     )
-    general = pd.DataFrame(
+    texts = pd.DataFrame(
         [
-            {"variant": variant, "method": method, "model": model, "mean_nll": mean, "perplexity": perplexity(mean),
-             "tokens": tokens}
-            for model, (_, mean, tokens) in results.items()
-        ]
-    ).astype({"tokens": "int64"})  # fmt: skip
+            {**keys, "model": model, "text": name, "windows": score.windows, "tokens": score.tokens,
+             "mean_nll": score.mean_nll, "perplexity": perplexity(score.mean_nll)}
+            for model, result in results.items()
+            for name, score in result.texts.items()
+        ],
+        columns=list(TABLES["text_perplexity"].columns),
+    )  # fmt: skip
+    tasks = pd.DataFrame(
+        [
+            {**keys, "model": model, "task": name, **asdict(score)}
+            for model, result in results.items()
+            for name, score in result.tasks.items()
+        ],
+        columns=list(TABLES["task_accuracy"].columns),
+    )
     with duckdb.write() as conn:
-        where = {"variant": variant, "method": method}
-        storage.replace_partition(conn, "heldout_nll", where, nll)
-        storage.replace_partition(conn, "general_text_nll", where, general)
+        storage.replace_partition(conn, "heldout_nll", keys, nll)
+        storage.replace_partition(conn, "text_perplexity", keys, texts)
+        storage.replace_partition(conn, "task_accuracy", keys, tasks)
     return nll
+
+
+def _evaluation_metadata(result: Evaluation) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"heldout_nll": float(np.mean(list(result.heldout.values())))}
+    metadata.update({f"ppl:{name}": perplexity(score.mean_nll) for name, score in result.texts.items()})
+    metadata.update({f"acc:{name}": score.acc for name, score in result.tasks.items()})
+    return metadata
+
+
+EVALUATION_READS = ("scoring.max_tokens", "evaluation")
 
 
 @dg.asset(
     deps=["holdout_split", "recovery_pool", *MODEL_PARENTS],
     partitions_def=VARIANTS,
     group_name=RECOVERY_GROUP,
-    code_version="1",
+    code_version="2",
     kinds={"duckdb", "pytorch"},
-    description="The original and the pruned model on the held-out split and on general text (Python's "
-    "standard-library documentation), for reference.",
+    description="The original and the pruned model on the held-out split, the text corpora (perplexity) "
+    "and the zero-shot tasks, for reference.",
 )
-@reads(*MODEL_LOADING, *MODEL_PLACEMENT, "scoring.max_tokens")
+@reads(*MODEL_LOADING, *MODEL_PLACEMENT, *EVALUATION_READS)
 def reference_evaluation(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -292,20 +397,17 @@ def reference_evaluation(
     pruned, tokenizer, _ = _load_pruned(store, duckdb, variant, where)
     original, _ = load_causal_lm(store.original, store.cache_dir, store.options, where)
     results = {
-        "original": _evaluate(original, tokenizer, heldout, max_tokens),
-        "pruned": _evaluate(pruned, tokenizer, heldout, max_tokens),
+        "original": _evaluate(original, tokenizer, heldout, max_tokens, paser.evaluation, context.log.info),
+        "pruned": _evaluate(pruned, tokenizer, heldout, max_tokens, paser.evaluation, context.log.info),
     }
     nll = _write_evaluation(duckdb, variant, "reference", results)
+    metadata = {
+        f"{model} {name}": value for model, result in results.items() for name, value in
+        _evaluation_metadata(result).items()
+    }  # fmt: skip
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(nll)),
-        metadata={
-            "heldout_samples": len(heldout),
-            "original_heldout_nll": float(np.mean(list(results["original"][0].values()))),
-            "pruned_heldout_nll": float(np.mean(list(results["pruned"][0].values()))),
-            "original_general_ppl": perplexity(results["original"][1]),
-            "pruned_general_ppl": perplexity(results["pruned"][1]),
-            "precision": where.precision,
-        },
+        metadata={"heldout_samples": len(heldout), **metadata, "precision": where.precision},
     )
 
 
@@ -313,11 +415,12 @@ def reference_evaluation(
     deps=["recovered_model", "holdout_split", "recovery_pool", *MODEL_PARENTS],
     partitions_def=METHODS,
     group_name=RECOVERY_GROUP,
-    code_version="1",
+    code_version="2",
     kinds={"duckdb", "pytorch"},
-    description="The recovered model (pruned + a method's adapter) on the held-out split and on general text.",
+    description="The recovered model (pruned + a method's adapter) on the held-out split, the text corpora and "
+    "the zero-shot tasks.",
 )
-@reads(*MODEL_LOADING, *MODEL_PLACEMENT, "scoring.max_tokens")
+@reads(*MODEL_LOADING, *MODEL_PLACEMENT, *EVALUATION_READS)
 def recovery_evaluation(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -327,13 +430,12 @@ def recovery_evaluation(
     where = placement(paser)
     pruned, tokenizer, _ = _load_pruned(paser.models.store(duckdb.database), duckdb, variant, where)
     recovered = load_adapter(pruned, adapter)
-    results = {"recovered": _evaluate(recovered, tokenizer, heldout, paser.scoring.max_tokens)}
-    nll = _write_evaluation(duckdb, variant, method, results)
+    result = _evaluate(recovered, tokenizer, heldout, paser.scoring.max_tokens, paser.evaluation, context.log.info)
+    nll = _write_evaluation(duckdb, variant, method, {"recovered": result})
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(nll)),
         metadata={
-            "heldout_nll": float(np.mean(list(results["recovered"][0].values()))),
-            "general_ppl": perplexity(results["recovered"][1]),
+            **_evaluation_metadata(result),
             "adapter": dg.MetadataValue.path(str(adapter)),
             "precision": where.precision,
         },
@@ -355,65 +457,117 @@ def recorded_adapter(duckdb: PaserDuckDB, variant: str, method: str) -> Path:
     return Path(rows[0][0])
 
 
+HEADLINE = ("heldout_nll", "heldout_nll_macro", "task_average")
+
+
+def metric_rows(
+    heldout: pd.DataFrame, texts: pd.DataFrame, tasks: pd.DataFrame, group_kind: str
+) -> list[dict[str, Any]]:
+    """One model's metrics as (metric, value, stderr) rows: held-out NLL overall, macro and per group,
+    perplexity per corpus, acc and acc_norm per task and the task average."""
+    rows = [
+        {"metric": "heldout_nll", "value": float(heldout["nll"].mean()), "stderr": mean_stderr(heldout["nll"].tolist())},
+        {"metric": "heldout_nll_macro", "value": macro_mean(heldout["nll"].tolist(), heldout["group"].tolist()),
+         "stderr": math.nan},
+    ]  # fmt: skip
+    for group, values in heldout.groupby("group")["nll"]:
+        rows.append({"metric": f"heldout_nll:{group_kind}={group}", "value": float(values.mean()),
+                     "stderr": mean_stderr(values.tolist())})  # fmt: skip
+    for row in texts.itertuples(index=False):
+        rows.append({"metric": f"ppl:{row.text}", "value": float(row.perplexity), "stderr": math.nan})
+    scores: dict[str, TaskScore] = {}
+    for row in tasks.itertuples(index=False):
+        norm = None if pd.isna(row.acc_norm) else float(row.acc_norm)
+        norm_se = None if pd.isna(row.acc_norm_stderr) else float(row.acc_norm_stderr)
+        scores[row.task] = TaskScore(int(row.items), float(row.acc), float(row.acc_stderr), norm, norm_se)
+        rows.append({"metric": f"acc:{row.task}", "value": float(row.acc), "stderr": float(row.acc_stderr)})
+        if norm is not None:
+            rows.append({"metric": f"acc_norm:{row.task}", "value": norm, "stderr": norm_se})
+    if scores:
+        rows.append({"metric": "task_average", "value": task_average(scores), "stderr": math.nan})
+    return rows
+
+
 @dg.asset(
-    deps=["recovery_evaluation", "reference_evaluation", "clusters", *MODEL_PARENTS],
+    deps=["recovery_evaluation", "reference_evaluation", "recovered_model", "clusters", *MODEL_PARENTS],
     partitions_def=VARIANTS,
     group_name=RECOVERY_GROUP,
-    code_version="1",
+    code_version="2",
     kinds={"duckdb"},
-    description="Held-out NLL and perplexity per method, overall and per cluster, with the original and "
-    "pruned models for reference.",
+    description="Every metric per method with its recovery ratio (recovered - pruned) / (original - pruned) "
+    "and the training each method used; the original and pruned models for reference.",
 )
 @reads("recovery.recovery_methods")
 def recovery_comparison(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
     variant = context.partition_key
+    label = "CASE WHEN model = 'recovered' THEN method ELSE model END AS arm"
     with duckdb.get_connection() as conn:
-        nll = conn.execute(
-            """SELECT CASE WHEN h.model = 'recovered' THEN h.method ELSE h.model END AS method, c.cluster, h.nll
-            FROM heldout_nll h JOIN clusters c USING (sample_id) WHERE h.variant = ?""",
+        heldout = conn.execute(
+            f"""SELECT {label}, h.sample_id, h.nll, c.cluster, p.family FROM heldout_nll h
+            JOIN clusters c USING (sample_id) JOIN recovery_pool p USING (sample_id) WHERE h.variant = ?""",
             [variant],
         ).df()
-        general = conn.execute(
-            """SELECT CASE WHEN model = 'recovered' THEN method ELSE model END AS method, perplexity AS general_ppl
-            FROM general_text_nll WHERE variant = ?""",
+        texts = conn.execute(f"SELECT {label}, * FROM text_perplexity WHERE variant = ?", [variant]).df()
+        tasks = conn.execute(f"SELECT {label}, * FROM task_accuracy WHERE variant = ?", [variant]).df()
+        training = conn.execute(
+            "SELECT method AS arm, train_samples, train_tokens, train_seconds FROM recovered_adapters "
+            "WHERE variant = ?",
             [variant],
         ).df()
     order = ["original", "pruned", *paser.recovery.recovery_methods]
-    missing = [m for m in order if m not in set(nll["method"])]
+    missing = [m for m in order if m not in set(heldout["arm"])]
     if missing:
-        raise dg.Failure(description=f"no held-out evaluation yet for {missing} on variant {variant!r}")
-    overall = nll.groupby("method")["nll"].agg(["mean", "count"]).reset_index().assign(cluster=None)
-    per_cluster = nll.groupby(["method", "cluster"])["nll"].agg(["mean", "count"]).reset_index()
-    table = pd.concat([overall, per_cluster], ignore_index=True).rename(
-        columns={"mean": "heldout_nll", "count": "samples"}
-    )
-    table = table.merge(general, on="method", how="left")
-    table["heldout_ppl"] = table["heldout_nll"].map(perplexity)
-    table["variant"] = variant
-    table["cluster"] = table["cluster"].astype("Int64")
-    table["method"] = pd.Categorical(table["method"], categories=order, ordered=True)
-    table = table.sort_values(["method", "cluster"], na_position="first").reset_index(drop=True)
-    table["method"] = table["method"].astype(str)
-    table = table[["variant", "method", "cluster", "samples", "heldout_nll", "heldout_ppl", "general_ppl"]].astype(
-        {"samples": "int64"}
-    )
+        raise dg.Failure(description=f"no evaluation yet for {missing} on variant {variant!r}")
+    table = comparison_table(heldout, texts, tasks, training, order)
+    table.insert(0, "variant", variant)
     with duckdb.write() as conn:
         storage.replace_partition(conn, "recovery_comparison", {"variant": variant}, table)
-    summary = table[table["cluster"].isna()]
+    headline = table[table["metric"].isin(HEADLINE) | table["metric"].str.startswith("ppl:")]
+    wide = headline.pivot(index="method", columns="metric", values="value").reindex(order)
+    ratios = headline.pivot(index="method", columns="metric", values="recovery_ratio").reindex(order[2:])
+    charts_md = {
+        f"recovery_ratio {metric}": dg.MetadataValue.md(
+            charts.bar_chart(list(ratios.index), ratios[metric].fillna(0.0).tolist(),
+                             f"Recovery ratio on {metric}, {variant}", "(recovered - pruned) / (original - pruned)")
+        )
+        for metric in ratios.columns
+    }  # fmt: skip
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(table)),
         metadata={
             **table_metadata("recovery_comparison", duckdb.schema_name, len(table)),
-            "overall": dg.MetadataValue.md(summary.drop(columns=["cluster"]).round(4).to_markdown(index=False)),
-            "heldout_nll_per_method": dg.MetadataValue.md(
-                charts.bar_chart(
-                    summary["method"].tolist(), summary["heldout_nll"].tolist(), "Held-out NLL per method", "mean NLL"
-                )
-            ),
+            "overall": dg.MetadataValue.md(wide.round(4).reset_index().to_markdown(index=False)),
+            **charts_md,
         },
     )
+
+
+def comparison_table(
+    heldout: pd.DataFrame, texts: pd.DataFrame, tasks: pd.DataFrame, training: pd.DataFrame, order: list[str]
+) -> pd.DataFrame:
+    """(method, metric, value, stderr, recovery_ratio, train_*) for every arm in ``order`` (original, pruned,
+    then the methods). The held-out groups are the pool's labels when it has two or more, else the clusters."""
+    labelled = heldout["family"].notna().all() and heldout["family"].nunique() >= 2
+    group_kind = "family" if labelled else "cluster"
+    heldout = heldout.assign(group=heldout[group_kind].astype(str))
+    rows = []
+    for arm in order:
+        for row in metric_rows(heldout[heldout["arm"] == arm], texts[texts["arm"] == arm], tasks[tasks["arm"] == arm],
+                               group_kind):  # fmt: skip
+            rows.append({"method": arm, **row})
+    table = pd.DataFrame(rows, columns=["method", "metric", "value", "stderr"])
+    reference = table[table["method"].isin(["original", "pruned"])].pivot(
+        index="metric", columns="method", values="value"
+    )
+    table["recovery_ratio"] = [
+        recovery_ratio(value, reference.at[metric, "pruned"], reference.at[metric, "original"])
+        if metric in reference.index else math.nan
+        for metric, value in zip(table["metric"], table["value"], strict=True)
+    ]  # fmt: skip
+    table = table.merge(training.rename(columns={"arm": "method"}), on="method", how="left")
+    return table.astype({"train_samples": "Int64", "train_tokens": "Int64", "train_seconds": "float64"})
 
 
 RECOVERY_ASSETS = [baseline_selections, recovered_model, reference_evaluation, recovery_evaluation, recovery_comparison]

@@ -17,7 +17,7 @@ import pandas as pd
 
 from paser_assets import charts, partitions, storage
 from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, MODEL_PLACEMENT, placement, pruned_reference
-from paser_assets.core.allocation import allocate_budget, resolve_budget
+from paser_assets.core.allocation import allocate_budget, allocation_weights, resolve_budget
 from paser_assets.core.efficiency import attention_cost, individual_efficiency
 from paser_assets.models.checkpoints import CheckpointError, reference_version
 from paser_assets.models.device import precision_key
@@ -216,9 +216,10 @@ def _selectable_scores(duckdb: PaserDuckDB, variant: str) -> pd.DataFrame:
     return frame
 
 
-def cluster_budgets(frame: pd.DataFrame, budget_setting: float) -> tuple[pd.DataFrame, int]:
+def cluster_budgets(frame: pd.DataFrame, budget_setting: float, rule: str = "cds") -> tuple[pd.DataFrame, int]:
     """Per cluster: size, CDS = mean JSD of its samples, the spread, mean IES and its share of the budget
-    (largest remainder in proportion to CDS, capped by the cluster's size); and the total budget."""
+    (largest remainder in proportion to the allocation rule's weight, CDS by default, capped by the
+    cluster's size); and the total budget."""
     per_cluster = (
         frame.groupby("cluster")
         .agg(size=("jsd", "size"), cds=("jsd", "mean"), jsd_std=("jsd", "std"), mean_ies=("ies", "mean"))
@@ -226,7 +227,8 @@ def cluster_budgets(frame: pd.DataFrame, budget_setting: float) -> tuple[pd.Data
         .sort_values("cluster")
     )
     budget = resolve_budget(budget_setting, int(per_cluster["size"].sum()))
-    allocation = allocate_budget(budget, per_cluster["cds"].to_numpy(), per_cluster["size"].to_numpy())
+    sizes = per_cluster["size"].to_numpy()
+    allocation = allocate_budget(budget, allocation_weights(rule, per_cluster["cds"].to_numpy(), sizes), sizes)
     table = per_cluster.assign(
         size=per_cluster["size"].astype("int64"),
         jsd_std=per_cluster["jsd_std"].fillna(0.0),
@@ -245,7 +247,7 @@ def cluster_budgets(frame: pd.DataFrame, budget_setting: float) -> tuple[pd.Data
     description="Per cluster: size, Capability Degradation Score (mean JSD) and its share of the budget, "
     "over the selectable samples (the held-out split excluded).",
 )
-@reads("selection.budget")
+@reads("selection.budget", "selection.allocation")
 def capability_degradation(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -254,7 +256,7 @@ def capability_degradation(
     variant = context.partition_key
     frame = _selectable_scores(duckdb, variant)
     try:
-        table, budget = cluster_budgets(frame, setting)
+        table, budget = cluster_budgets(frame, setting, paser.selection.allocation)
     except ValueError as error:
         raise dg.Failure(description=f"PASER_BUDGET={setting}: {error}") from None
     table.insert(0, "variant", variant)

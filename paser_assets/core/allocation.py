@@ -77,3 +77,19 @@ def allocate_budget(budget: int, degradation: Sequence[float], capacity: Sequenc
         allocation += largest_remainder(remaining, weights)
         remaining = 0
     return allocation
+
+
+def allocation_weights(rule: str, degradation: Sequence[float], sizes: Sequence[int]) -> np.ndarray:
+    """The weight w_c that n_c is proportional to: CDS_c ("cds", the paper), CDS_c x |C_c| ("cds_size"),
+    |C_c| ("proportional") or 1 ("uniform")."""
+    degradation = np.asarray(degradation, dtype=np.float64)
+    sizes = np.asarray(sizes, dtype=np.float64)
+    if rule == "cds":
+        return degradation
+    if rule == "cds_size":
+        return degradation * sizes
+    if rule == "proportional":
+        return sizes
+    if rule == "uniform":
+        return np.ones_like(sizes)
+    raise ValueError(f"unknown allocation rule {rule!r}; choose cds, cds_size, proportional or uniform")

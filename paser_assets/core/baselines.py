@@ -60,3 +60,23 @@ def ifd_selection(ifd: Mapping[str, float], budget: int) -> list[str]:
         rest = {s: v for s, v in ifd.items() if s not in useful}
         chosen += top_score_selection({s: -v for s, v in rest.items()}, budget - len(chosen))
     return chosen
+
+
+def token_matched_selection(tokens: Mapping[str, int], target: int, seed: int) -> list[str]:
+    """Random samples (the seeded order of :func:`random_selection`) until their tokens reach ``target``:
+    the last one is kept only if it brings the total closer to the target."""
+    chosen: list[str] = []
+    total = 0
+    for sample_id in seeded_order(list(tokens), seed):
+        if total >= target:
+            break
+        if abs(total + tokens[sample_id] - target) > abs(total - target) and chosen:
+            break
+        chosen.append(sample_id)
+        total += tokens[sample_id]
+    return chosen
+
+
+def longest_selection(response_tokens: Mapping[str, int], budget: int) -> list[str]:
+    """The B samples with the longest responses, in tokens (ties by sample_id) (Zhao et al., 2024)."""
+    return sorted(response_tokens, key=lambda s: (-response_tokens[s], s))[:budget]

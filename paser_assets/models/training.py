@@ -33,15 +33,32 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 @dataclass(frozen=True)
 class LoraSettings:
-    r: int = 8
-    alpha: int = 16
+    r: int = 16
+    alpha: int = 32
     dropout: float = 0.0
-    learning_rate: float = 3e-4
-    epochs: int = 1
+    learning_rate: float = 1e-3
+    epochs: int = 2
     batch_size: int = 8
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     top_layers: int = 0  # 0: every decoder layer; N: only the top N (no gradient flows below them)
     seed: int = 0
+    warmup: float = 0.1  # share of the steps over which the learning rate rises linearly from 0
+    schedule: str = "cosine"  # after the warm-up: "cosine" or "linear" decay to 0, or "constant"
+
+
+def learning_rate_factor(step: int, total_steps: int, warmup: float, schedule: str) -> float:
+    """lr_t / lr: t / w during the warm-up (w = ceil(warmup * T) steps), then cosine, linear or no decay to T."""
+    warmup_steps = math.ceil(warmup * total_steps)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose cosine, linear or constant")
 
 
 @dataclass
@@ -52,6 +69,7 @@ class TrainingLog:
     losses: list[float] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
+    learning_rates: list[float] = field(default_factory=list)
     precision: str = "float32"
 
 
@@ -114,6 +132,9 @@ def train_lora(
     )
     batches = plan_batches([len(s.input_ids) for s in samples], token_budget=1 << 30, max_batch=settings.batch_size)
     total_steps = len(batches) * settings.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda t: learning_rate_factor(t, total_steps, settings.warmup, settings.schedule)
+    )
     # float16 gradients can underflow: scale the loss (disabled, the scaler calls optimizer.step() as is).
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.precision == "float16")
     record = TrainingLog(precision=placement.precision)
@@ -130,8 +151,10 @@ def train_lora(
             with autocast(placement.device, placement.precision):
                 loss = peft_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
             scaler.scale(loss).backward()
+            record.learning_rates.append(optimizer.param_groups[0]["lr"])  # the rate this step used
             scaler.step(optimizer)
             scaler.update()
+            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             record.steps.append(step)

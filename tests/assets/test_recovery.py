@@ -1,5 +1,6 @@
-"""The recovery group materialized through Dagster with tiny models: held-out split, baselines at PASER's
-budget, LoRA recovery per method, held-out evaluation and the comparison."""
+"""The recovery group materialized through Dagster with tiny models: held-out split, every arm (the baselines
+at PASER's budget, full, token-matched random, the ablations), LoRA recovery per arm, evaluation on the
+held-out split, a text corpus and two tasks (one partially scored), and the comparison."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from paser_assets.runner import GraphRun, run_graph
 VARIANT = "magnitude-50"
 RECOVERY_ASSETS = {asset.key.to_user_string() for asset in recovery_assets.RECOVERY_ASSETS}
 BASELINES = [m for m in RECOVERY_METHODS if m != "paser"]
+AT_PASER_BUDGET = ["random", "uniform", "top_jsd", "ifd", "longest", "paser_no_concepts"]
+WINDOW, TEXT_TOKENS, TASK_ITEMS = 16, 200, 4
 
 
 @dataclass
@@ -74,8 +77,35 @@ def run_messages(instance: dg.DagsterInstance, run: GraphRun) -> list[str]:
     return [entry.user_message for result in run.results for entry in instance.all_logs(result.run_id)]
 
 
+def write_evaluation_files(folder: Path) -> dict[str, str]:
+    """A text corpus and two tasks (question style, and WinoGrande's partial evaluation) in the eval formats."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = folder / "tiny.txt"
+    text.write_text(" ".join(f"The {w} sat on the mat and summarised the report." for w in ["cat", "dog"] * 60))
+    qa = folder / "qa.jsonl"
+    items = [
+        {"id": i, "context": f"Which colour is the sky on day {i}?", "choices": ["blue", "a green stone", "red"],
+         "label": i % 3}
+        for i in range(6)
+    ]  # fmt: skip
+    qa.write_text("".join(json.dumps(item) + "\n" for item in items))
+    wino = folder / "wino.jsonl"
+    sentences = [
+        {"id": i, "context": f"Sarah helped Maria because _ was kind on day {i}.", "choices": ["Sarah", "Maria"],
+         "label": i % 2}
+        for i in range(6)
+    ]  # fmt: skip
+    wino.write_text("".join(json.dumps(item) + "\n" for item in sentences))
+    return {"eval_text": f"tiny={text}", "eval_tasks": f"qa={qa}; winogrande={wino}"}
+
+
 def make_config(tmp_path: Path, model: Path, **settings) -> PaserConfig:
     return PaserConfig(
+        **write_evaluation_files(tmp_path / "eval"),
+        eval_window=WINDOW,
+        eval_max_tokens=TEXT_TOKENS,
+        eval_task_items=TASK_ITEMS,
+        recovery_methods=list(RECOVERY_METHODS),
         demo_size=96,
         original_model=str(model),
         prune_method="magnitude",
@@ -149,11 +179,40 @@ def test_every_method_gets_the_same_budget(recovery: Recovery) -> None:
     assert paser == budget  # the budget_met check explains any shortfall; this pool has none
     sql = "SELECT method, count(DISTINCT sample_id) FROM baseline_selections WHERE variant = ? GROUP BY method"
     counts = dict(query(database, sql, [VARIANT]))
-    assert counts == dict.fromkeys(BASELINES, budget)
+    assert {m: counts[m] for m in AT_PASER_BUDGET} == dict.fromkeys(AT_PASER_BUDGET, budget)
+    assert counts["full"] == scalar(database, "SELECT count(*) FROM selection WHERE variant = ?", [VARIANT])
+    for ablation in [m for m in BASELINES if m.startswith("paser_") and m != "paser_no_concepts"]:
+        assert 0 < counts[ablation] <= budget, ablation  # the concept filter may leave an ablation short
     ranks = query(database, "SELECT method, min(rank), max(rank), count(*) FROM baseline_selections GROUP BY method")
-    assert all((low, high, n) == (1, budget, budget) for _, low, high, n in ranks)
+    assert all((low, high) == (1, n) and n == counts[m] for m, low, high, n in ranks)
     checks = {e.check_name: e.passed for e in recovery.first.get_asset_check_evaluations()}
     assert checks.get("budget_met") is True
+
+
+def test_random_tokens_matches_paser_training_tokens(recovery: Recovery) -> None:
+    """Random rows up to PASER's training tokens: the totals differ by less than one sample's tokens."""
+    tokens = dict(query(recovery.database, "SELECT method, train_tokens FROM recovered_adapters"))
+    epochs = recovery.config.recovery.lora_epochs
+    longest = recovery.config.scoring.max_tokens
+    assert abs(tokens["random_tokens"] - tokens["paser"]) <= longest * epochs
+    random_rows = scalar(recovery.database, "SELECT count(*) FROM baseline_selections WHERE method = 'random_tokens'")
+    assert random_rows > 0
+    # The same random order as `random`: one is a prefix of the other.
+    sql = "SELECT sample_id FROM baseline_selections WHERE method = ? ORDER BY rank"
+    by_tokens = [r[0] for r in query(recovery.database, sql, ["random_tokens"])]
+    by_count = [r[0] for r in query(recovery.database, sql, ["random"])]
+    shorter = min(len(by_tokens), len(by_count))
+    assert by_tokens[:shorter] == by_count[:shorter]
+
+
+def test_longest_takes_the_longest_responses(recovery: Recovery) -> None:
+    sql = """SELECT length(p.output), b.sample_id IS NOT NULL FROM selection s JOIN recovery_pool p USING (sample_id)
+    LEFT JOIN (SELECT sample_id FROM baseline_selections WHERE method = 'longest') b USING (sample_id)"""
+    rows = query(recovery.database, sql)
+    chosen = [n for n, picked in rows if picked]
+    others = [n for n, picked in rows if not picked]
+    # Tokens, not characters, decide; on this pool the two orders agree up to near-ties.
+    assert sum(chosen) / len(chosen) > 1.2 * sum(others) / len(others)
 
 
 def test_methods_select_differently(recovery: Recovery) -> None:
@@ -185,26 +244,71 @@ def test_recovered_adapters_are_safetensors_with_a_loss_curve(recovery: Recovery
     assert len({m["adapter"] for m in recovery.first_metadata.values()}) == len(RECOVERY_METHODS)
 
 
-def test_recovery_comparison_has_every_method_overall_and_per_cluster(recovery: Recovery) -> None:
-    database = recovery.database
-    table = frame(database, f"SELECT * FROM recovery_comparison WHERE variant = '{VARIANT}'")
-    holdout = scalar(database, "SELECT count(*) FROM holdout_split")
-    overall = table[table["cluster"].isna()]
-    assert list(overall["method"]) == ["original", "pruned", *RECOVERY_METHODS]
-    assert (overall["samples"] == holdout).all()
-    assert all(math.isfinite(v) and v > 0 for v in overall["heldout_nll"])
-    assert all(math.isfinite(v) and v > 1 for v in overall["general_ppl"])
-    for row in overall.itertuples():
-        assert row.heldout_ppl == pytest.approx(math.exp(row.heldout_nll))
-    per_cluster = table[table["cluster"].notna()]
-    assert set(per_cluster["method"]) == set(overall["method"])
-    assert (per_cluster.groupby("method")["samples"].sum() == holdout).all()
-    # The overall NLL is the sample-weighted mean of the clusters' NLLs.
-    for method, group in per_cluster.groupby("method"):
-        weighted = (group["heldout_nll"] * group["samples"]).sum() / group["samples"].sum()
-        assert weighted == pytest.approx(overall.set_index("method").loc[method, "heldout_nll"])
-    clusters = scalar(database, "SELECT count(DISTINCT c.cluster) FROM holdout_split JOIN clusters c USING (sample_id)")
-    assert len(per_cluster) == clusters * len(overall)
+def comparison(recovery: Recovery) -> pd.DataFrame:
+    return frame(recovery.database, f"SELECT * FROM recovery_comparison WHERE variant = '{VARIANT}'")
+
+
+def test_recovery_comparison_has_every_metric_for_every_arm(recovery: Recovery) -> None:
+    table = comparison(recovery)
+    arms = ["original", "pruned", *RECOVERY_METHODS]
+    assert list(dict.fromkeys(table["method"])) == arms
+    headline = {"heldout_nll", "heldout_nll_macro", "ppl:tiny", "acc:qa", "acc_norm:qa", "acc:winogrande",
+                "task_average"}  # fmt: skip
+    for arm, group in table.groupby("method"):
+        metrics = set(group["metric"])
+        assert headline <= metrics, arm
+        assert "acc_norm:winogrande" not in metrics  # partial evaluation has no acc_norm, as in the harness
+        assert all(m.startswith("heldout_nll:family=") for m in metrics - headline)  # the demo pool has labels
+        assert group["value"].map(math.isfinite).all()
+    values = table.pivot(index="method", columns="metric", values="value")
+    assert (values["ppl:tiny"] > 1).all()
+    for arm in arms:  # the task average: acc_norm where a task has it, acc where it has not
+        expected = (values.at[arm, "acc_norm:qa"] + values.at[arm, "acc:winogrande"]) / 2
+        assert values.at[arm, "task_average"] == pytest.approx(expected)
+
+
+def test_recovery_ratio_is_the_share_of_the_gap_closed(recovery: Recovery) -> None:
+    table = comparison(recovery)
+    values = table.pivot(index="method", columns="metric", values="value")
+    ratios = table.pivot(index="method", columns="metric", values="recovery_ratio")
+    gap = values.loc["original", "heldout_nll"] - values.loc["pruned", "heldout_nll"]
+    assert abs(gap) > 1e-6
+    for arm in RECOVERY_METHODS:
+        expected = (values.at[arm, "heldout_nll"] - values.at["pruned", "heldout_nll"]) / gap
+        assert ratios.at[arm, "heldout_nll"] == pytest.approx(expected)
+    assert ratios.at["original", "heldout_nll"] == pytest.approx(1.0)
+    assert ratios.at["pruned", "heldout_nll"] == pytest.approx(0.0)
+
+
+def test_macro_average_weighs_every_source_label_equally(recovery: Recovery) -> None:
+    sql = """SELECT CASE WHEN h.model = 'recovered' THEN h.method ELSE h.model END AS arm, p.family, avg(h.nll) AS nll
+    FROM heldout_nll h JOIN recovery_pool p USING (sample_id) GROUP BY ALL"""
+    per_family = frame(recovery.database, sql)
+    table = comparison(recovery)
+    values = table.pivot(index="method", columns="metric", values="value")
+    assert per_family["family"].nunique() >= 2
+    for arm, group in per_family.groupby("arm"):
+        assert values.at[arm, "heldout_nll_macro"] == pytest.approx(group["nll"].mean())
+        for row in group.itertuples():
+            assert values.at[arm, f"heldout_nll:family={row.family}"] == pytest.approx(row.nll)
+    # The labels have different sizes, so the macro and the overall mean differ.
+    assert (values["heldout_nll_macro"] - values["heldout_nll"]).abs().max() > 1e-6
+
+
+def test_comparison_records_the_training_of_every_arm(recovery: Recovery) -> None:
+    table = comparison(recovery).drop_duplicates("method").set_index("method")
+    assert table.loc[["original", "pruned"], "train_tokens"].isna().all()
+    adapters = dict(query(recovery.database, "SELECT method, train_tokens FROM recovered_adapters"))
+    for arm in RECOVERY_METHODS:
+        assert table.at[arm, "train_tokens"] == adapters[arm] > 0
+        assert table.at[arm, "train_seconds"] > 0
+    assert table.at["full", "train_samples"] > table.at["paser", "train_samples"]
+    records = recovery.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("recovery_comparison"), asset_partitions=[VARIANT]), limit=1
+    ).records
+    metadata = records[0].asset_materialization.metadata
+    charts = [k for k, v in metadata.items() if k.startswith("recovery_ratio") and "base64," in str(v.value)]
+    assert {"recovery_ratio heldout_nll", "recovery_ratio task_average", "recovery_ratio ppl:tiny"} <= set(charts)
 
 
 def test_every_model_is_evaluated_on_every_held_out_sample(recovery: Recovery) -> None:
@@ -217,12 +321,18 @@ def test_every_model_is_evaluated_on_every_held_out_sample(recovery: Recovery) -
     )
     assert [(method, model) for method, model, _, _ in counts] == expected
     assert all(n == distinct == holdout for _, _, n, distinct in counts)
-    general = query(database, "SELECT count(*), min(tokens), max(tokens) FROM general_text_nll")[0]
-    assert general[0] == len(expected) and general[1] == general[2] > 0  # the same text for every model
+    # The same windows and the same items for every model.
+    texts = query(database, "SELECT DISTINCT text, windows, tokens FROM text_perplexity")
+    windows = TEXT_TOKENS // WINDOW
+    assert texts == [("tiny", windows, windows * (WINDOW - 1))]
+    tasks = query(database, "SELECT task, count(*), min(items), max(items) FROM task_accuracy GROUP BY task ORDER BY 1")
+    assert tasks == [("qa", len(expected), TASK_ITEMS, TASK_ITEMS), ("winogrande", len(expected), TASK_ITEMS,
+                                                                      TASK_ITEMS)]  # fmt: skip
 
 
 def test_pruning_changed_the_held_out_nll(recovery: Recovery) -> None:
-    nll = dict(query(recovery.database, "SELECT method, heldout_nll FROM recovery_comparison WHERE cluster IS NULL"))
+    sql = "SELECT method, value FROM recovery_comparison WHERE metric = 'heldout_nll'"
+    nll = dict(query(recovery.database, sql))
     assert abs(nll["pruned"] - nll["original"]) > 1e-4
     # A recovered model differs from the pruned one it started from (its adapter was trained).
     assert any(abs(nll[m] - nll["pruned"]) > 1e-6 for m in RECOVERY_METHODS)

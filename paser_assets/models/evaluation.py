@@ -1,0 +1,129 @@
+"""Evaluation of a causal LM on text corpora (perplexity) and zero-shot multiple-choice tasks.
+
+The protocols are in :mod:`paser_assets.core.evaluation`; this module tokenizes and runs the model. The
+multiple-choice requests are tokenized as lm-evaluation-harness's ``HFLM`` does (no special tokens; a
+context's trailing spaces moved to the continuation; the continuation's tokens are those of
+context + continuation after the context's), and scored by the same batched pass as the held-out NLL
+(:func:`paser_assets.models.training.response_nll`), with the output head in float32.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from paser_assets.core.evaluation import (
+    ItemScore,
+    Style,
+    TaskScore,
+    choice_prompts,
+    score_item,
+    task_score,
+    text_windows,
+)
+from paser_assets.models.scoring import EncodedSample
+from paser_assets.models.training import response_nll
+
+
+@dataclass(frozen=True)
+class TaskItem:
+    item_id: str
+    context: str
+    choices: tuple[str, ...]
+    label: int
+
+
+@dataclass(frozen=True)
+class TextScore:
+    windows: int
+    tokens: int  # tokens predicted: every token of a window but its first
+    mean_nll: float
+
+
+def read_task(path: str | Path, limit: int) -> list[TaskItem]:
+    """The first ``limit`` items of a task file: JSON lines with ``context``, ``choices`` and ``label``."""
+    items: list[TaskItem] = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if len(items) >= limit:
+                break
+            if not line.strip():
+                continue
+            where = f"{path}, line {line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: not JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected an object with context, choices and label")
+            context, choices, label = record.get("context"), record.get("choices"), record.get("label")
+            if not isinstance(context, str) or not isinstance(choices, list) or len(choices) < 2:
+                raise ValueError(f"{where}: needs a string 'context' and a list of at least 2 'choices'")
+            if not all(isinstance(c, str) for c in choices):
+                raise ValueError(f"{where}: every choice must be a string")
+            if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(choices):
+                raise ValueError(f"{where}: 'label' must be the index of a choice (0 to {len(choices) - 1})")
+            items.append(TaskItem(str(record.get("id", line_number)), context, tuple(choices), label))
+    if not items:
+        raise ValueError(f"{path} holds no task items")
+    return items
+
+
+def encode_request(tokenizer: Any, request_id: str, context: str, continuation: str, max_length: int) -> EncodedSample:
+    """A (context, continuation) pair as the harness tokenizes it; the continuation's tokens are scored.
+
+    Too long a pair keeps its last ``max_length`` tokens (the harness truncates on the left too)."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
+    if not context_ids:  # nothing to condition on: the harness puts the end-of-text token first
+        lead = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+        whole, context_ids = [int(lead), *whole], [int(lead)]
+    prompt = len(context_ids)
+    if len(whole) <= prompt:
+        raise ValueError(f"request {request_id}: the continuation {continuation!r} has no tokens of its own")
+    truncated = len(whole) > max_length
+    if truncated:
+        cut = len(whole) - max_length
+        whole, prompt = whole[cut:], max(1, prompt - cut)
+    return EncodedSample(request_id, tuple(int(t) for t in whole), prompt, truncated)
+
+
+def score_task(
+    model: Any, tokenizer: Any, items: Sequence[TaskItem], style: Style, max_length: int = 2048
+) -> tuple[TaskScore, list[ItemScore]]:
+    """acc and acc_norm of ``model`` on ``items`` (zero-shot), and the per-item choices."""
+    requests: list[EncodedSample] = []
+    continuations: list[list[str]] = []
+    for item in items:
+        pairs = choice_prompts(style, item.context, item.choices)
+        continuations.append([continuation for _, continuation in pairs])
+        requests.extend(
+            encode_request(tokenizer, f"{item.item_id}#{index}", context, continuation, max_length)
+            for index, (context, continuation) in enumerate(pairs)
+        )
+    nll = response_nll(model, requests, tokenizer.pad_token_id)
+    by_id = {r.sample_id: -nll[r.sample_id] * r.response_tokens for r in requests}  # sum of log-probs
+    scored = [
+        score_item([by_id[f"{item.item_id}#{i}"] for i in range(len(item.choices))], continuations[n], item.label)
+        for n, item in enumerate(items)
+    ]
+    return task_score(scored, style), scored
+
+
+def text_perplexity(model: Any, tokenizer: Any, text: str, window: int, max_tokens: int) -> TextScore:
+    """Mean NLL over the non-overlapping windows of the text tokenized once (at most ``max_tokens`` tokens)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    windows = text_windows(ids, window, max_tokens)
+    if not windows:
+        raise ValueError(f"the text has {len(ids)} tokens, fewer than one window of {window}")
+    samples = [EncodedSample(f"window-{i:05d}", tuple(w), 1, False) for i, w in enumerate(windows)]
+    nll = response_nll(model, samples, tokenizer.pad_token_id)
+    predicted = sum(s.response_tokens for s in samples)
+    mean = sum(nll[s.sample_id] * s.response_tokens for s in samples) / predicted
+    return TextScore(len(windows), predicted, float(mean))
