@@ -86,6 +86,21 @@ def _batch_tensors(batch: Sequence[EncodedSample], pad_id: int) -> tuple[torch.T
     return input_ids, attention_mask, labels
 
 
+def response_loss(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Mean NLL of the labelled (response) tokens, the output head applied at their positions only.
+
+    The same loss as the model's own ``labels=`` loss, but the prompt's positions skip the output head,
+    which over a 49k vocabulary is a fifth of a small model's compute."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    scored = targets != -100
+    logits = inner.get_output_embeddings()(hidden[:, :-1][scored])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[scored])
+
+
 def train_lora(
     model: Any,
     samples: Sequence[EncodedSample],
@@ -149,7 +164,7 @@ def train_lora(
                 t.to(placement.device) for t in _batch_tensors([samples[i] for i in batches[index]], pad_id)
             )
             with autocast(placement.device, placement.precision):
-                loss = peft_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+                loss = response_loss(peft_model, input_ids, attention_mask, labels)
             scaler.scale(loss).backward()
             record.learning_rates.append(optimizer.param_groups[0]["lr"])  # the rate this step used
             scaler.step(optimizer)

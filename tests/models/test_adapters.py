@@ -18,7 +18,9 @@ def test_the_recipe_changes_with_everything_the_weights_depend_on() -> None:
     base = adapter_recipe(LORA, "pruned-a", ["s1", "s2"], 512, "float32")
     assert adapter_recipe(LORA, "pruned-a", ["s1", "s2"], 512, "float32") == base
     others = [
-        adapter_recipe(dataclasses.replace(LORA, r=16), "pruned-a", ["s1", "s2"], 512, "float32"),
+        adapter_recipe(dataclasses.replace(LORA, r=4), "pruned-a", ["s1", "s2"], 512, "float32"),
+        adapter_recipe(dataclasses.replace(LORA, warmup=0.0), "pruned-a", ["s1", "s2"], 512, "float32"),
+        adapter_recipe(dataclasses.replace(LORA, schedule="linear"), "pruned-a", ["s1", "s2"], 512, "float32"),
         adapter_recipe(LORA, "pruned-b", ["s1", "s2"], 512, "float32"),
         adapter_recipe(LORA, "pruned-a", ["s2", "s1"], 512, "float32"),  # the order is the training order
         adapter_recipe(LORA, "pruned-a", ["s1", "s2"], 256, "float32"),  # samples cut differently

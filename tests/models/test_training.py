@@ -16,8 +16,11 @@ from paser_assets.models.general_text import general_text, general_text_samples
 from paser_assets.models.scoring import EncodedSample, encode_sample
 from paser_assets.models.training import (
     LoraSettings,
+    _batch_tensors,
+    learning_rate_factor,
     load_adapter,
     perplexity,
+    response_loss,
     response_nll,
     save_adapter,
     train_lora,
@@ -61,6 +64,38 @@ def logits(model, sample: EncodedSample) -> torch.Tensor:
 
 
 # -- train_lora
+
+
+def test_response_loss_equals_the_models_own_labelled_loss(base, tokenizer, samples) -> None:
+    input_ids, attention_mask, labels = _batch_tensors(samples[:4], tokenizer.pad_token_id)
+    with torch.inference_mode():
+        expected = base(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        ours = response_loss(base, input_ids, attention_mask, labels)
+    assert float(ours) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero() -> None:
+    total = 20  # warm-up of 10%: steps 0 and 1
+    cosine = [learning_rate_factor(t, total, 0.1, "cosine") for t in range(total)]
+    assert cosine[:3] == [0.5, 1.0, 1.0]
+    assert all(a >= b for a, b in zip(cosine[1:], cosine[2:], strict=False))
+    assert cosine[-1] < 0.01
+    linear = [learning_rate_factor(t, total, 0.1, "linear") for t in range(total)]
+    assert linear[2] == 1.0 and linear[-1] == pytest.approx(1 / 18)
+    assert [learning_rate_factor(t, total, 0.0, "constant") for t in range(total)] == [1.0] * total
+    with pytest.raises(ValueError, match="schedule"):
+        learning_rate_factor(5, total, 0.1, "exponential")
+
+
+def test_training_follows_the_schedule(trained) -> None:
+    _, record = trained
+    rates = record.learning_rates
+    steps = len(record.steps)
+    warmup = math.ceil(SETTINGS.warmup * steps)
+    assert len(rates) == steps
+    assert rates[0] == pytest.approx(SETTINGS.learning_rate / warmup)
+    assert max(rates) == pytest.approx(SETTINGS.learning_rate)
+    assert rates[-1] < 0.05 * SETTINGS.learning_rate
 
 
 def test_lora_training_reduces_the_training_loss(trained, samples) -> None:
@@ -107,7 +142,8 @@ def test_training_is_deterministic_for_a_seed(base, tokenizer, samples, trained)
     _, first = train_lora(copy.deepcopy(base), samples, tokenizer.pad_token_id, short)
     _, again = train_lora(copy.deepcopy(base), samples, tokenizer.pad_token_id, short)
     assert first.losses == again.losses
-    assert first.losses == trained[1].losses[: len(first.losses)]  # the same first two epochs as the long run
+    # The same initialisation and first batch as the long run (whose schedule, longer, differs after it).
+    assert first.losses[0] == trained[1].losses[0]
     _, other = train_lora(
         copy.deepcopy(base), samples, tokenizer.pad_token_id, LoraSettings(learning_rate=1e-2, epochs=2, seed=1)
     )
@@ -123,7 +159,7 @@ def test_training_refuses_no_samples_and_missing_targets(base, tokenizer, sample
 
 def test_training_logs_progress_with_an_eta(base, tokenizer, samples) -> None:
     lines: list[str] = []
-    train_lora(copy.deepcopy(base), samples[:4], tokenizer.pad_token_id, LoraSettings(batch_size=2), lines.append)
+    train_lora(copy.deepcopy(base), samples[:4], tokenizer.pad_token_id, LoraSettings(batch_size=2, epochs=1), lines.append)
     assert lines and lines[-1].startswith("LoRA step 2/2, loss ")
     assert "ETA" in lines[-1]
 
