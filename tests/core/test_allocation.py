@@ -232,3 +232,18 @@ def test_allocate_random_properties():
         # A budget that the positive-CDS clusters can absorb leaves zero-CDS clusters empty.
         if budget <= capacity[positive].sum():
             assert np.all(allocation[~positive] == 0), context
+
+
+def test_allocation_rules_weigh_cds_size_both_or_neither() -> None:
+    from paser_assets.core.allocation import allocation_weights
+
+    cds, sizes = [0.2, 0.1, 0.4], [10, 40, 5]
+    assert list(allocation_weights("cds", cds, sizes)) == cds
+    assert list(allocation_weights("cds_size", cds, sizes)) == pytest.approx([2.0, 4.0, 2.0])
+    assert list(allocation_weights("proportional", cds, sizes)) == sizes
+    assert list(allocation_weights("uniform", cds, sizes)) == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="allocation rule"):
+        allocation_weights("greedy", cds, sizes)
+    # By CDS alone the big, least degraded cluster gets least; by CDS x size it gets the most.
+    assert list(allocate_budget(20, allocation_weights("cds", cds, sizes), sizes)) == [10, 5, 5]
+    assert list(allocate_budget(20, allocation_weights("cds_size", cds, sizes), sizes)) == [5, 10, 5]

@@ -172,3 +172,20 @@ def test_ifd_selection_fills_with_the_lowest_ifd_at_least_one_only_when_needed()
     assert ifd_selection(ifd, 4) == ["a", "b", "d", "c"]
     assert ifd_selection(ifd, 6) == ["a", "b", "d", "c", "e", "f"]  # NaN (no usable IFD) comes last
     assert ifd_selection(ifd, 10) == ["a", "b", "d", "c", "e", "f"]
+
+
+def test_token_matched_selection_stops_closest_to_the_target() -> None:
+    from paser_assets.core.baselines import token_matched_selection
+
+    tokens = {f"s{i}": 10 + i for i in range(50)}
+    chosen = token_matched_selection(tokens, 200, seed=3)
+    total = sum(tokens[s] for s in chosen)
+    assert abs(total - 200) <= max(tokens.values()) / 2 + 1
+    assert chosen == seeded_order(list(tokens), 3)[: len(chosen)]  # the random order, cut by tokens
+    assert token_matched_selection(tokens, 10**6, seed=3) == seeded_order(list(tokens), 3)  # all of it
+
+
+def test_longest_selection_takes_the_longest_responses() -> None:
+    from paser_assets.core.baselines import longest_selection
+
+    assert longest_selection({"a": 5, "b": 50, "c": 20, "d": 50}, 3) == ["b", "d", "c"]

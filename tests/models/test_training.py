@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import tempfile
 from pathlib import Path
@@ -78,7 +79,7 @@ def test_learning_rate_warms_up_then_decays_to_zero() -> None:
     total = 20  # warm-up of 10%: steps 0 and 1
     cosine = [learning_rate_factor(t, total, 0.1, "cosine") for t in range(total)]
     assert cosine[:3] == [0.5, 1.0, 1.0]
-    assert all(a >= b for a, b in zip(cosine[1:], cosine[2:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(cosine[1:]))
     assert cosine[-1] < 0.01
     linear = [learning_rate_factor(t, total, 0.1, "linear") for t in range(total)]
     assert linear[2] == 1.0 and linear[-1] == pytest.approx(1 / 18)
@@ -159,7 +160,9 @@ def test_training_refuses_no_samples_and_missing_targets(base, tokenizer, sample
 
 def test_training_logs_progress_with_an_eta(base, tokenizer, samples) -> None:
     lines: list[str] = []
-    train_lora(copy.deepcopy(base), samples[:4], tokenizer.pad_token_id, LoraSettings(batch_size=2, epochs=1), lines.append)
+    train_lora(
+        copy.deepcopy(base), samples[:4], tokenizer.pad_token_id, LoraSettings(batch_size=2, epochs=1), lines.append
+    )
     assert lines and lines[-1].startswith("LoRA step 2/2, loss ")
     assert "ETA" in lines[-1]
 
