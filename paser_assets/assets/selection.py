@@ -225,7 +225,7 @@ def selection(
             "conflict_tolerance": tolerance,
             "acceptance_rate": round(result.selected / considered, 4) if considered else 0.0,
             "per_cluster": dg.MetadataValue.md(per_cluster.to_markdown(index=False)),
-            "query": dg.MetadataValue.text(f"SELECT * FROM {_view_name(duckdb)} WHERE variant = '{variant}'"),
+            "query": dg.MetadataValue.text(_view_query(duckdb, variant)),
         },
     )
     yield dg.MaterializeResult(
@@ -238,9 +238,10 @@ def selection(
     )
 
 
-def _view_name(duckdb: PaserDuckDB) -> str:
-    catalog = Path(duckdb.database).stem if duckdb.database != ":memory:" else "memory"
-    return f"{catalog}.{duckdb.schema_name}.{SELECTED_VIEW}"
+def _view_query(duckdb: PaserDuckDB, variant: str) -> str:
+    """The SQL to read a variant's selection in the `duckdb` shell. It sets the schema instead of naming the
+    catalog: DuckDB names that after the file (up to its first dot), which this must not guess."""
+    return f"SET schema = '{duckdb.schema_name}'; SELECT * FROM {SELECTED_VIEW} WHERE variant = '{variant}'"
 
 
 def export_folder(export_dir: str | None, database: str) -> Path:
