@@ -226,6 +226,7 @@ def data(two_variants: TwoVariants, tmp_path_factory: pytest.TempPathFactory) ->
     folder = tmp_path_factory.mktemp("readme-sql")
     copy = TwoVariants(
         folder,
+        two_variants.settings,
         two_variants.config,
         PaserDuckDB(database=str(folder / FILE_NAME)),
         two_variants.defs,

@@ -30,6 +30,7 @@ BROKEN_LINES = ['{"instruction": "no answer here"}', "{not json"]  # missing_out
 @dataclass
 class TwoVariants:
     root: Path
+    settings: dict  # the PaserConfig arguments, to build another configuration from
     config: PaserConfig
     database: PaserDuckDB
     defs: dg.Definitions
@@ -42,19 +43,20 @@ def build_two_variants(root: Path, original: Path, instance: dg.DagsterInstance)
     rows = [json.dumps(record, ensure_ascii=False) for record in generate_demo_pool(96, seed=3)]
     pool.write_text("\n".join([*rows[:40], *BROKEN_LINES, *rows[40:]]) + "\n", encoding="utf-8")
     database = PaserDuckDB(database=str(root / FILE_NAME))
-    config = PaserConfig(
-        dataset=str(pool),
-        budget=0.5,
-        conflict_tolerance=0.0,  # the paper's strict rule: some candidates are concept conflicts
-        original_model=str(original),
-        prune_method="magnitude",
-        model_cache_dir=str(root / "models"),
-        export_dir=str(root / "export"),
-    )
+    settings = {
+        "dataset": str(pool),
+        "budget": 0.5,
+        "conflict_tolerance": 0.0,  # the paper's strict rule: some candidates are concept conflicts
+        "original_model": str(original),
+        "prune_method": "magnitude",
+        "model_cache_dir": str(root / "models"),
+        "export_dir": str(root / "export"),
+    }
+    config = PaserConfig(**settings)
     defs = build_definitions(config, database)
     first = run_graph(defs, instance)
     assert first.success, first.failures()
     add_variant(instance, database, Variant(ADDED, recipe=PruneRecipe(method="magnitude", n_m=(2, 4))))
-    second, _ = refresh(defs, instance)
+    second, _ = refresh(defs, instance, command="variants add")  # what `paser variants add` runs
     assert second.success, second.failures()
-    return TwoVariants(root, config, database, defs, instance, [first, second])
+    return TwoVariants(root, settings, config, database, defs, instance, [first, second])
