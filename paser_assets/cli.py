@@ -116,6 +116,8 @@ def _load_definitions() -> dg.Definitions:
 def _report(run: GraphRun, elapsed: float) -> None:
     print(f"\nobserved: {', '.join(run.observed) or 'nothing'}")
     print(f"materialized {len(run.materialized)} assets in {elapsed:.1f} s: {', '.join(run.materialized) or 'nothing'}")
+    for line in run.check_problems():
+        print(line, file=sys.stderr)
     for failure in run.failures():
         print(f"FAILED {failure}", file=sys.stderr)
 
@@ -141,7 +143,7 @@ def _variants_command(args: argparse.Namespace) -> int:
         if args.no_materialize:
             return 0
         start = time.monotonic()
-        run, _ = refresh(defs, instance)  # the new variant's partitions are missing; nothing else is
+        run, _ = refresh(defs, instance, command="variants add")  # only the new variant's partitions are missing
         _report(run, time.monotonic() - start)
         return 0 if run.success else 1
     name = validate_variant_name(args.name)
@@ -180,10 +182,10 @@ def _graph_command(args: argparse.Namespace) -> int:
         return _dry_run(defs, instance)
     start = time.monotonic()
     if args.command == "refresh":
-        graph_run, stale = refresh(defs, instance)
+        graph_run, stale = refresh(defs, instance, command="refresh")
         print(f"\nstale or missing after observing: {', '.join(stale) or 'nothing'}")
     else:
-        graph_run = run_graph(defs, instance, selection=getattr(args, "select", None))
+        graph_run = run_graph(defs, instance, selection=getattr(args, "select", None), command=args.command)
     _report(graph_run, time.monotonic() - start)
     if args.command == "demo" and graph_run.success:
         print()

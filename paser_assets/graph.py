@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
+from paser_assets.assets.checks import build_checks
 from paser_assets.assets.models import MODEL_ASSETS
 from paser_assets.assets.pool import holdout_split, recovery_pool
 from paser_assets.assets.recovery import RECOVERY_ASSETS
 from paser_assets.assets.scores import build_degradation_scores, capability_degradation
-from paser_assets.assets.selection import SELECTION_CHECKS, sample_concepts, selection, selection_export
+from paser_assets.assets.selection import sample_concepts, selection, selection_export
 from paser_assets.assets.semantic import cluster_profiles, clusters, instruction_embeddings, manifold
 from paser_assets.automation import build_sensors, model_dependent_condition
 from paser_assets.resources import PaserConfig, PaserDuckDB, SettingError
@@ -62,7 +63,7 @@ def build_definitions(config: PaserConfig | None = None, database: PaserDuckDB |
     ]
     return dg.Definitions(
         assets=[*MODEL_ASSETS[:2], *(_stamp(asset, config) for asset in materializable)],
-        asset_checks=SELECTION_CHECKS,
+        asset_checks=build_checks(config.scoring.score_shards),
         sensors=build_sensors(config),
         resources={"paser": config, "duckdb": database},
         executor=build_executor(config),

@@ -23,6 +23,10 @@ from paser_assets.resources import PaserConfig, PaserDuckDB, SettingError
 from paser_assets.staleness import StaleSet, stale_or_missing
 
 OBSERVED = (dg.AssetKey("original_model"), dg.AssetKey("pruned_checkpoint"))
+# Tags of every run this module launches. One Dagster instance (DAGSTER_HOME) may hold the history of several
+# DuckDB files: filter the Runs page by `paser/db` for one file's runs, by `paser/command` for what started them.
+DB_TAG = "paser/db"
+COMMAND_TAG = "paser/command"
 LOG_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 EPHEMERAL_JOB = "__ephemeral_asset_job__"
 
@@ -121,6 +125,21 @@ class GraphRun:
     def get_asset_check_evaluations(self) -> list:
         return [evaluation for result in self.results for evaluation in result.get_asset_check_evaluations()]
 
+    def check_problems(self) -> list[str]:
+        """One line per asset check that did not pass: ``WARNING`` or ``CHECK FAILED``, the check and its
+        partition, and what it found (the check's description of its result, else its metadata)."""
+        lines = []
+        for evaluation in self.get_asset_check_evaluations():
+            if evaluation.passed:
+                continue
+            label = "WARNING" if evaluation.severity == dg.AssetCheckSeverity.WARN else "CHECK FAILED"
+            suffix = f"[{evaluation.partition}]" if evaluation.partition else ""
+            found = evaluation.description or ", ".join(
+                f"{key}={value.value}" for key, value in evaluation.metadata.items() if key != "variant"
+            )
+            lines.append(f"{label} {evaluation.check_name} on {evaluation.asset_key.to_user_string()}{suffix}: {found}")
+        return lines
+
     def failures(self) -> list[str]:
         messages = []
         for result in self.results:
@@ -143,10 +162,17 @@ def _resources(defs: dg.Definitions) -> tuple[PaserConfig, PaserDuckDB]:
     return resources["paser"], resources["duckdb"]
 
 
+def run_tags(database: PaserDuckDB, command: str) -> dict[str, str]:
+    """The tags of a run on ``database`` started by ``command`` (`materialize`, `refresh`, `variants add`...)."""
+    path = database.database if database.database == ":memory:" else str(Path(database.database).resolve())
+    return {DB_TAG: path, COMMAND_TAG: command}
+
+
 def _execute(
     defs: dg.Definitions,
     keys: set[dg.AssetKey],
     instance: dg.DagsterInstance,
+    command: str,
     partition_key: str | None = None,
 ) -> dg.ExecuteInProcessResult:
     # What dg.materialize does, plus our console logger (materialize takes no loggers).
@@ -156,8 +182,13 @@ def _execute(
         resources=defs.resources,
         loggers={"console": concise_console_logger},
     )
+    _, database = _resources(defs)
     return job_defs.resolve_job_def(EPHEMERAL_JOB).execute_in_process(
-        run_config=LOG_CONFIG, instance=instance, partition_key=partition_key, raise_on_error=False
+        run_config=LOG_CONFIG,
+        instance=instance,
+        partition_key=partition_key,
+        raise_on_error=False,
+        tags=run_tags(database, command),
     )
 
 
@@ -204,6 +235,7 @@ def _run_variant(
     variant: str,
     plan: Plan,
     run: GraphRun,
+    command: str,
     only: set[str] | None = None,
 ) -> None:
     """Every stage of the plan for one variant, in order; ``only`` limits the partition keys; stops at a failure."""
@@ -211,7 +243,7 @@ def _run_variant(
         for partition_key in _stage_keys(defs, keys, variant):
             if only is not None and str(partition_key) not in only:
                 continue
-            run.results.append(_execute(defs, keys, instance, partition_key=partition_key))
+            run.results.append(_execute(defs, keys, instance, command, partition_key=partition_key))
             if not run.success:
                 return
 
@@ -246,8 +278,10 @@ def run_graph(
     instance: dg.DagsterInstance,
     selection: str | None = None,
     variants: list[str] | None = None,
+    command: str = "materialize",
 ) -> GraphRun:
-    """Observe the checkpoints and materialize the selection (default: everything) for every variant."""
+    """Observe the checkpoints and materialize the selection (default: everything) for every variant; the runs
+    are tagged with the database and ``command`` (see :func:`run_tags`)."""
     config, database = _resources(defs)
     names = sync_variants(instance, database, config)
     if variants is not None:
@@ -256,16 +290,16 @@ def run_graph(
     plan = _plan(defs, set(wanted))
     run = GraphRun()
     if plan.shared:
-        run.results.append(_execute(defs, plan.shared, instance))
+        run.results.append(_execute(defs, plan.shared, instance, command))
     for name in names if plan.per_variant else []:
         if run.success:
-            _run_variant(defs, instance, name, plan, run)
+            _run_variant(defs, instance, name, plan, run, command)
     return run
 
 
-def observe(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+def observe(defs: dg.Definitions, instance: dg.DagsterInstance, command: str = "observe") -> dg.ExecuteInProcessResult:
     """Record the checkpoints' current content hashes (original and every variant)."""
-    return _execute(defs, set(OBSERVED), instance)
+    return _execute(defs, set(OBSERVED), instance, command)
 
 
 def _stale_in_scope(defs: dg.Definitions, instance: dg.DagsterInstance) -> StaleSet:
@@ -284,22 +318,26 @@ def _stale_in_scope(defs: dg.Definitions, instance: dg.DagsterInstance) -> Stale
     return stale
 
 
-def plan_refresh(defs: dg.Definitions, instance: dg.DagsterInstance) -> tuple[dg.ExecuteInProcessResult, StaleSet]:
+def plan_refresh(
+    defs: dg.Definitions, instance: dg.DagsterInstance, command: str = "refresh --dry-run"
+) -> tuple[dg.ExecuteInProcessResult, StaleSet]:
     """Observe the checkpoints and say what :func:`refresh` would recompute first, and why; nothing is run."""
     config, database = _resources(defs)
     sync_variants(instance, database, config)
-    observation = observe(defs, instance)
+    observation = observe(defs, instance, command)
     return observation, _stale_in_scope(defs, instance)
 
 
-def refresh(defs: dg.Definitions, instance: dg.DagsterInstance, max_waves: int = 5) -> tuple[GraphRun, list[str]]:
+def refresh(
+    defs: dg.Definitions, instance: dg.DagsterInstance, max_waves: int = 5, command: str = "refresh"
+) -> tuple[GraphRun, list[str]]:
     """Observe the checkpoints, then materialize exactly the stale or missing assets until none is left.
 
     Each wave materializes what Dagster reports stale or missing (within the default selection);
     materializing can make further assets stale (a changed result), so the next wave looks again.
     Returns the runs and the stale set found by the first look.
     """
-    observation, stale = plan_refresh(defs, instance)
+    observation, stale = plan_refresh(defs, instance, command)
     run = GraphRun(results=[observation])
     first = stale.describe()
     for wave in range(max_waves):
@@ -308,13 +346,13 @@ def refresh(defs: dg.Definitions, instance: dg.DagsterInstance, max_waves: int =
         if not stale or not run.success:
             break
         if stale.unpartitioned:
-            run.results.append(_execute(defs, stale.unpartitioned, instance))
+            run.results.append(_execute(defs, stale.unpartitioned, instance, command))
             continue  # shared assets changed: look again before running variants
         variants = sorted({PartitionKey.parse(p).variant for p in stale.by_partition})
         for variant in variants:
             mine = {p: keys for p, keys in stale.by_partition.items() if PartitionKey.parse(p).variant == variant}
             plan = _plan(defs, set().union(*mine.values()))
-            _run_variant(defs, instance, variant, plan, run, only=set(mine))
+            _run_variant(defs, instance, variant, plan, run, command, only=set(mine))
     return run, first
 
 

@@ -68,14 +68,34 @@ def is_lock_error(error: Exception) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set lock" in text)
 
 
+# The storage format new database files are created in. DuckDB 2 writes its own format (storage version 69)
+# by default, which no DuckDB 1.x opens: not the `duckdb` shell of PyPI's duckdb-cli 1.5 (it reads 64-68),
+# nor an older Python duckdb. A file keeps the format it was created in, so creating it in the format of
+# DuckDB 1.4 (the long-term-support release, version 67) is enough for every later write to stay readable.
+STORAGE_VERSION = "v1.4.0"
+
+
+def _create_readable_by_duckdb_1(database: str) -> None:
+    """Create the empty file ``database`` in :data:`STORAGE_VERSION`; DuckDB 1.x needs nothing done."""
+    if int(duckdb.__version__.split(".")[0]) < 2:
+        return  # DuckDB 1.x writes a format that every 1.x release reads by default
+    with duckdb.connect() as conn:
+        literal = "'" + database.replace("'", "''") + "'"  # ATTACH takes no parameter for the path
+        conn.execute(f"ATTACH {literal} AS new_file (STORAGE_VERSION '{STORAGE_VERSION}')")
+        conn.execute("DETACH new_file")
+
+
 def connect(database: str, *, read_only: bool = False, lock_timeout_s: float = 30.0) -> duckdb.DuckDBPyConnection:
-    """Open ``database``, waiting at most ``lock_timeout_s`` for another process's lock to go."""
+    """Open ``database``, waiting at most ``lock_timeout_s`` for another process's lock to go; a new file is
+    created in :data:`STORAGE_VERSION`."""
     if database != ":memory:" and not read_only:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     delay = 0.05
     while True:
         try:
+            if database != ":memory:" and not read_only and not Path(database).exists():
+                _create_readable_by_duckdb_1(database)
             return duckdb.connect(database, read_only=read_only, config={"custom_user_agent": "paser-assets"})
         except (duckdb.IOException, duckdb.ConnectionException) as error:
             if not is_lock_error(error):

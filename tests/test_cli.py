@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import paser_cli
 
@@ -29,6 +30,11 @@ def test_demo_materializes_and_prints_sql_summary(tmp_path: Path, tiny_llama_dir
     assert result.returncode == 0, result.stderr[-3000:]
     assert "materialized 13 assets" in result.stdout
     assert "selection[magnitude-50]" in result.stdout
+    # a random tiny model is a near-uniform guesser: the signal check says so, and the run still succeeds
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING ")]
+    assert len(warnings) == 1, result.stderr[-3000:]
+    assert warnings[0].startswith("WARNING degradation_signal on capability_degradation[magnitude-50]: ")
+    assert "predicts about as well as chance" in warnings[0]
     assert "Clusters" in result.stdout and "SQL: SELECT cluster, size" in result.stdout
     with duckdb.connect(env["PASER_DB"], read_only=True) as conn:
         sizes = conn.execute("SELECT cluster, size FROM demo.paser.cluster_profiles ORDER BY cluster").fetchall()
@@ -103,6 +109,15 @@ def test_reprune_with_the_documented_refresh_command(tmp_path: Path, tiny_llama_
         variants = conn.execute("SELECT DISTINCT variant FROM paser.paser.selection").fetchall()
     assert variants == [("external",)]
     assert home.is_dir() and not (tmp_path / ".dagster_home").exists()
+    # every run the commands launched is tagged with the database and the command that launched it
+    runs = dg.DagsterInstance.from_config(str(home)).get_runs()
+    assert {run.tags["paser/db"] for run in runs} == {str(Path(env["PASER_DB"]).resolve())}
+    assert {run.tags["paser/command"] for run in runs} == {
+        "materialize",
+        "refresh",
+        "refresh --dry-run",
+        "variants add",
+    }
 
 
 def test_bad_variant_name_is_refused(tmp_path: Path) -> None:

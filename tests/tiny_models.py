@@ -70,3 +70,46 @@ def save_tiny_checkpoint(folder: Path, seed: int = 0, chat_template: bool = True
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_trained_tiny_checkpoint(folder: Path, steps: int = 200, seed: int = 0) -> Path:
+    """A tiny Llama trained for ``steps`` steps on chat-formatted demo records (a few seconds on a CPU).
+
+    A random model's next-token distributions are nearly uniform, so pruning it barely moves them (JSD of
+    about 1e-5 nats) and its NLL is ln(vocabulary size). Trained, its response NLL falls to about 0.5 nats
+    and pruning damages the families it learned unequally: the signal PASER selects on.
+    """
+    import torch
+
+    from paser_assets.pool.demo import generate_demo_pool
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_llama(len(tokenizer), seed)
+    texts = [
+        tokenizer.apply_chat_template(
+            [
+                {"role": "user", "content": f"{r['instruction']}\n{r['input']}"},
+                {"role": "assistant", "content": r["output"]},
+            ],
+            tokenize=False,
+        )
+        for r in generate_demo_pool(400, seed=1)
+    ]
+    encoded = [tokenizer(text, return_tensors="pt").input_ids[0][:128] for text in texts]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        rows = torch.randint(len(encoded), (16,), generator=generator)
+        batch = torch.nn.utils.rnn.pad_sequence(
+            [encoded[i] for i in rows], batch_first=True, padding_value=tokenizer.pad_token_id
+        )
+        labels = batch.masked_fill(batch == tokenizer.pad_token_id, -100)
+        loss = model(input_ids=batch, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder

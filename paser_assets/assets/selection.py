@@ -1,7 +1,6 @@
-"""Concepts, the concept-consistent selection with its graph, the SQL view, the export, and checks."""
+"""Concepts, the concept-consistent selection with its graph, the SQL view and the export (checks: checks.py)."""
 
 import json
-import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -15,7 +14,6 @@ from paser_assets import storage
 from paser_assets.assets.models import MODEL_PARENTS
 from paser_assets.core.concepts import extract_concepts
 from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, SelectionResult, select
-from paser_assets.core.divergence import LN2
 from paser_assets.locations import EXPORT_FOLDER, beside
 from paser_assets.partitions import VARIANTS
 from paser_assets.resources import PaserConfig, PaserDuckDB
@@ -225,7 +223,7 @@ def selection(
             "conflict_tolerance": tolerance,
             "acceptance_rate": round(result.selected / considered, 4) if considered else 0.0,
             "per_cluster": dg.MetadataValue.md(per_cluster.to_markdown(index=False)),
-            "query": dg.MetadataValue.text(f"SELECT * FROM {_view_name(duckdb)} WHERE variant = '{variant}'"),
+            "query": dg.MetadataValue.text(_view_query(duckdb, variant)),
         },
     )
     yield dg.MaterializeResult(
@@ -238,9 +236,10 @@ def selection(
     )
 
 
-def _view_name(duckdb: PaserDuckDB) -> str:
-    catalog = Path(duckdb.database).stem if duckdb.database != ":memory:" else "memory"
-    return f"{catalog}.{duckdb.schema_name}.{SELECTED_VIEW}"
+def _view_query(duckdb: PaserDuckDB, variant: str) -> str:
+    """The SQL to read a variant's selection in the `duckdb` shell. It sets the schema instead of naming the
+    catalog: DuckDB names that after the file (up to its first dot), which this must not guess."""
+    return f"SET schema = '{duckdb.schema_name}'; SELECT * FROM {SELECTED_VIEW} WHERE variant = '{variant}'"
 
 
 def export_folder(export_dir: str | None, database: str) -> Path:
@@ -312,86 +311,3 @@ def selection_export(
             "load_with": dg.MetadataValue.text(f"datasets.load_dataset('parquet', data_files='{paths['parquet']}')"),
         },
     )
-
-
-@dg.asset_check(
-    asset="selection", description="Per variant, the budget is met exactly, or every candidate was considered."
-)
-def budget_met(duckdb: PaserDuckDB) -> dg.AssetCheckResult:
-    with duckdb.get_connection() as conn:
-        frame = conn.execute(
-            """
-            SELECT b.variant, b.budget,
-                   count(*) FILTER (WHERE s.decision = 'selected') AS selected,
-                   count(*) FILTER (WHERE s.decision = 'budget_full') AS unvisited,
-                   count(*) FILTER (WHERE s.decision = 'concept_conflict') AS conflicts
-            FROM (SELECT variant, sum(budget) AS budget
-                  FROM capability_degradation GROUP BY variant) b
-            JOIN selection s USING (variant)
-            GROUP BY b.variant, b.budget ORDER BY b.variant
-            """
-        ).df()
-    explanations, passed = {}, True
-    for row in frame.itertuples(index=False):
-        shortfall = int(row.budget) - int(row.selected)
-        if shortfall < 0:
-            reason, ok = f"{-shortfall} more samples selected than the budget allows", False
-        elif shortfall == 0:
-            reason, ok = "budget met exactly", True
-        elif row.unvisited == 0:
-            reason = f"{shortfall} short: every candidate was considered, {row.conflicts} were concept conflicts"
-            ok = True
-        else:
-            reason, ok = f"{shortfall} short although {row.unvisited} candidates were never considered", False
-        explanations[row.variant] = reason
-        passed &= ok
-    return dg.AssetCheckResult(
-        passed=passed and not frame.empty,
-        metadata={
-            "budget": int(frame["budget"].sum()) if len(frame) else 0,
-            "selected": int(frame["selected"].sum()) if len(frame) else 0,
-            "shortfall": int((frame["budget"] - frame["selected"]).sum()) if len(frame) else 0,
-            "explanation": dg.MetadataValue.json(explanations),
-        },
-    )
-
-
-@dg.asset_check(asset="selection", description="No sample is selected twice.")
-def no_sample_selected_twice(duckdb: PaserDuckDB) -> dg.AssetCheckResult:
-    with duckdb.get_connection() as conn:
-        (duplicates,) = conn.execute(
-            "SELECT count(*) FROM (SELECT variant, sample_id FROM selection WHERE decision = 'selected' "
-            "GROUP BY variant, sample_id HAVING count(*) > 1)"
-        ).fetchone()
-    return dg.AssetCheckResult(passed=duplicates == 0, metadata={"duplicated_samples": duplicates})
-
-
-@dg.asset_check(asset="selection", description="Every selected sample is in the recovery pool.")
-def selected_samples_in_pool(duckdb: PaserDuckDB) -> dg.AssetCheckResult:
-    with duckdb.get_connection() as conn:
-        (missing,) = conn.execute(
-            "SELECT count(*) FROM selection s WHERE s.decision = 'selected' "
-            "AND s.sample_id NOT IN (SELECT sample_id FROM recovery_pool)"
-        ).fetchone()
-    return dg.AssetCheckResult(passed=missing == 0, metadata={"missing_from_pool": missing})
-
-
-@dg.asset_check(asset="degradation_scores", description="Every JSD lies in [0, ln 2].")
-def jsd_in_range(duckdb: PaserDuckDB) -> dg.AssetCheckResult:
-    with duckdb.get_connection() as conn:
-        outside, low, high = conn.execute(
-            "SELECT count(*) FILTER (WHERE NOT (jsd BETWEEN 0 AND ?) OR jsd IS NULL), min(jsd), max(jsd) "
-            "FROM degradation_scores",
-            [LN2],
-        ).fetchone()
-    return dg.AssetCheckResult(
-        passed=outside == 0,
-        metadata={
-            "outside_range": outside,
-            "min_jsd": float(low) if low is not None and not math.isnan(low) else -1.0,
-            "max_jsd": float(high) if high is not None and not math.isnan(high) else -1.0,
-        },
-    )
-
-
-SELECTION_CHECKS = [budget_met, no_sample_selected_twice, selected_samples_in_pool, jsd_in_range]

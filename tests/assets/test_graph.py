@@ -165,15 +165,21 @@ def test_bad_budget_fails_with_the_setting_named(tmp_path: Path, tiny_llama_dir:
     assert any("PASER_BUDGET" in failure for failure in result.failures())
 
 
-def test_asset_checks_run_with_the_graph_and_pass(identical_run) -> None:
+def test_asset_checks_run_with_the_graph_per_partition(identical_run) -> None:
     result, _, _ = identical_run
-    evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert evaluations == {
-        "budget_met": True,
-        "no_sample_selected_twice": True,
-        "selected_samples_in_pool": True,
-        "jsd_in_range": True,
+    evaluations = {(e.check_name, e.partition): e for e in result.get_asset_check_evaluations()}
+    assert {key: e.passed for key, e in evaluations.items()} == {
+        ("budget_met", "external"): True,
+        ("no_sample_selected_twice", "external"): True,
+        ("selected_samples_in_pool", "external"): True,
+        ("jsd_in_range", "0|external"): True,
+        # pruned = original scores JSD 0 everywhere: no cluster is more degraded than another, and the
+        # random tiny model is a near-uniform guesser: both are warned about, neither fails the run
+        ("degradation_signal", "external"): False,
     }
+    signal = evaluations["degradation_signal", "external"]
+    assert signal.severity == dg.AssetCheckSeverity.WARN and result.success
+    assert "does not separate" in signal.description and "as well as chance" in signal.description
 
 
 def test_every_asset_reads_the_result_settings_it_declares(identical_run) -> None:

@@ -49,17 +49,26 @@ def execute(database: PaserDuckDB, sql: str) -> None:
 
 
 def run_checks(defs: dg.Definitions, instance: dg.DagsterInstance | None = None) -> dict[str, dg.AssetCheckEvaluation]:
-    """Execute only the four asset checks against what the database holds now."""
-    result = dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        selection=dg.AssetSelection.checks_for_assets("selection", "degradation_scores"),
-        resources=defs.resources,
-        instance=instance or dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
-    assert result.success
-    assert not result.get_asset_materialization_events()  # the checks ran alone
-    return {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
+    """Execute only the four asset checks of the variant's partitions against what the database holds now.
+
+    The checks are partitioned like their assets. Run without their assets, Dagster 1.13 finds no partitions
+    definition to check a ``partition_key`` against, so the partition goes in as the run's partition tag."""
+    evaluations = {}
+    for asset, partition in (("selection", VARIANT), ("degradation_scores", f"0|{VARIANT}")):
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks],
+            selection=dg.AssetSelection.checks_for_assets(asset),
+            resources=defs.resources,
+            instance=instance or dg.DagsterInstance.ephemeral(),
+            tags={"dagster/partition": partition},
+            raise_on_error=False,
+        )
+        assert result.success
+        assert not result.get_asset_materialization_events()  # the checks ran alone
+        for evaluation in result.get_asset_check_evaluations():
+            assert evaluation.partition == partition and evaluation.metadata["variant"].value == VARIANT
+            evaluations[evaluation.check_name] = evaluation
+    return evaluations
 
 
 def copy_database(run: Run, name: str) -> tuple[PaserDuckDB, dg.Definitions]:
@@ -277,7 +286,7 @@ def test_budget_met_explains_a_shortfall_when_every_candidate_was_considered(run
     evaluation = run_checks(defs)["budget_met"]
     assert evaluation.passed
     assert evaluation.metadata["shortfall"].value == 3
-    assert "every candidate was considered" in evaluation.metadata["explanation"].value[VARIANT]
+    assert "every candidate was considered" in evaluation.metadata["explanation"].value
 
 
 # -- strict and tolerant selection on the same scores
