@@ -234,9 +234,13 @@ class ModelSettings(Stage):
         affects="observed",
     )
     allow_pickle: bool = setting(
-        False, "Allow pickled (.bin/.pt) checkpoints. Unpickling can run arbitrary code.", affects="runtime"
+        False,
+        "Allow pickled (.bin/.pt) weights, for the LLMs and the sentence model. Unpickling can run arbitrary code.",
+        affects="runtime",
     )
-    trust_remote_code: bool = setting(False, "Let transformers run a checkpoint's own code.", affects="runtime")
+    trust_remote_code: bool = setting(
+        False, "Let transformers run a checkpoint's own code (LLMs and the sentence model).", affects="runtime"
+    )
     model_cache_dir: str | None = setting(
         None,
         "Converted GGUF models, built-in pruned checkpoints, cached original outputs and adapters; default: "

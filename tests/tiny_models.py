@@ -70,3 +70,35 @@ def save_tiny_checkpoint(folder: Path, seed: int = 0, chat_template: bool = True
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_tiny_sentence_model(folder: Path, *, safe: bool) -> Path:
+    """A tiny random BERT with mean pooling saved as a sentence-transformers folder, its weights as
+    safetensors or (``safe=False``) as a pickled pytorch_model.bin only."""
+    import torch
+    from safetensors.torch import load_file
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel
+
+    tokenizer = build_tiny_tokenizer(chat_template=False)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    plain = folder.with_name(f"{folder.name}-bert")
+    BertModel(config).save_pretrained(plain)
+    tokenizer.save_pretrained(plain)
+    model = SentenceTransformer(modules=[Transformer(str(plain)), Pooling(16)], device="cpu")
+    model.save(str(folder), safe_serialization=safe)
+    if not safe and (folder / "model.safetensors").exists():
+        # transformers 5 writes safetensors whatever it is asked: pickle the same weights by hand.
+        torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+        (folder / "model.safetensors").unlink()
+    return folder
