@@ -334,7 +334,10 @@ class ScoringSettings(Stage):
     """Teacher-forced scoring of every sample by the original and the pruned model."""
 
     max_tokens: int = setting(
-        512, "Prompt + response tokens scored, trained and evaluated per sample (longer are cut).", ge=8
+        512,
+        "Prompt + response tokens scored, trained and evaluated per sample (longer are cut); at most the model's "
+        "context (max_position_embeddings): a larger value is cut to it, with a warning.",
+        ge=8,
     )
     precision: Literal["auto", "float32", "bfloat16"] = setting(
         "auto",

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -298,7 +299,63 @@ def load_causal_lm(
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    record_context(tokenizer, model.config)
     return model, tokenizer
+
+
+# Where a model's context is recorded on its tokenizer: every encode path (scoring, LoRA, evaluation, the
+# pruning calibration) is handed the tokenizer, not the model, and must not make sequences the model cannot
+# take (learned position tables raise an IndexError past their end; rotary models compute garbage).
+CONTEXT_ATTRIBUTE = "paser_context_tokens"
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+class ContextLimitWarning(UserWarning):
+    """A token setting was above the model's context, so sequences were cut to the context instead."""
+
+
+def context_length(config: Any) -> int | None:
+    """The longest sequence a model's config allows (``max_position_embeddings`` or its equivalent); None when
+    the config names no limit."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in _CONTEXT_FIELDS:
+        value = getattr(text, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def record_context(tokenizer: Any, *configs: Any) -> None:
+    """Record on ``tokenizer`` the smallest context of the models it feeds (and of any recorded before)."""
+    limits = [limit for limit in (context_length(config) for config in configs) if limit is not None]
+    recorded = getattr(tokenizer, CONTEXT_ATTRIBUTE, None)
+    if recorded is not None:
+        limits.append(int(recorded))
+    if limits:
+        setattr(tokenizer, CONTEXT_ATTRIBUTE, min(limits))
+
+
+def context_limit(tokenizer: Any) -> int | None:
+    """The context recorded on ``tokenizer`` by :func:`load_causal_lm` (None: unknown, e.g. a model built in code)."""
+    limit = getattr(tokenizer, CONTEXT_ATTRIBUTE, None)
+    return int(limit) if limit is not None else None
+
+
+def fit_to_context(tokenizer: Any, tokens: int, setting: str, log: Callable[[str], None] | None = None) -> int:
+    """``tokens``, or the model's context when that is smaller: then ``log`` (default: a
+    :class:`ContextLimitWarning`, shown once per process) says so, naming ``setting`` and the limit."""
+    limit = context_limit(tokenizer)
+    if limit is None or tokens <= limit:
+        return tokens
+    message = (
+        f"{setting}={tokens} is more than the model's context of {limit} tokens (max_position_embeddings in its "
+        f"config.json): sequences are cut to {limit} tokens; set {setting} to at most {limit} to silence this"
+    )
+    if log is not None:
+        log(message)
+    else:
+        warnings.warn(message, ContextLimitWarning, stacklevel=3)
+    return limit
 
 
 def _declares_custom_code(location: str) -> bool:
