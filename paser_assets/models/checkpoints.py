@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from paser_assets import storage
+
 if TYPE_CHECKING:
     from paser_assets.models.device import Placement
 
@@ -374,13 +376,7 @@ def save_checkpoint(model: Any, tokenizer: Any, target: str | Path, extra_files:
     tokenizer.save_pretrained(staging)
     for name, text in (extra_files or {}).items():
         (staging / name).write_text(text)
-    if target.exists():
-        retired = staging_folder(target.with_name(f"{target.name}.old"))
-        os.replace(target, retired / target.name)
-        os.replace(staging, target)
-        shutil.rmtree(retired)
-    else:
-        os.replace(staging, target)
+    storage.replace_folder(staging, target)  # the previous checkpoint or this one, never a mix
     return target
 
 
