@@ -70,6 +70,44 @@ def _lock_message(database: str, error: Exception, waited_s: float) -> str:
     )
 
 
+class NoSpaceError(OSError):
+    """A write failed because its disk is full; the message names the place and the setting that moves it."""
+
+
+# How a full disk reads when the error is not an OSError with errno ENOSPC: DuckDB ('Could not write file
+# "x.wal": No space left on device'), Arrow ('[errno 28] No space left on device'), safetensors ('os error 28').
+_NO_SPACE = ("no space left on device", "errno 28", "os error 28")
+_QUOTED_PATH = re.compile(r'\\?"(/[^"\\]+)\\?"')  # DuckDB quotes the file, inside JSON: \"/x/y.wal\"
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from or while handling, is a full disk."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return True
+        if any(text in str(current).lower() for text in _NO_SPACE):
+            return True
+        # The chain Python prints: the cause, else the error being handled unless `from None` hid it (an
+        # error that already said what it is, such as a dg.Failure naming the full disk, ends the search).
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return False
+
+
+def no_space_message(error: BaseException, place: str | Path, setting: str, outcome: str) -> str:
+    """One line for a full disk under ``place``: what failed to be written, how to go on (``setting`` moves
+    the place to another disk), and ``outcome``, what is left as it was."""
+    named = _QUOTED_PATH.search(str(error))
+    written = named.group(1) if named else getattr(error, "filename", None)
+    detail = f" (writing {written})" if written and str(written) != str(place) else ""
+    return (
+        f"no space left on {place}{detail}: free space on that disk, or set {setting} to a place on another one; "
+        f"{outcome}"
+    )
+
+
 def is_lock_error(error: Exception) -> bool:
     text = str(error).lower()
     return "lock" in text and ("conflicting" in text or "could not set lock" in text)

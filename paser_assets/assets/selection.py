@@ -18,7 +18,7 @@ from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, Sele
 from paser_assets.core.divergence import LN2
 from paser_assets.locations import EXPORT_FOLDER, beside
 from paser_assets.partitions import VARIANTS
-from paser_assets.resources import PaserConfig, PaserDuckDB
+from paser_assets.resources import PaserConfig, PaserDuckDB, named_when_disk_full
 from paser_assets.settings import reads
 from paser_assets.tables import table_metadata
 from paser_assets.variants import validate_variant_name
@@ -325,7 +325,13 @@ def selection_export(
             [variant],
         ).df()
     folder = export_folder(paser.selection.export_dir, duckdb.database)
-    paths = export_records(rows, safe_export_path(folder, variant))
+    kept = f"the previous export of {variant} is kept as it was"
+    try:
+        with named_when_disk_full(folder, "PASER_EXPORT_DIR", kept):
+            paths = export_records(rows, safe_export_path(folder, variant))
+    except OSError as error:  # not a full disk: a folder that cannot be written, say
+        problem = f"cannot write the export into {folder} (PASER_EXPORT_DIR): {error}; {kept}"
+        raise dg.Failure(description=problem) from None
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(rows)),
         metadata={

@@ -256,6 +256,34 @@ def test_a_failure_between_the_export_files_keeps_the_previous_set(run: Run, mon
     assert [p.name for p in folder.parent.iterdir()] == [VARIANT]
 
 
+def test_a_full_disk_under_the_export_is_named_and_the_next_run_succeeds(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database, defs = copy_database(run, "export-full")
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize(defs, selection="key:selection_export", instance=instance).success
+    export = run.tmp / "export-full" / "export"
+    previous = export_files(export / VARIANT)
+
+    def parquet_on_a_full_disk(rows: pd.DataFrame, path: Path) -> None:
+        rows.to_parquet("/dev/full", index=False)  # Arrow's own error for a full disk
+
+    monkeypatch.setitem(selection_assets.EXPORT_WRITERS, "parquet", parquet_on_a_full_disk)
+    failed = materialize(defs, selection="key:selection_export", instance=instance)
+    assert not failed.success
+    [failure] = failed.failures()
+    assert failure == (
+        f"selection_export: no space left on {export}: free space on that disk, or set PASER_EXPORT_DIR to a place "
+        f"on another one; the previous export of {VARIANT} is kept as it was"
+    )
+    assert export_files(export / VARIANT) == previous
+    assert [p.name for p in export.iterdir()] == [VARIANT]
+
+    monkeypatch.undo()
+    assert materialize(defs, selection="key:selection_export", instance=instance).success
+    assert exported_records(export / VARIANT)["parquet"] == view_records_of(database)
+
+
 @pytest.mark.parametrize("name", ["../x", "a/b", "/etc/passwd", "..", "", ".", "a/../../x"])
 def test_safe_export_path_refuses_names_outside_the_folder(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError, match="export"):
