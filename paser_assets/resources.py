@@ -141,7 +141,8 @@ class PaserDuckDB(DuckDBResource):
         """DuckDB reports a full disk as an IO or transaction error about a file (the WAL, a temporary file);
         say what it is, where, and that the database is unharmed."""
         if storage.disk_full(error):
-            outcome = "the write was rolled back, the database is as it was before it"
+            # Worded for reads as well: a large query spills to a temporary file beside the database.
+            outcome = "any unfinished write was rolled back, the database is as it was before it"
             raise dg.Failure(description=storage.no_space_message(error, self.database, "PASER_DB", outcome)) from None
 
     @contextmanager

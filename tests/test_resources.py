@@ -99,7 +99,7 @@ def test_a_full_disk_under_the_database_is_named_and_rolled_back(tmp_path: Path,
     assert not failed.success
     [failure] = failed.failures()
     assert failure.startswith(f"recovery_pool: no space left on {database.database} (writing /dev/full): ")
-    assert "set PASER_DB to a place on another one; the write was rolled back" in failure
+    assert "set PASER_DB to a place on another one; any unfinished write was rolled back" in failure
     assert "\n" not in failure and "Current transaction is aborted" not in failure
     assert pool_rows(database) == before  # rolled back: the 24-row pool, not a part of the 40-row one
 
