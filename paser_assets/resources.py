@@ -124,11 +124,26 @@ class PaserDuckDB(DuckDBResource):
         except storage.DatabaseLockedError as error:
             # A deliberate failure with its own clear message, reported without a stack trace.
             raise dg.Failure(description=str(error)) from None
+        except (duckdb.Error, OSError) as error:
+            self._fail_if_disk_full(error)
+            raise
         try:
             storage.use_schema(conn, self.schema_name, create=not read_only)
             yield conn
+        except duckdb.Error as error:
+            # A write's transaction is rolled back by now (storage.transaction, inside this block).
+            self._fail_if_disk_full(error)
+            raise
         finally:
             conn.close()
+
+    def _fail_if_disk_full(self, error: BaseException) -> None:
+        """DuckDB reports a full disk as an IO or transaction error about a file (the WAL, a temporary file);
+        say what it is, where, and that the database is unharmed."""
+        if storage.disk_full(error):
+            # Worded for reads as well: a large query spills to a temporary file beside the database.
+            outcome = "any unfinished write was rolled back, the database is as it was before it"
+            raise dg.Failure(description=storage.no_space_message(error, self.database, "PASER_DB", outcome)) from None
 
     @contextmanager
     def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -139,3 +154,18 @@ class PaserDuckDB(DuckDBResource):
     def read(self, table: str, columns: str = "*"):
         with self.get_connection() as conn:
             return storage.read_table(conn, table, columns)
+
+
+@contextmanager
+def named_when_disk_full(place: str | Path, setting: str, outcome: str) -> Iterator[None]:
+    """Turn a full disk under ``place`` (a file or folder that ``setting`` chooses) met inside the block into a
+    one-line ``dg.Failure`` that says so, instead of the writer's own error (often a bare OSError traceback or
+    a serialiser's message). ``outcome`` says what is left as it was."""
+    try:
+        yield
+    except dg.Failure:
+        raise
+    except Exception as error:
+        if storage.disk_full(error):
+            raise dg.Failure(description=storage.no_space_message(error, place, setting, outcome)) from None
+        raise

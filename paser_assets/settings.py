@@ -243,9 +243,13 @@ class ModelSettings(Stage):
         affects="observed",
     )
     allow_pickle: bool = setting(
-        False, "Allow pickled (.bin/.pt) checkpoints. Unpickling can run arbitrary code.", affects="runtime"
+        False,
+        "Allow pickled (.bin/.pt) weights, for the LLMs and the sentence model. Unpickling can run arbitrary code.",
+        affects="runtime",
     )
-    trust_remote_code: bool = setting(False, "Let transformers run a checkpoint's own code.", affects="runtime")
+    trust_remote_code: bool = setting(
+        False, "Let transformers run a checkpoint's own code (LLMs and the sentence model).", affects="runtime"
+    )
     model_cache_dir: str | None = setting(
         None,
         "Converted GGUF models, built-in pruned checkpoints, cached original outputs and adapters; default: "
@@ -339,7 +343,10 @@ class ScoringSettings(Stage):
     """Teacher-forced scoring of every sample by the original and the pruned model."""
 
     max_tokens: int = setting(
-        512, "Prompt + response tokens scored, trained and evaluated per sample (longer are cut).", ge=8
+        512,
+        "Prompt + response tokens scored, trained and evaluated per sample (longer are cut); at most the model's "
+        "context (max_position_embeddings): a larger value is cut to it, with a warning.",
+        ge=8,
     )
     precision: Literal["auto", "float32", "bfloat16"] = setting(
         "auto",

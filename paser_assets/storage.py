@@ -1,4 +1,5 @@
-"""DuckDB storage: bounded waits for the file lock, typed and atomic table writes, content hashes.
+"""DuckDB storage: bounded waits for the file lock, typed and atomic table writes, content hashes; and
+folders of files published as one set.
 
 DuckDB lets one process hold a database file read-write. A run that finds the file locked waits
 up to ``lock_timeout_s`` and then fails with a message that names the process holding the lock,
@@ -12,9 +13,15 @@ are named bare: the connection's current schema (``USE``, see :func:`use_schema`
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
+import os
 import re
+import shutil
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -60,6 +67,44 @@ def _lock_message(database: str, error: Exception, waited_s: float) -> str:
         "Close that connection or let that process finish (a read-only connection blocks writers too), "
         "or raise PASER_DB_LOCK_TIMEOUT to wait longer. To query while runs go on, see "
         "'Querying while runs go on' in the README."
+    )
+
+
+class NoSpaceError(OSError):
+    """A write failed because its disk is full; the message names the place and the setting that moves it."""
+
+
+# How a full disk reads when the error is not an OSError with errno ENOSPC: DuckDB ('Could not write file
+# "x.wal": No space left on device'), Arrow ('[errno 28] No space left on device'), safetensors ('os error 28').
+_NO_SPACE = ("no space left on device", "errno 28", "os error 28")
+_QUOTED_PATH = re.compile(r'\\?"(/[^"\\]+)\\?"')  # DuckDB quotes the file, inside JSON: \"/x/y.wal\"
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from or while handling, is a full disk."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return True
+        if any(text in str(current).lower() for text in _NO_SPACE):
+            return True
+        # The chain Python prints: the cause, else the error being handled unless `from None` hid it (an
+        # error that already said what it is, such as a dg.Failure naming the full disk, ends the search).
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return False
+
+
+def no_space_message(error: BaseException, place: str | Path, setting: str, outcome: str) -> str:
+    """One line for a full disk under ``place``: what failed to be written, how to go on (``setting`` moves
+    the place to another disk), and ``outcome``, what is left as it was."""
+    named = _QUOTED_PATH.search(str(error))
+    written = named.group(1) if named else getattr(error, "filename", None)
+    detail = f" (writing {written})" if written and str(written) != str(place) else ""
+    return (
+        f"no space left on {place}{detail}: free space on that disk, or set {setting} to a place on another one; "
+        f"{outcome}"
     )
 
 
@@ -388,3 +433,104 @@ def content_hash(frame: pd.DataFrame) -> str:
         else:
             digest.update(pd.util.hash_pandas_object(column, index=False).to_numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+# --- folders published as one set --------------------------------------------------------------------------
+#
+# Files that must change together (the JSON, JSONL and Parquet of an export; the files of a checkpoint) are
+# written into a staging folder beside their folder, which then takes its place in one rename: a reader, or
+# a run killed at any point, sees the previous set or the new one, never some files of each.
+
+_STAGING_SUFFIX = ".partial"
+_RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths atomically (renameat2, Linux 3.15+)
+_AT_FDCWD = -100
+
+
+def staging_folder_beside(target: Path) -> Path:
+    """A new empty folder beside ``target`` to write the new set into, named after ``target`` and this process
+    (so a later run can tell a leftover of a killed process from a folder another run is still writing)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=_STAGING_SUFFIX, dir=target.parent))
+
+
+def remove_leftover_staging(target: Path) -> list[Path]:
+    """Delete the staging folders of ``target`` left by processes that died before publishing; returns them."""
+    removed = []
+    for path in target.parent.glob(f".{target.name}.*{_STAGING_SUFFIX}"):
+        pid = path.name.removeprefix(f".{target.name}.").split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _sync(path: Path) -> None:
+    """Flush a file or folder to disk, so that after a power cut the rename is not found without its data."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
+    try:
+        handle = os.open(path, flags)
+    except OSError:  # a file system that cannot open folders: the rename is atomic all the same
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def _exchange(staging: Path, target: Path) -> bool:
+    """Swap ``staging`` and ``target`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # a C library older than glibc 2.28
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(staging), _AT_FDCWD, os.fsencode(target), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(target))
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Put the fully written ``staging`` folder in the place of ``target`` (which may not exist yet), and delete
+    the set it replaces. Where the swap cannot be one step, ``target`` is moved aside first: a crash between
+    the two renames leaves no folder at ``target`` for a moment, but never a mixed one."""
+    for file in staging.rglob("*"):
+        if file.is_file():
+            _sync(file)
+    _sync(staging)
+    if not os.path.lexists(target):
+        os.replace(staging, target)
+    elif _exchange(staging, target):
+        _remove(staging)  # it holds the previous set now
+    else:
+        retired = staging_folder_beside(target)
+        os.replace(target, retired / target.name)
+        os.replace(staging, target)
+        shutil.rmtree(retired)
+    _sync(target.parent)
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder, or only the link when it is a symbolic link (what it points at is not ours)."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+    else:
+        shutil.rmtree(path)

@@ -12,6 +12,8 @@ import dagster as dg
 import duckdb
 import paser_cli
 
+FAULT_INJECTION = Path(__file__).with_name("fault_injection.py")
+
 
 def run_paser(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return paser_cli.run_paser(args, {**os.environ, **env}, cwd)
@@ -224,3 +226,17 @@ def test_misuse_is_one_clear_line_and_exit_code_2(tmp_path: Path) -> None:
         assert result.returncode == 2, (args, env, result.stderr[-2000:])
         assert "Traceback" not in result.stderr, (args, env, result.stderr[-2000:])
         assert message.startswith("paser: ") and expected in message, (args, env, message)
+
+
+def test_a_full_disk_under_the_database_is_one_line_and_the_next_run_succeeds(tmp_path: Path) -> None:
+    env = {**os.environ, "PASER_DB": str(tmp_path / "paser.duckdb"), "PASER_DEMO_SIZE": "24", "DAGSTER_HOME": ""}
+    arguments = ["materialize", "--select", "recovery_pool"]
+    command = [sys.executable, str(FAULT_INJECTION), "nospace:recovery_pool", *arguments]
+    full = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 1
+    [failure] = [line for line in full.stderr.splitlines() if line.startswith("FAILED")]
+    assert failure.startswith(f"FAILED recovery_pool: no space left on {tmp_path / 'paser.duckdb'} (writing /dev/full)")
+    assert "Traceback" not in full.stderr and "Current transaction is aborted" not in full.stderr
+    again = run_paser(arguments, env, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "materialized 1 assets" in again.stdout

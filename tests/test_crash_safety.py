@@ -1,6 +1,7 @@
-"""Crash safety, for real: `paser materialize` in a subprocess, killed with SIGKILL during scoring and inside a
-table write, then run again. Every table the killed run leaves behind is complete (equal to the uninterrupted
-run's, or absent, or its previous content), and the rerun ends with exactly the uninterrupted run's tables.
+"""Crash safety, for real: `paser materialize` in a subprocess, killed with SIGKILL during scoring, inside a
+table write and between the files of the selection export, then run again. Every table the killed run leaves
+behind is complete (equal to the uninterrupted run's, or absent, or its previous content), the export folder
+holds one run's files, and the rerun ends with exactly the uninterrupted run's tables.
 
 The kill inside a table write uses ``tests/fault_injection.py``, which runs the CLI with that table's write
 paused inside its transaction. All runs use one model cache folder, so the pruned checkpoint's path
@@ -12,6 +13,7 @@ differ from a cold run's in the last digits), so each scenario starts cold too.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -24,8 +26,9 @@ import time
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
-from fault_injection import announcement
+from fault_injection import announcement, export_announcement
 from paser_cli import PASER, run_paser
 
 DEMO_SIZE = "300"  # 282 distinct samples; scoring them takes ~6 s here, long enough to kill it midway
@@ -244,3 +247,57 @@ def test_killed_while_replacing_a_table_keeps_its_old_content(
     assert run.kill() == -signal.SIGKILL
     # The table being written has its old rows; the ones rewritten before it are committed and equal.
     assert dump(db) == expected
+
+
+VARIANT = "magnitude-50"  # the variant of paser_env's pruning settings
+EXPORT_FILES = ("selection.json", "selection.jsonl", "selection.parquet")
+
+
+ALPACA = ["instruction", "input", "output"]
+
+
+def export_records(folder: Path) -> dict[str, list[dict]]:
+    """The records of each file of an export, read as `datasets` users would."""
+    return {
+        "selection.json": json.loads((folder / "selection.json").read_text(encoding="utf-8")),
+        "selection.jsonl": [json.loads(line) for line in (folder / "selection.jsonl").read_text().splitlines()],
+        "selection.parquet": pd.read_parquet(folder / "selection.parquet")[ALPACA].to_dict(orient="records"),
+    }
+
+
+def test_killed_between_the_export_files_keeps_the_previous_set(
+    tmp_path: Path, models: Path, tiny_llama_dir: Path, reference: tuple[Path, dict]
+) -> None:
+    """A run with another budget is killed once the new selection.json is written: the export folder still
+    holds the previous run's three files, byte for byte; the next run publishes the new three together."""
+    reference_db, _ = reference
+    db = tmp_path / "paser.duckdb"
+    shutil.copy(reference_db, db)
+    shutil.copytree(reference_db.parent / "export", tmp_path / "export")
+    folder = tmp_path / "export" / VARIANT
+    previous = {name: (folder / name).read_bytes() for name in EXPORT_FILES}
+    assert sorted(p.name for p in folder.iterdir()) == sorted(EXPORT_FILES)
+
+    env = paser_env(db, models, tiny_llama_dir, PASER_BUDGET="0.1")  # the reference ran with the default 0.2
+    run = KillableRun(env, pause_in="export:json")
+    run.wait_for(re.escape(export_announcement("json")))
+    assert run.kill() == -signal.SIGKILL
+
+    assert {name: (folder / name).read_bytes() for name in EXPORT_FILES} == previous
+    assert sorted(p.name for p in folder.iterdir()) == sorted(EXPORT_FILES)
+    [leftover] = [p for p in folder.parent.iterdir() if p.name != VARIANT]
+    assert leftover.name.startswith(f".{VARIANT}.") and [p.name for p in leftover.iterdir()] == ["selection.json"]
+
+    result = run_to_completion(env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in folder.parent.iterdir()] == [VARIANT]  # the killed run's leftover is gone
+    published = export_records(folder)
+    with duckdb.connect(str(db), read_only=True) as conn:
+        selected = conn.execute(
+            "SELECT instruction, input, output FROM paser.paser.selected_instructions WHERE variant = ? "
+            "ORDER BY cluster, rank",
+            [VARIANT],
+        ).df()
+    assert published["selection.json"] == selected.to_dict(orient="records")
+    assert published["selection.jsonl"] == published["selection.json"] == published["selection.parquet"]
+    assert len(published["selection.json"]) < len(json.loads(previous["selection.json"]))  # the new budget's

@@ -6,6 +6,8 @@ so the SQL here names tables bare, as the package does.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -364,3 +366,49 @@ def test_100k_embeddings_are_written_and_read_back_quickly(database: PaserDuckDB
     )
     print(f"100k x 384 embeddings: written in {written:.1f} s, written and read in {elapsed:.1f} s")
     assert elapsed < 60, f"writing and reading 100k embeddings took {elapsed:.0f} s"
+
+
+# --- folders published as one set
+
+
+def folder_with(path: Path, files: dict[str, str]) -> Path:
+    path.mkdir(parents=True)
+    for name, text in files.items():
+        (path / name).write_text(text)
+    return path
+
+
+def contents(folder: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("swap", ["exchange", "two renames"])
+def test_replace_folder_swaps_in_the_new_set_whole(tmp_path: Path, swap: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if swap == "two renames":  # a system or file system without renameat2(RENAME_EXCHANGE)
+        monkeypatch.setattr(storage, "_exchange", lambda staging, target: False)
+    target = folder_with(tmp_path / "v1", {"a.json": "old a", "b.json": "old b", "stale.txt": "old"})
+    staging = storage.staging_folder_beside(target)
+    assert staging.parent == tmp_path and staging.name.startswith(".v1.")
+    (staging / "a.json").write_text("new a")
+    (staging / "b.json").write_text("new b")
+    storage.replace_folder(staging, target)
+    assert contents(target) == {"a.json": "new a", "b.json": "new b"}
+    assert [p.name for p in tmp_path.iterdir()] == ["v1"]  # neither the staging nor the old set is left
+
+
+def test_replace_folder_creates_a_missing_target(tmp_path: Path) -> None:
+    staging = storage.staging_folder_beside(tmp_path / "deep" / "v1")
+    (staging / "a.json").write_text("a")
+    storage.replace_folder(staging, tmp_path / "deep" / "v1")
+    assert contents(tmp_path / "deep" / "v1") == {"a.json": "a"}
+    assert [p.name for p in (tmp_path / "deep").iterdir()] == ["v1"]
+
+
+def test_only_the_staging_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    target = folder_with(tmp_path / "v1", {"a.json": "a"})
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = folder_with(tmp_path / f".v1.{finished.stdout.strip()}.abc.partial", {"a.json": "half"})
+    ours = storage.staging_folder_beside(target)
+    other_variant = folder_with(tmp_path / f".v10.{finished.stdout.strip()}.abc.partial", {"a.json": "x"})
+    assert storage.remove_leftover_staging(target) == [dead]
+    assert not dead.exists() and ours.is_dir() and other_variant.is_dir() and contents(target) == {"a.json": "a"}

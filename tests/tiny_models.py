@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+SHORT_CONTEXT = 32  # positions of the short-context test models: fewer than most demo samples' tokens
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
@@ -41,7 +43,7 @@ def build_tiny_tokenizer(chat_template: bool = True):
     return wrapped
 
 
-def build_tiny_llama(vocab_size: int, seed: int = 0, layers: int = 2):
+def build_tiny_llama(vocab_size: int, seed: int = 0, layers: int = 2, context: int = 1024):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -53,7 +55,7 @@ def build_tiny_llama(vocab_size: int, seed: int = 0, layers: int = 2):
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=1024,
+        max_position_embeddings=context,
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=2,
@@ -64,9 +66,10 @@ def build_tiny_llama(vocab_size: int, seed: int = 0, layers: int = 2):
     return model
 
 
-def save_tiny_checkpoint(folder: Path, seed: int = 0, chat_template: bool = True) -> Path:
+def save_tiny_checkpoint(folder: Path, seed: int = 0, chat_template: bool = True, context: int = 1024) -> Path:
+    """The tiny Llama and its tokenizer in ``folder``; ``context`` is its max_position_embeddings."""
     tokenizer = build_tiny_tokenizer(chat_template)
-    model = build_tiny_llama(len(tokenizer), seed)
+    model = build_tiny_llama(len(tokenizer), seed, context=context)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
@@ -111,5 +114,58 @@ def save_trained_tiny_checkpoint(folder: Path, steps: int = 200, seed: int = 0) 
         optimizer.step()
     model.eval()
     model.save_pretrained(folder, safe_serialization=True)
+
+
+def save_tiny_sentence_model(folder: Path, *, safe: bool) -> Path:
+    """A tiny random BERT with mean pooling saved as a sentence-transformers folder, its weights as
+    safetensors or (``safe=False``) as a pickled pytorch_model.bin only."""
+    import torch
+    from safetensors.torch import load_file
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel
+
+    tokenizer = build_tiny_tokenizer(chat_template=False)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    plain = folder.with_name(f"{folder.name}-bert")
+    BertModel(config).save_pretrained(plain)
+    tokenizer.save_pretrained(plain)
+    model = SentenceTransformer(modules=[Transformer(str(plain)), Pooling(16)], device="cpu")
+    model.save(str(folder), safe_serialization=safe)
+    if not safe and (folder / "model.safetensors").exists():
+        # transformers 5 writes safetensors whatever it is asked: pickle the same weights by hand.
+        torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+        (folder / "model.safetensors").unlink()
+    return folder
+
+
+def save_tiny_gpt2_checkpoint(folder: Path, context: int, seed: int = 0) -> Path:
+    """A tiny random GPT-2 (learned position embeddings: a position past ``context`` is an IndexError) with
+    the tiny tokenizer, in ``folder``."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=context,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
+    GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

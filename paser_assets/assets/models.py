@@ -34,7 +34,7 @@ from paser_assets.models.pruning import calibration_batch, measured_sparsity, pr
 from paser_assets.models.store import ModelStore
 from paser_assets.partitions import VARIANTS
 from paser_assets.registry import PRUNED_TABLE, registered_variants, variant_for
-from paser_assets.resources import PaserConfig, PaserDuckDB
+from paser_assets.resources import PaserConfig, PaserDuckDB, named_when_disk_full
 from paser_assets.settings import reads
 from paser_assets.variants import Variant, VariantError
 
@@ -173,10 +173,12 @@ def _build_recipe_variant(
 def pruned_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
     settings = paser.models.store(duckdb.database)
     seed = paser.seed  # the calibration sample of a recipe variant
+    unharmed = "no checkpoint was published; the next run prunes again"
     try:
         variant = variant_for(duckdb, paser.pruning.recipe(), context.partition_key)
         if variant.recipe is not None:
-            path, original_version, sparsity = _build_recipe_variant(context, settings, variant, duckdb, seed)
+            with named_when_disk_full(settings.cache_dir, "PASER_MODEL_CACHE", unharmed):
+                path, original_version, sparsity = _build_recipe_variant(context, settings, variant, duckdb, seed)
         else:
             reference = _external_reference(variant)
             path, original_version, sparsity = Path(reference.location), reference_version(settings.original), None

@@ -25,7 +25,7 @@ from paser_assets.models.original_cache import OriginalOutputCache
 from paser_assets.models.score_run import ScoringOptions, score_shard
 from paser_assets.models.scoring import SampleScore, head_precision_key
 from paser_assets.models.store import load_pair
-from paser_assets.resources import PaserConfig, PaserDuckDB
+from paser_assets.resources import PaserConfig, PaserDuckDB, named_when_disk_full
 from paser_assets.settings import reads
 from paser_assets.tables import TABLES, table_metadata
 
@@ -148,8 +148,11 @@ def build_degradation_scores(shards: int) -> dg.AssetsDefinition:
             raise dg.Failure(
                 description=f"shard {shard} does not exist with PASER_SCORE_SHARDS={paser.scoring.score_shards}"
             )
+        cache = paser.models.store(duckdb.database).cache_dir  # converted GGUF, cached original outputs
         try:
-            scores, facts = score_pool(context, paser, duckdb, variant, shard)
+            kept = "the scores committed so far are kept, and the next run resumes from them"
+            with named_when_disk_full(cache, "PASER_MODEL_CACHE", kept):
+                scores, facts = score_pool(context, paser, duckdb, variant, shard)
         except CheckpointError as error:
             raise dg.Failure(description=str(error)) from None
         table = score_table(scores, variant, shard)

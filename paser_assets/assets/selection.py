@@ -2,7 +2,7 @@
 
 import json
 import os
-import tempfile
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from paser_assets.core.concepts import extract_concepts
 from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, SelectionResult, select
 from paser_assets.locations import EXPORT_FOLDER, beside
 from paser_assets.partitions import VARIANTS
-from paser_assets.resources import PaserConfig, PaserDuckDB
+from paser_assets.resources import PaserConfig, PaserDuckDB, named_when_disk_full
 from paser_assets.settings import reads
 from paser_assets.tables import table_metadata
 from paser_assets.variants import validate_variant_name
@@ -255,31 +255,53 @@ def safe_export_path(folder: Path, name: str) -> Path:
     return path
 
 
-def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; an export is meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def _alpaca_records(rows: pd.DataFrame) -> list[dict[str, str]]:
+    return rows[["instruction", "input", "output"]].to_dict(orient="records")
+
+
+def _write_json(rows: pd.DataFrame, path: Path) -> None:
+    path.write_text(json.dumps(_alpaca_records(rows), ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def _write_jsonl(rows: pd.DataFrame, path: Path) -> None:
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _alpaca_records(rows))
+    path.write_text(lines, encoding="utf-8")
+
+
+def _write_parquet(rows: pd.DataFrame, path: Path) -> None:
+    rows.to_parquet(path, index=False)
+
+
+# How each file of an export is written (in the order of EXPORT_FORMATS). They must agree: see export_records.
+EXPORT_WRITERS: dict[str, Callable[[pd.DataFrame, Path], None]] = {
+    "json": _write_json,
+    "jsonl": _write_jsonl,
+    "parquet": _write_parquet,
+}
 
 
 def export_records(rows: pd.DataFrame, folder: Path, stem: str = "selection") -> dict[str, Path]:
-    """Write Alpaca records (instruction, input, output) as JSON, JSONL and Parquet; returns the paths."""
-    records = rows[["instruction", "input", "output"]].to_dict(orient="records")
-    paths = {fmt: safe_export_path(folder, f"{stem}.{fmt}") for fmt in EXPORT_FORMATS}
-    write_atomically(paths["json"], lambda p: p.write_text(json.dumps(records, ensure_ascii=False, indent=1)))
-    write_atomically(
-        paths["jsonl"],
-        lambda p: p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)),
-    )
-    write_atomically(paths["parquet"], lambda p: rows.to_parquet(p, index=False))
-    return paths
+    """Write Alpaca records (instruction, input, output) as JSON, JSONL and Parquet into ``folder``; returns
+    the paths.
+
+    The three files are one set: they are written into a new staging folder beside ``folder``, which then
+    replaces ``folder`` whole (:func:`storage.replace_folder`). A reader, or a run killed at any point, finds
+    the previous set or the new one, never files of both; what a killed run left aside is deleted here.
+    """
+    folder = safe_export_path(folder.parent, folder.name)
+    names = {fmt: safe_export_path(folder, f"{stem}.{fmt}").name for fmt in EXPORT_FORMATS}
+    storage.remove_leftover_staging(folder)
+    staging = storage.staging_folder_beside(folder)
+    try:
+        for fmt in EXPORT_FORMATS:
+            EXPORT_WRITERS[fmt](rows, staging / names[fmt])
+            os.chmod(staging / names[fmt], 0o644)  # an export is meant to be shared
+        os.chmod(staging, 0o755)  # mkdtemp makes it private
+        storage.replace_folder(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {fmt: folder / name for fmt, name in names.items()}
 
 
 @dg.asset(
@@ -302,7 +324,13 @@ def selection_export(
             [variant],
         ).df()
     folder = export_folder(paser.selection.export_dir, duckdb.database)
-    paths = export_records(rows, safe_export_path(folder, variant))
+    kept = f"the previous export of {variant} is kept as it was"
+    try:
+        with named_when_disk_full(folder, "PASER_EXPORT_DIR", kept):
+            paths = export_records(rows, safe_export_path(folder, variant))
+    except OSError as error:  # not a full disk: a folder that cannot be written, say
+        problem = f"cannot write the export into {folder} (PASER_EXPORT_DIR): {error}; {kept}"
+        raise dg.Failure(description=problem) from None
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(rows)),
         metadata={

@@ -16,6 +16,7 @@ from paser_assets.assets.models import run_device
 from paser_assets.core.clustering import spectral_clustering
 from paser_assets.core.manifold import diffusion_map, umap_coordinates
 from paser_assets.core.profiles import distinctive_terms, representative_indices
+from paser_assets.models.checkpoints import CheckpointError, LoadOptions
 from paser_assets.models.sentence import embed_texts, embedding_text
 from paser_assets.progress import Progress
 from paser_assets.resources import PaserConfig, PaserDuckDB
@@ -51,7 +52,13 @@ def _embedding_model_key(model: str) -> str:
     kinds={"duckdb", "sentence_transformers"},
     description="Sentence embedding of each sample's instruction + input; cached by sample_id.",
 )
-@reads("semantic.embedding_model", "semantic.embedding_batch_size", "models.device")
+@reads(
+    "semantic.embedding_model",
+    "semantic.embedding_batch_size",
+    "models.device",
+    "models.allow_pickle",
+    "models.trust_remote_code",
+)
 def instruction_embeddings(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -72,13 +79,18 @@ def instruction_embeddings(
     if len(missing):
         progress = Progress("embedding", len(missing), context.log.info)
         texts = [embedding_text(i, x) for i, x in zip(missing["instruction"], missing["input"], strict=True)]
-        vectors = embed_texts(
-            settings.embedding_model,
-            texts,
-            settings.embedding_batch_size,
-            progress.advance,
-            device=str(run_device(paser)),
-        )
+        options = LoadOptions(allow_pickle=paser.models.allow_pickle, trust_remote_code=paser.models.trust_remote_code)
+        try:
+            vectors = embed_texts(
+                settings.embedding_model,
+                texts,
+                settings.embedding_batch_size,
+                progress.advance,
+                device=str(run_device(paser)),
+                options=options,
+            )
+        except CheckpointError as error:
+            raise dg.Failure(description=f"PASER_EMBEDDING_MODEL={settings.embedding_model}: {error}") from None
         new_rows = pd.DataFrame(
             {"model_key": model_key, "sample_id": missing["sample_id"].to_numpy(), "embedding": list(vectors)}
         )

@@ -14,9 +14,12 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from paser_assets import storage
 
 if TYPE_CHECKING:
     from paser_assets.models.device import Placement
@@ -87,11 +90,35 @@ def _hash_memo_path(path: Path) -> Path:
     return path / ".paser-content-hash.json" if path.is_dir() else path.parent / f".{path.name}.paser-hash.json"
 
 
+def _file_stamp(files: list[Path], root: Path) -> list[list[str | int]]:
+    """What the memo is keyed by, per file: name, size, mtime, and the inode and ctime. ``cp -p`` and
+    ``os.utime`` restore a size and an mtime, but no program can set a ctime: any write moves it."""
+    stamp: list[list[str | int]] = []
+    for file in files:
+        info = file.stat()
+        stamp.append([str(file.relative_to(root)), info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino])
+    return stamp
+
+
+def _memo_value(memo: Path, stamp: list[list[str | int]]) -> str | None:
+    """The remembered hash, if its stamp is the files' stamp now and the memo is newer than every file's last
+    change. A file changed again within the same tick of the file-system clock keeps its ctime; a memo
+    written in that tick is not trusted (git's "racily clean" rule), so the files are hashed again."""
+    try:
+        written = memo.stat().st_mtime_ns
+        saved = json.loads(memo.read_text())
+        if saved.get("stamp") == stamp and all(int(entry[3]) < written for entry in stamp):
+            return str(saved["hash"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
 def content_hash(path: str | Path) -> str:
     """sha256 over the (relative name, bytes) of a checkpoint's files, or of one file.
 
-    The result is remembered next to the files, keyed by their sizes and modification times,
-    so that observing an unchanged multi-GB checkpoint does not read it again.
+    The result is remembered next to the files, keyed by their sizes, modification and change times and
+    inodes, so that observing an unchanged multi-GB checkpoint does not read it again.
     """
     path = Path(path)
     files = (
@@ -104,15 +131,11 @@ def content_hash(path: str | Path) -> str:
     if not files:
         raise CheckpointError(f"{path}: no checkpoint files to hash")
     root = path.parent if path.is_file() else path
-    stamp = [[str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    stamp = _file_stamp(files, root)
     memo = _hash_memo_path(path)
-    if memo.exists():
-        try:
-            saved = json.loads(memo.read_text())
-            if saved.get("stamp") == stamp:
-                return str(saved["hash"])
-        except (OSError, ValueError, KeyError):
-            pass
+    remembered = _memo_value(memo, stamp)
+    if remembered is not None:
+        return remembered
     digest = hashlib.sha256()
     for file in files:
         digest.update(str(file.relative_to(root)).encode())
@@ -120,6 +143,8 @@ def content_hash(path: str | Path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     value = digest.hexdigest()[:24]
+    if _file_stamp(files, root) != stamp:  # a file changed while it was read: the hash is of no one state
+        return value
     try:
         memo.write_text(json.dumps({"stamp": stamp, "hash": value}))
     except OSError:  # a read-only checkpoint folder is fine: we just hash again next time
@@ -146,6 +171,40 @@ class LoadOptions:
 
     allow_pickle: bool = False
     trust_remote_code: bool = False
+
+
+# Weight files that torch unpickles: loading one can run whatever code it carries.
+PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def pickled_weights(folder: Path, *, recursive: bool = False) -> Path | None:
+    """A pickled weights file that a loader of ``folder`` would unpickle: one in a folder (``folder`` itself,
+    and with ``recursive`` its subfolders, where sentence-transformers keeps its modules) that holds no
+    safetensors file to load instead. None when there is none."""
+    places = [folder]
+    if recursive:
+        places += sorted(p for p in folder.rglob("*") if p.is_dir() and not p.name.startswith("."))
+    for place in places:
+        files = sorted(p for p in place.iterdir() if p.is_file())
+        if any(p.suffix == ".safetensors" for p in files):
+            continue
+        pickled = [p for p in files if p.suffix in PICKLED_SUFFIXES]
+        if pickled:
+            return pickled[0]
+    return None
+
+
+def refuse_pickled_weights(folder: Path, options: LoadOptions, *, recursive: bool = False) -> None:
+    """The one policy for every model loaded from a folder (LLMs and the sentence model): pickled weights
+    only with ``allow_pickle``."""
+    if options.allow_pickle:
+        return
+    pickled = pickled_weights(folder, recursive=recursive)
+    if pickled is not None:
+        raise CheckpointError(
+            f"{pickled} is pickled weights with no safetensors beside it. Unpickling can run arbitrary code, so it "
+            "is off by default: convert the model to safetensors, or set PASER_ALLOW_PICKLE=1 if you trust it"
+        )
 
 
 def staging_folder(target: Path) -> Path:
@@ -218,13 +277,8 @@ def load_causal_lm(
     options = options or LoadOptions()
     placement = placement or Placement()
     location = local_folder(reference, cache_dir)
-    if reference.kind == "folder" and not options.allow_pickle:
-        folder = Path(location)
-        if not any(folder.glob("*.safetensors")) and (any(folder.glob("*.bin")) or any(folder.glob("*.pt*"))):
-            raise CheckpointError(
-                f"{folder} holds only pickled weights (.bin/.pt). Unpickling can run arbitrary code, so it is off "
-                "by default: convert the checkpoint to safetensors, or set PASER_ALLOW_PICKLE=1 if you trust it"
-            )
+    if reference.kind == "folder":
+        refuse_pickled_weights(Path(location), options)
     if not options.trust_remote_code and _declares_custom_code(location):
         warnings.warn(
             f"{reference.display} declares its own model code (auto_map in config.json); it is loaded with the "
@@ -247,7 +301,63 @@ def load_causal_lm(
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    record_context(tokenizer, model.config)
     return model, tokenizer
+
+
+# Where a model's context is recorded on its tokenizer: every encode path (scoring, LoRA, evaluation, the
+# pruning calibration) is handed the tokenizer, not the model, and must not make sequences the model cannot
+# take (learned position tables raise an IndexError past their end; rotary models compute garbage).
+CONTEXT_ATTRIBUTE = "paser_context_tokens"
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+class ContextLimitWarning(UserWarning):
+    """A token setting was above the model's context, so sequences were cut to the context instead."""
+
+
+def context_length(config: Any) -> int | None:
+    """The longest sequence a model's config allows (``max_position_embeddings`` or its equivalent); None when
+    the config names no limit."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in _CONTEXT_FIELDS:
+        value = getattr(text, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def record_context(tokenizer: Any, *configs: Any) -> None:
+    """Record on ``tokenizer`` the smallest context of the models it feeds (and of any recorded before)."""
+    limits = [limit for limit in (context_length(config) for config in configs) if limit is not None]
+    recorded = getattr(tokenizer, CONTEXT_ATTRIBUTE, None)
+    if recorded is not None:
+        limits.append(int(recorded))
+    if limits:
+        setattr(tokenizer, CONTEXT_ATTRIBUTE, min(limits))
+
+
+def context_limit(tokenizer: Any) -> int | None:
+    """The context recorded on ``tokenizer`` by :func:`load_causal_lm` (None: unknown, e.g. a model built in code)."""
+    limit = getattr(tokenizer, CONTEXT_ATTRIBUTE, None)
+    return int(limit) if limit is not None else None
+
+
+def fit_to_context(tokenizer: Any, tokens: int, setting: str, log: Callable[[str], None] | None = None) -> int:
+    """``tokens``, or the model's context when that is smaller: then ``log`` (default: a
+    :class:`ContextLimitWarning`, shown once per process) says so, naming ``setting`` and the limit."""
+    limit = context_limit(tokenizer)
+    if limit is None or tokens <= limit:
+        return tokens
+    message = (
+        f"{setting}={tokens} is more than the model's context of {limit} tokens (max_position_embeddings in its "
+        f"config.json): sequences are cut to {limit} tokens; set {setting} to at most {limit} to silence this"
+    )
+    if log is not None:
+        log(message)
+    else:
+        warnings.warn(message, ContextLimitWarning, stacklevel=3)
+    return limit
 
 
 def _declares_custom_code(location: str) -> bool:
@@ -266,13 +376,7 @@ def save_checkpoint(model: Any, tokenizer: Any, target: str | Path, extra_files:
     tokenizer.save_pretrained(staging)
     for name, text in (extra_files or {}).items():
         (staging / name).write_text(text)
-    if target.exists():
-        retired = staging_folder(target.with_name(f"{target.name}.old"))
-        os.replace(target, retired / target.name)
-        os.replace(staging, target)
-        shutil.rmtree(retired)
-    else:
-        os.replace(staging, target)
+    storage.replace_folder(staging, target)  # the previous checkpoint or this one, never a mix
     return target
 
 

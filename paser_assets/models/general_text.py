@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
+from paser_assets.models.checkpoints import context_limit
 from paser_assets.models.scoring import EncodedSample
 
 MODULES = (
@@ -34,7 +35,10 @@ def general_text() -> str:
 
 
 def general_text_samples(tokenizer: object, tokens: int = 256, limit: int = 64) -> list[EncodedSample]:
-    """Up to ``limit`` consecutive segments of ``tokens`` tokens; every token after the first is scored."""
-    ids = tokenizer(general_text(), add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    """Up to ``limit`` consecutive segments of ``tokens`` tokens (at most the model's context); every token
+    after the first is scored."""
+    tokens = min(tokens, context_limit(tokenizer) or tokens)
+    # verbose=False: the whole text is longer than any model's limit, and is cut into segments below.
+    ids = tokenizer(general_text(), add_special_tokens=False, verbose=False)["input_ids"]  # type: ignore[operator]
     segments = [ids[start : start + tokens] for start in range(0, len(ids) - tokens + 1, tokens)][:limit]
     return [EncodedSample(f"general-{i:03d}", tuple(segment), 1, False) for i, segment in enumerate(segments)]

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import torch
 
+from paser_assets.models.checkpoints import fit_to_context
+
 PruneMethod = Literal["magnitude", "wanda"]
 
 
@@ -151,11 +153,12 @@ def _input_norms(layer: torch.nn.Module, hidden: torch.Tensor, kwargs: dict[str,
 
 def calibration_batch(tokenizer: Any, texts: Sequence[str], samples: int, tokens: int) -> torch.Tensor:
     """(samples, tokens) ids cut from the concatenated texts, EOS between them; no padding, so
-    every activation is a real token's."""
+    every activation is a real token's. Segments are at most the model's context long."""
+    tokens = fit_to_context(tokenizer, tokens, "PASER_CALIBRATION_TOKENS")
     separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     stream: list[int] = []
     for text in texts:
-        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"] + separator)
+        stream.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] + separator)
         if len(stream) >= samples * tokens:
             break
     available = len(stream) // tokens

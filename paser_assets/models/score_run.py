@@ -17,8 +17,10 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from paser_assets.models.checkpoints import fit_to_context
 from paser_assets.models.original_cache import OriginalOutputCache, OriginalStates
 from paser_assets.models.scoring import (
+    MAX_TOKENS_SETTING,
     BatchScores,
     EncodedSample,
     PairScorer,
@@ -171,11 +173,13 @@ def _score_missing(
     """Score the batches holding unscored samples; returns (samples scored from cached original states,
     rounding errors measured, the scorer)."""
     original, pruned, tokenizer = load_models()
+    # Fitted once here, so the run's log says it (encode_sample would only warn).
+    max_tokens = fit_to_context(tokenizer, options.max_tokens, MAX_TOKENS_SETTING, log)
     samples = [
-        encode_sample(tokenizer, row.sample_id, row.instruction, row.input, row.output, options.max_tokens)
+        encode_sample(tokenizer, row.sample_id, row.instruction, row.input, row.output, max_tokens)
         for row in pool.itertuples(index=False)
     ]
-    limits = batch_limits(options.device, pruned, options.max_tokens, options.token_budget, options.max_batch)
+    limits = batch_limits(options.device, pruned, max_tokens, options.token_budget, options.max_batch)
     batches = _batches_to_run(samples, done, limits)
     head = original.get_output_embeddings()
     if states is not None and _all_cached(states, samples, batches):

@@ -22,8 +22,11 @@ import torch
 from paser_assets.core.divergence import chunked_divergence
 from paser_assets.core.efficiency import individual_efficiency
 from paser_assets.core.output_head import Float32Head, HeadPrecision, TargetCentredBFloat16Head, float32_head
+from paser_assets.models.checkpoints import fit_to_context
 from paser_assets.models.device import Precision, model_precision, precision_key
 from paser_assets.models.original_cache import OriginalOutputCache, OriginalStates, compact_states
+
+MAX_TOKENS_SETTING = "PASER_MAX_TOKENS"  # scoring.max_tokens: the length scored, trained and evaluated
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task{with_input}. "
@@ -65,11 +68,16 @@ def encode_sample(
 ) -> EncodedSample:
     """Tokenise prompt and response separately (no merge across the boundary) and end with EOS.
 
-    Over ``max_tokens``, the prompt keeps its last tokens (the template's assistant marker) up to
-    half the limit and the response is cut; ``truncated`` records it.
+    Over ``max_tokens`` (or the model's context, when the tokenizer records a smaller one: see
+    :func:`~paser_assets.models.checkpoints.fit_to_context`), the prompt keeps its last tokens (the template's
+    assistant marker) up to half the limit and the response is cut; ``truncated`` records it.
     """
-    prompt_ids = tokenizer(build_prompt(tokenizer, instruction, input_text), add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(output, add_special_tokens=False)["input_ids"]
+    max_tokens = fit_to_context(tokenizer, max_tokens, MAX_TOKENS_SETTING)
+    # verbose=False: transformers would warn of a text longer than the model's limit; it is cut below.
+    prompt_ids = tokenizer(build_prompt(tokenizer, instruction, input_text), add_special_tokens=False, verbose=False)[
+        "input_ids"
+    ]
+    response_ids = tokenizer(output, add_special_tokens=False, verbose=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         response_ids = [*response_ids, tokenizer.eos_token_id]
     truncated = False

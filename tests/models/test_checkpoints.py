@@ -51,6 +51,22 @@ def copy_checkpoint(source: Path, target: Path, weights: bool = True) -> Path:
     return target
 
 
+def after_the_last_change(folder: Path) -> None:
+    """Wait until the file-system clock has moved past the last change of every file in ``folder``, as it has
+    for a checkpoint hashed any time ago: a memo written from now on is trusted (one written in the same
+    clock tick as a change is not, see checkpoints._memo_value)."""
+    last = max(path.stat().st_ctime_ns for path in folder.rglob("*") if path.is_file())
+    probe = folder.parent / f".{folder.name}.tick"
+    deadline = time.monotonic() + 10
+    while True:
+        probe.write_text("tick")
+        if probe.stat().st_mtime_ns > last:
+            break
+        assert time.monotonic() < deadline, "the file-system clock did not move"
+        time.sleep(0.001)
+    probe.unlink()
+
+
 def all_parameters_equal(a, b) -> bool:
     left, right = dict(a.named_parameters()), dict(b.named_parameters())
     return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
@@ -139,6 +155,7 @@ def test_content_hash_reads_the_memo_instead_of_the_files(tiny_llama_dir: Path, 
     real = content_hash(folder)
     memo = folder / MEMO
     saved = json.loads(memo.read_text())
+    after_the_last_change(folder)
     # A memo whose stamp still matches is trusted: a planted value comes back, so nothing was re-read.
     memo.write_text(json.dumps({"stamp": saved["stamp"], "hash": "planted"}))
     assert content_hash(folder) == "planted"
@@ -168,6 +185,44 @@ def test_content_hash_follows_weight_changes(tiny_llama_dir: Path, tmp_path: Pat
     weights.write_bytes(original_bytes)
     os.utime(weights, ns=(mtime + 4_000_000_000, mtime + 4_000_000_000))
     assert content_hash(folder) == before
+
+
+def test_a_checkpoint_overwritten_with_cp_p_gets_a_new_version(tiny_llama_dir: Path, tmp_path: Path):
+    """A re-pruned checkpoint copied over the old one with ``cp -p`` keeps each file's size and mtime."""
+    folder = copy_checkpoint(tiny_llama_dir, tmp_path / "model")
+    weights = folder / "model.safetensors"
+    before = content_hash(folder)
+    after_the_last_change(folder)
+    memo = folder / MEMO
+    memo.write_text(json.dumps({"stamp": json.loads(memo.read_text())["stamp"], "hash": "planted"}))
+    assert content_hash(folder) == "planted"  # the memo is trusted until the files change
+
+    repruned = tmp_path / "repruned.safetensors"
+    tensors = load_file(weights)
+    name = next(iter(sorted(tensors)))
+    save_file({**tensors, name: tensors[name] * 0.5}, repruned, metadata={"format": "pt"})
+    old = weights.stat()
+    os.utime(repruned, ns=(old.st_atime_ns, old.st_mtime_ns))
+    shutil.copy2(repruned, weights)  # what `cp -p` does
+    new = weights.stat()
+    assert (new.st_size, new.st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+
+    version = reference_version(parse_model_reference(str(folder)))
+    assert version not in ("planted", before)
+    assert version == content_hash(copy_checkpoint(folder, tmp_path / "fresh-copy"))  # the new files' hash
+
+
+def test_a_memo_written_in_the_clock_tick_of_a_change_is_not_trusted(tiny_llama_dir: Path, tmp_path: Path):
+    """A file changed twice within one tick of the file-system clock keeps its ctime, so a memo from that tick
+    cannot tell the second change from the first: it is not trusted, whatever its stamp."""
+    folder = copy_checkpoint(tiny_llama_dir, tmp_path / "model")
+    real = content_hash(folder)
+    memo = folder / MEMO
+    saved = json.loads(memo.read_text())
+    memo.write_text(json.dumps({"stamp": saved["stamp"], "hash": "planted"}))
+    last_change = max(entry[3] for entry in saved["stamp"])
+    os.utime(memo, ns=(last_change, last_change))
+    assert content_hash(folder) == real
 
 
 def test_content_hash_ignores_hidden_and_unrelated_files(tiny_llama_dir: Path, tmp_path: Path):

@@ -6,7 +6,9 @@ import copy
 
 import pytest
 import torch
+from tiny_models import SHORT_CONTEXT
 
+from paser_assets.models.checkpoints import ContextLimitWarning, load_causal_lm, parse_model_reference
 from paser_assets.models.pruning import (
     PruneRecipe,
     calibration_batch,
@@ -174,6 +176,14 @@ def test_calibration_batch_returns_what_the_text_allows(tokenizer):
     assert batch.shape == (total // 8, 8)
     with pytest.raises(ValueError, match="shorter than one segment"):
         calibration_batch(tokenizer, ["hi"], samples=2, tokens=total * 10)
+
+
+def test_calibration_segments_fit_the_models_context(short_context_dir, tmp_path):
+    _, short = load_causal_lm(parse_model_reference(str(short_context_dir)), tmp_path / "cache")
+    expected = rf"PASER_CALIBRATION_TOKENS=128 is more than the model's context of {SHORT_CONTEXT} tokens"
+    with pytest.warns(ContextLimitWarning, match=expected):
+        batch = calibration_batch(short, calibration_texts(seed=11), samples=4, tokens=128)
+    assert batch.shape == (4, SHORT_CONTEXT)
 
 
 # --- pruning the tiny Llama ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ in-memory score store, a fake clock; and the DuckDB score store that degradation
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
@@ -13,11 +14,14 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from tiny_models import SHORT_CONTEXT
 
 from paser_assets.assets.scores import DuckDBScoreStore
+from paser_assets.models.checkpoints import LoadOptions, parse_model_reference
 from paser_assets.models.original_cache import OriginalOutputCache
 from paser_assets.models.score_run import ScoreRunFacts, ScoringOptions, score_shard
 from paser_assets.models.scoring import SampleScore
+from paser_assets.models.store import ModelStore, load_pair
 from paser_assets.pool.demo import generate_demo_pool
 from paser_assets.resources import PaserDuckDB
 from paser_assets.tables import TABLES
@@ -283,3 +287,23 @@ def test_the_loader_places_both_models_and_the_facts_say_where(tiny_llama_dir: P
     assert (facts.precision, facts.device, facts.head_precision) == ("bfloat16", "cpu", "float32")
     assert facts.metadata()["device"] == "cpu"
     assert (scores["jsd"] == 0.0).all() and len(scores) == len(POOL)  # the same checkpoint twice
+
+
+def test_max_tokens_above_the_pruned_models_context_scores_within_it(
+    short_context_dir: Path, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """The original (1024 positions) and a pruned model of SHORT_CONTEXT positions read the same ids: every
+    sequence fits the smaller context, and the run's log names the setting and the limit. (Without the cut,
+    the GPT-2 raised an IndexError and the Llama scored positions it was never trained on.)"""
+    store = ModelStore(original_model=str(tiny_llama_dir), cache_dir=tmp_path / "cache", options=LoadOptions())
+    loader = functools.partial(load_pair, store, parse_model_reference(str(short_context_dir)))
+    options = dataclasses.replace(OPTIONS, max_tokens=512)
+    log: list[str] = []
+    scores, facts = score_shard(POOL, KEY, MemoryScoreStore(), loader, options, log=log.append)
+    assert facts.scored_now == len(POOL)
+    lengths = scores["prompt_tokens"] + scores["response_tokens"]
+    assert lengths.max() == SHORT_CONTEXT and scores["truncated"].any()  # none is longer
+    assert scores["jsd"].notna().all()
+    assert any(
+        f"PASER_MAX_TOKENS=512 is more than the model's context of {SHORT_CONTEXT} tokens" in line for line in log
+    )

@@ -12,10 +12,11 @@ import statistics
 import numpy as np
 import pytest
 import torch
+from tiny_models import SHORT_CONTEXT
 from transformers import AutoTokenizer
 
 from paser_assets.core.divergence import LN2
-from paser_assets.models.checkpoints import load_causal_lm, parse_model_reference
+from paser_assets.models.checkpoints import ContextLimitWarning, context_limit, load_causal_lm, parse_model_reference
 from paser_assets.models.pruning import PruneRecipe, prune_model
 from paser_assets.models.scoring import (
     EncodedSample,
@@ -137,6 +138,20 @@ def test_a_sample_that_fits_exactly_is_not_truncated(tokenizer):
     full = encode_sample(tokenizer, "f", "Say hi.", "", "Hi there.", max_tokens=1000)
     exact = encode_sample(tokenizer, "f", "Say hi.", "", "Hi there.", max_tokens=len(full.input_ids))
     assert exact == full and not exact.truncated
+
+
+def test_max_tokens_above_the_models_context_is_cut_to_the_context(short_context_dir, tmp_path):
+    """The loader records the model's context on its tokenizer; encoding never goes past it, and says so once,
+    naming the setting and the limit."""
+    _, short = load_causal_lm(parse_model_reference(str(short_context_dir)), tmp_path / "cache")
+    assert context_limit(short) == SHORT_CONTEXT
+    row = ROWS[0]
+    with pytest.warns(ContextLimitWarning, match=rf"PASER_MAX_TOKENS=512 .*context of {SHORT_CONTEXT} tokens"):
+        sample = encode_sample(short, "c", row["instruction"], row["input"], row["output"] * 8, max_tokens=512)
+    assert len(sample.input_ids) == SHORT_CONTEXT and sample.truncated
+    assert sample == encode_sample(short, "c", row["instruction"], row["input"], row["output"] * 8, SHORT_CONTEXT)
+    # Within the context the setting rules, as before.
+    assert len(encode_sample(short, "c", row["instruction"], row["input"], row["output"] * 8, 20).input_ids) == 20
 
 
 # --- batch planning -------------------------------------------------------------------------------------
