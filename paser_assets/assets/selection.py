@@ -11,7 +11,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from paser_assets import storage
+from paser_assets import report, storage
 from paser_assets.assets.models import MODEL_PARENTS
 from paser_assets.core.concepts import extract_concepts
 from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, SelectionResult, select
@@ -287,7 +287,7 @@ def export_records(rows: pd.DataFrame, folder: Path, stem: str = "selection") ->
     deps=["selection", "recovery_pool", *MODEL_PARENTS],
     partitions_def=VARIANTS,
     group_name=SELECTION_GROUP,
-    code_version="1",
+    code_version="2",  # 2: also writes report.html
     kinds={"parquet", "json"},
     description="The selected instructions as Alpaca JSON, JSONL and a Parquet file that `datasets` loads.",
 )
@@ -304,11 +304,14 @@ def selection_export(
         ).df()
     folder = export_folder(paser.selection.export_dir, duckdb.database)
     paths = export_records(rows, safe_export_path(folder, variant))
+    with duckdb.get_connection() as conn:  # after the files: the report describes the export as published
+        report_path = report.write_report(conn, variant, safe_export_path(folder, variant))
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(rows)),
         metadata={
             "dagster/row_count": dg.MetadataValue.int(len(rows)),
             **{f"{fmt}_path": dg.MetadataValue.path(str(path)) for fmt, path in paths.items()},
+            "report_path": dg.MetadataValue.path(str(report_path)),
             "load_with": dg.MetadataValue.text(f"datasets.load_dataset('parquet', data_files='{paths['parquet']}')"),
         },
     )
