@@ -144,6 +144,19 @@ TABLES: dict[str, Table] = _declare(
         description="The cluster of each sample (spectral clustering)",
     ),
     Table(
+        "cluster_spectrum",
+        "clusters",
+        {
+            "k": ("BIGINT", "Position in the descending order of eigenvalues, 1 = largest"),
+            "eigenvalue": ("DOUBLE", "k-th largest eigenvalue of the regularised normalised adjacency"),
+            "eigengap": ("DOUBLE", "eigenvalue_k - eigenvalue_(k+1); NULL for the last one computed"),
+            "chosen": ("BOOLEAN", "Whether k is the number of clusters made"),
+            "criterion": ("VARCHAR", "How k was chosen: the largest eigengap over a range of k, or fixed"),
+        },
+        per_variant=False,
+        description="The leading eigenvalues and eigengaps of the clustering, and the k chosen",
+    ),
+    Table(
         "cluster_profiles",
         "cluster_profiles",
         {

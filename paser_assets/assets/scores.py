@@ -15,7 +15,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from paser_assets import charts, partitions, storage
+from paser_assets import charts, partitions, report, storage
 from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, MODEL_PLACEMENT, placement, pruned_reference
 from paser_assets.core.allocation import allocate_budget, allocation_weights, resolve_budget
 from paser_assets.core.efficiency import attention_cost, individual_efficiency
@@ -265,7 +265,12 @@ def capability_degradation(
     table.insert(0, "variant", variant)
     with duckdb.write() as conn:
         storage.replace_partition(conn, "capability_degradation", {"variant": variant}, table)
+    with duckdb.get_connection() as conn:
+        # Keyphrase labels when cluster_profiles describes these clusters; every variant, to compare them.
+        names = report.load_cluster_names(conn)
+        every_variant = storage.read_table(conn, "capability_degradation")
     labels = table["cluster"].astype(str).tolist()
+    comparison = report.cds_comparison_chart(every_variant, names)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(table)),
         metadata={
@@ -274,12 +279,15 @@ def capability_degradation(
             "budget_setting": setting,
             "table": dg.MetadataValue.md(table.round(4).to_markdown(index=False)),
             "cds_per_cluster": dg.MetadataValue.md(
-                charts.bar_chart(
-                    labels, table["cds"].tolist(), "Capability Degradation Score per cluster", "mean JSD (nats)"
-                )
+                charts.markdown(report.cds_chart(table, names, variant), "CDS and budget per cluster")
             ),
             "budget_per_cluster": dg.MetadataValue.md(
                 charts.bar_chart(labels, table["budget"].tolist(), f"Budget per cluster (total {budget})", "samples")
+            ),
+            **(
+                {"cds_by_variant": dg.MetadataValue.md(charts.markdown(comparison, "CDS per cluster by variant"))}
+                if comparison is not None
+                else {}
             ),
         },
     )

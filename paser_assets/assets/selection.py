@@ -10,7 +10,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from paser_assets import storage
+from paser_assets import report, storage
 from paser_assets.assets.models import MODEL_PARENTS
 from paser_assets.core.concepts import extract_concepts
 from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, SelectionResult, select
@@ -308,7 +308,7 @@ def export_records(rows: pd.DataFrame, folder: Path, stem: str = "selection") ->
     deps=["selection", "recovery_pool", *MODEL_PARENTS],
     partitions_def=VARIANTS,
     group_name=SELECTION_GROUP,
-    code_version="1",
+    code_version="2",  # 2: also writes report.html
     kinds={"parquet", "json"},
     description="The selected instructions as Alpaca JSON, JSONL and a Parquet file that `datasets` loads.",
 )
@@ -331,11 +331,14 @@ def selection_export(
     except OSError as error:  # not a full disk: a folder that cannot be written, say
         problem = f"cannot write the export into {folder} (PASER_EXPORT_DIR): {error}; {kept}"
         raise dg.Failure(description=problem) from None
+    with duckdb.get_connection() as conn:  # after the files: the report describes the export as published
+        report_path = report.write_report(conn, variant, safe_export_path(folder, variant))
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(rows)),
         metadata={
             "dagster/row_count": dg.MetadataValue.int(len(rows)),
             **{f"{fmt}_path": dg.MetadataValue.path(str(path)) for fmt, path in paths.items()},
+            "report_path": dg.MetadataValue.path(str(report_path)),
             "load_with": dg.MetadataValue.text(f"datasets.load_dataset('parquet', data_files='{paths['parquet']}')"),
         },
     )

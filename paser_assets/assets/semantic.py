@@ -11,7 +11,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from paser_assets import charts, storage
+from paser_assets import charts, report, storage
 from paser_assets.assets.models import run_device
 from paser_assets.core.clustering import spectral_clustering
 from paser_assets.core.manifold import diffusion_map, umap_coordinates
@@ -159,6 +159,16 @@ def manifold(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pase
     )
 
 
+def spectrum_table(eigenvalues: np.ndarray, k: int, criterion: str) -> pd.DataFrame:
+    """The rows of cluster_spectrum: the leading eigenvalues, the gap after each and the k chosen."""
+    values = np.asarray(eigenvalues, dtype=np.float64)
+    gaps = np.append(values[:-1] - values[1:], np.nan)  # no gap after the last eigenvalue computed
+    positions = np.arange(1, len(values) + 1, dtype=np.int64)
+    return pd.DataFrame(
+        {"k": positions, "eigenvalue": values, "eigengap": gaps, "chosen": positions == k, "criterion": criterion}
+    )
+
+
 def _cluster_space(space: str, embeddings: pd.DataFrame, manifold_table: pd.DataFrame) -> np.ndarray:
     if space == "manifold":
         return _vectors(manifold_table, "coordinates")
@@ -168,7 +178,7 @@ def _cluster_space(space: str, embeddings: pd.DataFrame, manifold_table: pd.Data
 @dg.asset(
     deps=["instruction_embeddings", "manifold"],
     group_name=SEMANTIC_GROUP,
-    code_version="1",
+    code_version="2",  # 2: also writes cluster_spectrum
     kinds={"duckdb", "scikitlearn"},
     description="Spectral clustering on a sparse, regularised neighbour graph; k fixed or by eigengap.",
 )
@@ -208,8 +218,10 @@ def clusters(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pase
             "map_y": manifold_table["map_y"],
         }
     )
+    spectrum = spectrum_table(result.eigenvalues, result.n_clusters, result.criterion)
     with duckdb.write() as conn:
         storage.replace_table(conn, "clusters", table)
+        storage.replace_table(conn, "cluster_spectrum", spectrum)
     sizes = np.bincount(result.labels)
     metadata: dict[str, object] = {
         **table_metadata("clusters", duckdb.schema_name, len(table)),
@@ -226,6 +238,7 @@ def clusters(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: Pase
                 f"{result.n_clusters} clusters of {len(table)} instructions ({settings.manifold} map)",
             )
         ),
+        "eigengap": dg.MetadataValue.md(charts.markdown(report.eigengap_chart(spectrum), "eigengap")),
     }
     families = pool.set_index("sample_id").loc[table["sample_id"], "family"]
     if families.notna().all():
@@ -249,7 +262,7 @@ def cluster_profiles(duckdb: PaserDuckDB) -> dg.MaterializeResult:
     with duckdb.get_connection() as conn:
         frame = conn.execute(
             """
-            SELECT c.sample_id, c.cluster, p.instruction, p.input, p.family, e.embedding
+            SELECT c.sample_id, c.cluster, c.map_x, c.map_y, p.instruction, p.input, p.family, e.embedding
             FROM clusters c
             JOIN recovery_pool p USING (sample_id)
             JOIN instruction_embeddings e USING (sample_id)
@@ -277,6 +290,15 @@ def cluster_profiles(duckdb: PaserDuckDB) -> dg.MaterializeResult:
     table = pd.DataFrame(rows).astype({"cluster": "int64", "size": "int64"})
     with duckdb.write() as conn:
         storage.replace_table(conn, "cluster_profiles", table)
+    # The map again, now that each cluster has keyphrases to be labelled by (clusters only knows ids).
+    names = report.cluster_names(table, frame)
+    picture = charts.cluster_map(
+        frame["map_x"].to_numpy(),
+        frame["map_y"].to_numpy(),
+        labels,
+        f"{len(table)} clusters by their keyphrases",
+        names,
+    )
     overview = table[["cluster", "size", "main_family", "top_keyphrases"]].copy()
     overview["top_keyphrases"] = overview["top_keyphrases"].map(lambda terms: ", ".join(terms[:4]))
     digest = hashlib.sha256(table.to_json().encode()).hexdigest()[:24]
@@ -285,5 +307,6 @@ def cluster_profiles(duckdb: PaserDuckDB) -> dg.MaterializeResult:
         metadata={
             **table_metadata("cluster_profiles", schema, len(table)),
             "profiles": dg.MetadataValue.md(overview.to_markdown(index=False)),
+            "cluster_map": dg.MetadataValue.md(picture),
         },
     )

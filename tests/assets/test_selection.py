@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 import stat
 from collections import Counter
@@ -19,6 +21,7 @@ import pytest
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
 from paser_assets.assets import selection as selection_assets
 from paser_assets.assets.selection import EXPORT_FORMATS, safe_export_path
+from paser_assets.report import REPORT_NAME
 from paser_assets.runner import run_graph as materialize
 
 VARIANT = "magnitude-50"  # the single variant of the pruning settings below
@@ -210,7 +213,8 @@ def test_json_export_is_an_alpaca_array(run: Run) -> None:
 
 def test_export_folder_holds_only_the_finished_files_readable_by_others(run: Run) -> None:
     folder = Path(run.config.selection.export_dir) / VARIANT
-    assert sorted(path.name for path in folder.iterdir()) == sorted(f"selection.{fmt}" for fmt in EXPORT_FORMATS)
+    expected = [*(f"selection.{fmt}" for fmt in EXPORT_FORMATS), REPORT_NAME]
+    assert sorted(path.name for path in folder.iterdir()) == sorted(expected)
     for path in folder.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
     event = run.instance.get_latest_materialization_event(dg.AssetKey("selection_export")).asset_materialization
@@ -291,6 +295,44 @@ def test_a_full_disk_under_the_export_is_named_and_the_next_run_succeeds(
     monkeypatch.undo()
     assert materialize(defs, selection="key:selection_export", instance=instance).success
     assert exported_records(export / VARIANT)["parquet"] == view_records_of(database)
+
+
+def latest_metadata(instance: dg.DagsterInstance, key: str) -> dict:
+    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    assert event is not None, key
+    return {name: value.value for name, value in event.asset_materialization.metadata.items()}
+
+
+def test_report_beside_the_export_names_the_variant_and_k_and_is_linked(run: Run) -> None:
+    report = Path(run.config.selection.export_dir) / VARIANT / REPORT_NAME
+    assert Path(latest_metadata(run.instance, "selection_export")["report_path"]) == report.resolve()
+    page = report.read_text(encoding="utf-8")
+    ((k, criterion),) = query(run.database, "SELECT k, criterion FROM cluster_spectrum WHERE chosen")
+    assert (
+        k
+        == latest_metadata(run.instance, "clusters")["n_clusters"]
+        == len(query(run.database, "SELECT DISTINCT cluster FROM clusters"))
+    )
+    assert f"PASER selection report: {VARIANT}" in page
+    assert f"k = {k}: {criterion}" in page
+    # one variant, no recovery run: map, CDS and budget, eigengap, JSD histogram
+    assert page.count('<img src="data:image/png;base64,') == page.count("<img") == 4
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)
+    # clusters are labelled by their keyphrases from cluster_profiles, the same labels the UI's charts use
+    cluster, phrases = query(run.database, "SELECT cluster, top_keyphrases FROM cluster_profiles ORDER BY cluster")[0]
+    assert html.escape(f"{cluster}: {', '.join(phrases[:3])}") in page
+    selected = query(run.database, "SELECT count(*) FROM selection WHERE decision = 'selected'")[0][0]
+    assert f"<dt>selected</dt><dd>{selected:,} " in page
+
+
+def test_the_ui_shows_the_labelled_map_the_eigengap_and_the_cds_chart(run: Run) -> None:
+    image = "data:image/png;base64,"
+    assert latest_metadata(run.instance, "cluster_profiles")["cluster_map"].startswith(f"![cluster map]({image}")
+    assert latest_metadata(run.instance, "clusters")["eigengap"].startswith(f"![eigengap]({image}")
+    cds = latest_metadata(run.instance, "capability_degradation")["cds_per_cluster"]
+    assert cds.startswith(f"![CDS and budget per cluster]({image}")
+    # a single variant: no comparison chart of variants
+    assert "cds_by_variant" not in latest_metadata(run.instance, "capability_degradation")
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "/etc/passwd", "..", "", ".", "a/../../x"])
