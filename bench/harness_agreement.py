@@ -52,8 +52,8 @@ def winogrande_choices(doc: dict) -> list[str]:
     return [doc["context"][: _blank(doc)] + option for option in doc["choices"]]
 
 
-def winogrande_target(doc: dict) -> str:
-    return " " + doc["context"][_blank(doc) + 1 :].strip()
+def winogrande_target(doc: dict) -> str:  # the harness puts its target delimiter, a space, in front
+    return doc["context"][_blank(doc) + 1 :].strip()
 
 
 def harness_config(name: str, path: Path) -> dict[str, Any]:

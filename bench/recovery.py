@@ -112,6 +112,7 @@ class Progress(threading.Thread):
         self.baseline = (0, 0)
 
     def counts(self) -> tuple[int, int, float, float]:
+        """Fine-tunes and evaluations done, their training seconds, and when the first fine-tune began."""
         import dagster as dg
 
         def records(name: str) -> list:
@@ -120,17 +121,19 @@ class Progress(threading.Thread):
         trained = records("recovered_model")
         evaluated = records("recovery_evaluation")
         seconds = [float(r.asset_materialization.metadata["seconds"].value) for r in trained]
-        samples = [int(r.asset_materialization.metadata["train_samples"].value) for r in trained]
-        return len(trained), len(evaluated), sum(seconds), sum(samples)
+        # The shared assets and the references come before the first fine-tune: not evaluation time.
+        first = min((r.timestamp - s for r, s in zip(trained, seconds, strict=True)), default=None)
+        return len(trained), len(evaluated), sum(seconds), first if first is not None else time.time()
 
     def line(self) -> str:
-        trained, evaluated, train_s, _ = self.counts()
+        trained, evaluated, train_s, first_start = self.counts()
         elapsed = time.monotonic() - self.start_time
-        epochs_samples = [units for _, _, units in self.planned]
-        done_units = sum(epochs_samples[:trained])
+        recovery_s = max(time.time() - first_start, 0.0)
+        units = [units for _, _, units in self.planned]
+        done_units = sum(units[:trained])
         per_unit = train_s / done_units if done_units and train_s > 0 else 0.5
-        eval_s = max(elapsed - train_s, 0.0) / evaluated if evaluated else 120.0
-        remaining = sum(epochs_samples[trained:]) * per_unit + (len(self.planned) - evaluated) * eval_s
+        eval_s = max(recovery_s - train_s, 0.0) / evaluated if evaluated else 120.0
+        remaining = sum(units[trained:]) * per_unit + (len(self.planned) - evaluated) * eval_s
         return (
             f"[bench] {format_duration(elapsed)} elapsed: {trained}/{len(self.planned)} fine-tunes, "
             f"{evaluated}/{len(self.planned)} evaluations done; ETA {format_duration(remaining)}"
