@@ -368,3 +368,30 @@ def test_recovery_is_off_by_default(recovery: Recovery) -> None:
     assert run.success, run.failures()
     assert "holdout_split" in run.materialized and f"selection[{VARIANT}]" in run.materialized
     assert not [name for name in run.materialized if name.split("[")[0] in RECOVERY_ASSETS]
+
+
+def test_without_labels_or_tasks_the_comparison_groups_by_cluster_and_keeps_the_text() -> None:
+    """A pool without source labels (Alpaca) and no tasks named: the macro average is over clusters."""
+    arms = ["original", "pruned", "paser"]
+    heldout = pd.DataFrame(
+        {
+            "arm": [a for a in arms for _ in range(3)],
+            "sample_id": ["a", "b", "c"] * 3,
+            "nll": [1.0, 1.0, 4.0, 3.0, 3.0, 6.0, 2.0, 2.0, 5.0],
+            "cluster": [0, 0, 1] * 3,
+            "family": [None] * 9,
+        }
+    )
+    texts = pd.DataFrame({"arm": arms, "text": ["stdlib_docs"] * 3, "perplexity": [10.0, 30.0, 20.0]})
+    tasks = pd.DataFrame(columns=["arm", "task", "items", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr"])
+    training = pd.DataFrame({"arm": ["paser"], "train_samples": [2], "train_tokens": [100], "train_seconds": [1.5]})
+    table = recovery_assets.comparison_table(heldout, texts, tasks, training, arms)
+    values = table.pivot(index="method", columns="metric", values="value")
+    assert set(values.columns) == {
+        "heldout_nll", "heldout_nll_macro", "heldout_nll:cluster=0", "heldout_nll:cluster=1", "ppl:stdlib_docs"
+    }  # fmt: skip
+    assert values.at["paser", "heldout_nll"] == pytest.approx(3.0)
+    assert values.at["paser", "heldout_nll_macro"] == pytest.approx((2.0 + 5.0) / 2)  # clusters, not rows
+    ratios = table.pivot(index="method", columns="metric", values="recovery_ratio")
+    assert ratios.at["paser", "ppl:stdlib_docs"] == pytest.approx(0.5)
+    assert table.loc[table["method"] == "paser", "train_tokens"].eq(100).all()
