@@ -114,6 +114,8 @@ def save_trained_tiny_checkpoint(folder: Path, steps: int = 200, seed: int = 0) 
         optimizer.step()
     model.eval()
     model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def save_tiny_sentence_model(folder: Path, *, safe: bool) -> Path:
