@@ -31,6 +31,8 @@ import pytest
 from fault_injection import announcement, export_announcement
 from paser_cli import PASER, run_paser
 
+from paser_assets.report import REPORT_NAME
+
 DEMO_SIZE = "300"  # 282 distinct samples; scoring them takes ~6 s here, long enough to kill it midway
 RUN_TIMEOUT_S = 600
 FAULT_INJECTION = Path(__file__).with_name("fault_injection.py")
@@ -251,6 +253,7 @@ def test_killed_while_replacing_a_table_keeps_its_old_content(
 
 VARIANT = "magnitude-50"  # the variant of paser_env's pruning settings
 EXPORT_FILES = ("selection.json", "selection.jsonl", "selection.parquet")
+PUBLISHED = (*EXPORT_FILES, REPORT_NAME)  # the report is written beside the three files once they are in place
 
 
 ALPACA = ["instruction", "input", "output"]
@@ -275,16 +278,16 @@ def test_killed_between_the_export_files_keeps_the_previous_set(
     shutil.copy(reference_db, db)
     shutil.copytree(reference_db.parent / "export", tmp_path / "export")
     folder = tmp_path / "export" / VARIANT
-    previous = {name: (folder / name).read_bytes() for name in EXPORT_FILES}
-    assert sorted(p.name for p in folder.iterdir()) == sorted(EXPORT_FILES)
+    previous = {name: (folder / name).read_bytes() for name in PUBLISHED}
+    assert sorted(p.name for p in folder.iterdir()) == sorted(PUBLISHED)
 
     env = paser_env(db, models, tiny_llama_dir, PASER_BUDGET="0.1")  # the reference ran with the default 0.2
     run = KillableRun(env, pause_in="export:json")
     run.wait_for(re.escape(export_announcement("json")))
     assert run.kill() == -signal.SIGKILL
 
-    assert {name: (folder / name).read_bytes() for name in EXPORT_FILES} == previous
-    assert sorted(p.name for p in folder.iterdir()) == sorted(EXPORT_FILES)
+    assert {name: (folder / name).read_bytes() for name in PUBLISHED} == previous
+    assert sorted(p.name for p in folder.iterdir()) == sorted(PUBLISHED)
     [leftover] = [p for p in folder.parent.iterdir() if p.name != VARIANT]
     assert leftover.name.startswith(f".{VARIANT}.") and [p.name for p in leftover.iterdir()] == ["selection.json"]
 
