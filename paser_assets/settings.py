@@ -54,10 +54,13 @@ DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Selection methods ("arms") compared by the recovery assets. All but `full` (every selectable row) and
 # `random_tokens` (random rows up to PASER's training tokens) take PASER's sample budget. The `paser_*`
 # arms are PASER with one part changed, for the ablations: the allocation rule (`alloc_*`), the order
-# inside a cluster (`order_*`) or the concept filter off (`no_concepts`).
+# inside a cluster (`order_*`), the concept filter off (`no_concepts`), a budget in training tokens (`tokens`:
+# as many as a random selection of the sample budget has on average) or JSD over the instruction's tokens
+# instead of the response's (`instruction_jsd`, the signal of the paper's reference code).
 RECOVERY_METHODS = (
     "paser", "full", "random", "random_tokens", "uniform", "top_jsd", "ifd", "longest", "paser_no_concepts",
     "paser_alloc_uniform", "paser_alloc_size", "paser_alloc_cds_size", "paser_order_jsd", "paser_order_random",
+    "paser_tokens", "paser_instruction_jsd",
 )  # fmt: skip
 # The arms recovered by default: the ablations are asked for by name.
 DEFAULT_RECOVERY_METHODS = RECOVERY_METHODS[:9]

@@ -23,6 +23,7 @@ import pandas as pd
 
 from paser_assets import charts, storage
 from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, MODEL_PLACEMENT, placement, pruned_reference
+from paser_assets.assets.scores import cluster_budgets
 from paser_assets.assets.selection import paser_select, selectable_candidates
 from paser_assets.core.allocation import allocate_budget, allocation_weights
 from paser_assets.core.baselines import (
@@ -35,6 +36,7 @@ from paser_assets.core.baselines import (
     uniform_selection,
 )
 from paser_assets.core.consistency import SELECTED
+from paser_assets.core.efficiency import individual_efficiency
 from paser_assets.core.evaluation import (
     TaskScore,
     macro_mean,
@@ -48,7 +50,7 @@ from paser_assets.models.checkpoints import load_causal_lm, reference_version
 from paser_assets.models.device import Placement
 from paser_assets.models.evaluation import TextScore, read_task, score_task, text_perplexity
 from paser_assets.models.general_text import general_text
-from paser_assets.models.scoring import EncodedSample, encode_sample
+from paser_assets.models.scoring import EncodedSample, PairScorer, encode_sample, plan_batches
 from paser_assets.models.store import ModelStore
 from paser_assets.models.training import load_adapter, perplexity, response_nll
 from paser_assets.partitions import METHODS, VARIANTS, PartitionKey
@@ -86,14 +88,14 @@ def _load_pruned(store: ModelStore, duckdb: PaserDuckDB, variant: str, where: Pl
           *MODEL_PARENTS],
     partitions_def=VARIANTS,
     group_name=RECOVERY_GROUP,
-    code_version="2",
+    code_version="3",
     kinds={"duckdb", "pytorch"},
     description="The other arms' selections: every selectable row (full), random rows at PASER's sample "
     "budget and at its training tokens, uniform across clusters, top JSD, IFD, the longest responses, and "
-    "PASER with one part changed (the ablations).",
+    "PASER with one part changed (the ablations, among them a token budget and the instruction-only JSD).",
 )  # fmt: skip
 @reads(*MODEL_LOADING, *MODEL_PLACEMENT, "recovery.recovery_methods", "recovery.recovery_seed", "scoring.max_tokens",
-       "selection.conflict_tolerance", "seed")  # fmt: skip
+       "selection.conflict_tolerance", "selection.allocation", "seed")  # fmt: skip
 def baseline_selections(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -106,8 +108,9 @@ def baseline_selections(
     )
     frame, budgets = selectable_candidates(duckdb, variant)
     budget = int(budgets["budget"].sum())
-    picks = baseline_picks(frame, budgets, seed, paser.selection.conflict_tolerance)
-    if {"ifd", "random_tokens", "longest"} & set(methods):
+    tolerance, rule = paser.selection.conflict_tolerance, paser.selection.allocation
+    picks = baseline_picks(frame, budgets, seed, tolerance, rule)
+    if {"ifd", "random_tokens", "longest", "paser_instruction_jsd"} & set(methods):
         model, tokenizer, _ = _load_pruned(store, duckdb, variant, placement(paser))
         tokens = {s.sample_id: len(s.input_ids) for s in _encode(tokenizer, frame, max_tokens)}
         chosen = set(paser_selected_ids(duckdb, variant))
@@ -117,6 +120,12 @@ def baseline_selections(
         if "ifd" in methods:
             context.log.info("IFD: scoring the responses without their instructions under the pruned model")
             picks["ifd"] = ifd_selection(ifd_scores(model, tokenizer, frame, max_tokens), budget)
+        if "paser_instruction_jsd" in methods:
+            context.log.info("Instruction-only JSD: scoring the instructions under both models")
+            original, _ = load_causal_lm(store.original, store.cache_dir, store.options, placement(paser))
+            divergence = instruction_divergence(original, model, tokenizer, frame, max_tokens)
+            del original
+            picks["paser_instruction_jsd"] = instruction_jsd_selection(frame, divergence, budget, tolerance, rule)
     picks = {method: chosen for method, chosen in picks.items() if method in methods}
     rows = [
         {"variant": variant, "method": method, "rank": rank, "sample_id": sample_id}
@@ -136,24 +145,29 @@ def baseline_selections(
     )
 
 
-def baseline_picks(frame: pd.DataFrame, budgets: pd.DataFrame, seed: int, tolerance: float) -> dict[str, list[str]]:
+def baseline_picks(
+    frame: pd.DataFrame, budgets: pd.DataFrame, seed: int, tolerance: float, rule: str = "cds"
+) -> dict[str, list[str]]:
     """The choices that need no model: full, random, uniform, top JSD and the PASER ablations, at PASER's budget.
 
-    The ablations change one part of PASER and keep the rest (its budget, its conflict ``tolerance``):
-    the allocation rule (uniform, proportional to size, CDS x size), the order inside a cluster (JSD alone,
-    random) or the concept filter (off)."""
+    The ablations change one part of PASER and keep the rest (its budget, its conflict ``tolerance``, its
+    allocation ``rule``): the allocation rule (uniform, proportional to size, CDS x size), the order inside a
+    cluster (JSD alone, random), the concept filter (off) or the budget's unit (``paser_tokens``: the
+    training tokens a random selection of PASER's sample budget has on average, split by the same rule)."""
     budget = int(budgets["budget"].sum())
     ids = frame["sample_id"].tolist()
     sizes = frame.groupby("cluster").size().reindex(budgets["cluster"]).fillna(0).astype(int).to_numpy()
+    cluster_tokens = frame.groupby("cluster")["tokens"].sum().reindex(budgets["cluster"]).fillna(0).to_numpy(int)
 
-    def reallocated(rule: str) -> pd.DataFrame:
+    def reallocated(rule: str, total: int = budget, capacity: np.ndarray = sizes) -> pd.DataFrame:
         weights = allocation_weights(rule, budgets["cds"].to_numpy(), sizes)
-        return budgets.assign(budget=allocate_budget(budget, weights, sizes))
+        return budgets.assign(budget=allocate_budget(total, weights, capacity))
 
-    def selected(candidates: pd.DataFrame, shares: pd.DataFrame, tau: float) -> list[str]:
-        return [
-            d.sample_id for d in paser_select(candidates, shares, tolerance=tau).decisions if d.decision == SELECTED
-        ]
+    def selected(candidates: pd.DataFrame, shares: pd.DataFrame, tau: float, unit: str = "samples") -> list[str]:
+        decisions = paser_select(candidates, shares, tolerance=tau, budget_unit=unit).decisions
+        return [d.sample_id for d in decisions if d.decision == SELECTED]
+
+    token_budget = round(budget * float(frame["tokens"].mean()))
 
     random_ies = [int(hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()[:12], 16) for i in ids]
     return {
@@ -167,7 +181,21 @@ def baseline_picks(frame: pd.DataFrame, budgets: pd.DataFrame, seed: int, tolera
         "paser_alloc_cds_size": selected(frame, reallocated("cds_size"), tolerance),
         "paser_order_jsd": selected(frame.assign(ies=frame["jsd"]), budgets, tolerance),
         "paser_order_random": selected(frame.assign(ies=np.asarray(random_ies, dtype=np.float64)), budgets, tolerance),
+        "paser_tokens": selected(frame, reallocated(rule, token_budget, cluster_tokens), tolerance, "tokens"),
     }
+
+
+def instruction_jsd_selection(
+    frame: pd.DataFrame, divergence: dict[str, float], budget: int, tolerance: float, rule: str
+) -> list[str]:
+    """PASER driven by the reference code's signal, JSD over the instruction's tokens instead of the response's:
+    the same budget, allocation rule, IES = JSD / log(cost) with the sample's own cost, and concept filter."""
+    jsd = frame["sample_id"].map(divergence).astype(np.float64)
+    ies = [individual_efficiency(j, int(cost)) for j, cost in zip(jsd, frame["cost"], strict=True)]
+    scored = frame.assign(jsd=jsd, ies=ies)
+    shares, _ = cluster_budgets(scored, budget, rule)
+    decisions = paser_select(scored, shares, tolerance=tolerance).decisions
+    return [d.sample_id for d in decisions if d.decision == SELECTED]
 
 
 def paser_selected_ids(duckdb: PaserDuckDB, variant: str) -> list[str]:
@@ -195,6 +223,24 @@ def ifd_scores(model: Any, tokenizer: Any, frame: pd.DataFrame, max_tokens: int)
         row.sample_id: instruction_following_difficulty(float(row.pruned_nll), unconditioned[row.sample_id])
         for row in frame.itertuples(index=False)
     }
+
+
+def instruction_divergence(
+    original: Any, pruned: Any, tokenizer: Any, frame: pd.DataFrame, max_tokens: int
+) -> dict[str, float]:
+    """Per sample, the mean JSD of the two models' next-token distributions over the tokens of its instruction
+    (and input), without the chat template or the response: the signal of PASER's reference code."""
+    samples = []
+    for row in frame.itertuples(index=False):
+        text = f"{row.instruction}\n{row.input}" if row.input else row.instruction
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"][: max_tokens - 1]
+        samples.append(EncodedSample(row.sample_id, (*_lead(tokenizer), *ids), 1, False))
+    scorer = PairScorer(original, pruned, tokenizer.pad_token_id)
+    divergence: dict[str, float] = {}
+    for batch in plan_batches([len(s.input_ids) for s in samples]):
+        for score in scorer.score([samples[i] for i in batch]):
+            divergence[score.sample_id] = score.jsd
+    return divergence
 
 
 def _lead(tokenizer: Any) -> tuple[int, ...]:

@@ -61,7 +61,8 @@ def selectable_candidates(duckdb: PaserDuckDB, variant: str) -> tuple[pd.DataFra
     with duckdb.get_connection() as conn:
         frame = conn.execute(
             """
-            SELECT s.sample_id, c.cluster, s.ies, s.jsd, s.pruned_nll, k.concepts, p.instruction, p.input, p.output
+            SELECT s.sample_id, c.cluster, s.ies, s.jsd, s.pruned_nll, s.cost,
+                   s.prompt_tokens + s.response_tokens AS tokens, k.concepts, p.instruction, p.input, p.output
             FROM degradation_scores s
             JOIN clusters c USING (sample_id)
             JOIN sample_concepts k USING (sample_id)
@@ -80,10 +81,23 @@ def selectable_candidates(duckdb: PaserDuckDB, variant: str) -> tuple[pd.DataFra
     return frame, budgets
 
 
-def paser_select(frame: pd.DataFrame, budgets: pd.DataFrame, tolerance: float) -> SelectionResult:
-    """PASER's selection of the candidate rows: per-cluster budgets, IES order, the concept filter at ``tolerance``."""
+def paser_select(
+    frame: pd.DataFrame, budgets: pd.DataFrame, tolerance: float, budget_unit: str = "samples"
+) -> SelectionResult:
+    """PASER's selection of the candidate rows: per-cluster budgets, IES order, the concept filter at ``tolerance``.
+
+    ``budget_unit`` "tokens": the budgets count training tokens (the rows' ``tokens``), not samples."""
+    if budget_unit not in ("samples", "tokens"):
+        raise ValueError(f"the budget unit must be 'samples' or 'tokens', got {budget_unit!r}")
     candidates = [
-        Candidate(row.sample_id, int(row.cluster), float(row.ies), float(row.jsd), frozenset(row.concepts))
+        Candidate(
+            row.sample_id,
+            int(row.cluster),
+            float(row.ies),
+            float(row.jsd),
+            frozenset(row.concepts),
+            int(row.tokens) if budget_unit == "tokens" else 1,
+        )
         for row in frame.itertuples(index=False)
     ]
     clusters = budgets["cluster"].astype(int)

@@ -13,6 +13,10 @@ split again among the clusters that still have unvisited candidates, in proporti
 (largest remainder, capped by what each has left), and their walks continue from where they
 stopped. This repeats until the budget is met or no candidate is left; any remaining shortfall is
 reported.
+
+Budgets count samples by default. With a token budget every candidate carries its training tokens
+(``budget_units``), the budgets and the shortfall are in tokens, and a cluster's walk stops at the first
+accepted sample that reaches its budget.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ class Candidate:
     ies: float
     jsd: float
     concepts: frozenset[str]
+    # What the sample takes from its cluster's budget: 1 under a sample budget, its training tokens under a
+    # token budget (then the budgets are in tokens, and a cluster's last sample may overshoot its budget).
+    budget_units: int = 1
 
 
 @dataclass(frozen=True)
@@ -131,7 +138,7 @@ def select(
                 accepted = not conflicts if tolerance == 0 else share <= tolerance
                 if accepted:
                     graph.add(candidate.concepts)
-                    chosen[cluster] += 1
+                    chosen[cluster] += candidate.budget_units
                 decisions.append(
                     Decision(
                         candidate.sample_id,
@@ -146,7 +153,7 @@ def select(
                     )
                 )
         shortfall = total_budget - sum(chosen.values())
-        left = np.array([len(queues[c]) - position[c] for c in clusters], dtype=np.int64)
+        left = np.array([sum(c.budget_units for c in queues[k][position[k] :]) for k in clusters], dtype=np.int64)
         if shortfall <= 0 or left.sum() == 0:
             break
         weights = [degradation.get(c, 0.0) if n else 0.0 for c, n in zip(clusters, left, strict=True)]

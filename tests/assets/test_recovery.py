@@ -25,6 +25,7 @@ RECOVERY_ASSETS = {asset.key.to_user_string() for asset in recovery_assets.RECOV
 BASELINES = [m for m in RECOVERY_METHODS if m != "paser"]
 AT_PASER_BUDGET = ["random", "uniform", "top_jsd", "ifd", "longest", "paser_no_concepts"]
 WINDOW, TEXT_TOKENS, TASK_ITEMS = 16, 200, 4
+TOKEN_BUDGET = "paser_tokens"  # the one ablation whose budget is in tokens, not samples
 
 
 @dataclass
@@ -181,7 +182,7 @@ def test_every_method_gets_the_same_budget(recovery: Recovery) -> None:
     counts = dict(query(database, sql, [VARIANT]))
     assert {m: counts[m] for m in AT_PASER_BUDGET} == dict.fromkeys(AT_PASER_BUDGET, budget)
     assert counts["full"] == scalar(database, "SELECT count(*) FROM selection WHERE variant = ?", [VARIANT])
-    for ablation in [m for m in BASELINES if m.startswith("paser_") and m != "paser_no_concepts"]:
+    for ablation in [m for m in BASELINES if m.startswith("paser_") and m not in ("paser_no_concepts", TOKEN_BUDGET)]:
         assert 0 < counts[ablation] <= budget, ablation  # the concept filter may leave an ablation short
     ranks = query(database, "SELECT method, min(rank), max(rank), count(*) FROM baseline_selections GROUP BY method")
     assert all((low, high) == (1, n) and n == counts[m] for m, low, high, n in ranks)
@@ -203,6 +204,62 @@ def test_random_tokens_matches_paser_training_tokens(recovery: Recovery) -> None
     by_count = [r[0] for r in query(recovery.database, sql, ["random"])]
     shorter = min(len(by_tokens), len(by_count))
     assert by_tokens[:shorter] == by_count[:shorter]
+
+
+def test_the_token_budget_spends_what_a_random_selection_of_the_sample_budget_has_on_average(
+    recovery: Recovery,
+) -> None:
+    database = recovery.database
+    tokens = dict(
+        query(
+            database,
+            """SELECT s.sample_id, d.prompt_tokens + d.response_tokens FROM selection s
+            JOIN degradation_scores d USING (variant, sample_id) WHERE s.variant = ?""",
+            [VARIANT],
+        )
+    )
+    budget = scalar(database, "SELECT sum(budget) FROM capability_degradation WHERE variant = ?", [VARIANT])
+    target = round(budget * sum(tokens.values()) / len(tokens))
+    sql = "SELECT sample_id FROM baseline_selections WHERE variant = ? AND method = ?"
+    chosen = [row[0] for row in query(database, sql, [VARIANT, TOKEN_BUDGET])]
+    spent = sum(tokens[sample_id] for sample_id in chosen)
+    clusters = scalar(database, "SELECT count(*) FROM capability_degradation WHERE variant = ?", [VARIANT])
+    # Every cluster stops at the first sample that reaches its share, so each overshoots by less than one sample.
+    assert target <= spent < target + clusters * max(tokens.values())
+    # PASER's own selection spends fewer tokens per sample than the average row: the token budget takes more.
+    paser = [row[0] for row in query(database, "SELECT sample_id FROM selection WHERE decision = 'selected'")]
+    if sum(tokens[s] for s in paser) < target:
+        assert len(chosen) > len(paser)
+
+
+def test_instruction_divergence_is_the_mean_jsd_over_the_instruction_tokens(tmp_path: Path) -> None:
+    """The reference code's signal: JSD of the two models' next-token distributions at the instruction's own
+    positions, checked against the models' full logits; zero for a model against itself."""
+    import torch
+    from tiny_models import build_tiny_llama, build_tiny_tokenizer
+
+    from paser_assets.core.divergence import jensen_shannon
+
+    tokenizer = build_tiny_tokenizer()
+    original, pruned = (build_tiny_llama(len(tokenizer), seed=seed) for seed in (0, 1))
+    rows = pd.DataFrame(
+        {
+            "sample_id": ["a", "b"],
+            "instruction": ["Summarise the report.", "Name three colours of the sky at dusk"],
+            "input": ["", "over the sea"],
+            "output": ["ignored", "also ignored"],
+        }
+    )
+    divergence = recovery_assets.instruction_divergence(original, pruned, tokenizer, rows, max_tokens=64)
+    for row in rows.itertuples():
+        text = f"{row.instruction}\n{row.input}" if row.input else row.instruction
+        ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]])
+        with torch.no_grad():
+            expected = jensen_shannon(original(ids).logits[0, :-1], pruned(ids).logits[0, :-1]).mean().item()
+        assert divergence[row.sample_id] == pytest.approx(expected, rel=1e-4), row.sample_id
+    assert divergence["a"] != pytest.approx(divergence["b"])
+    same = recovery_assets.instruction_divergence(original, original, tokenizer, rows, max_tokens=64)
+    assert max(same.values()) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_longest_takes_the_longest_responses(recovery: Recovery) -> None:

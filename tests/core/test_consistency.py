@@ -513,3 +513,31 @@ def test_selection_is_deterministic_under_input_order() -> None:
         first = select(candidates, budgets, cds, tolerance)
         shuffled = [candidates[i] for i in rng.permutation(len(candidates))]
         assert select(shuffled, budgets, cds, tolerance).decisions == first.decisions
+
+
+def test_a_token_budget_counts_each_sample_by_its_tokens() -> None:
+    """Budgets in tokens: a cluster takes samples in IES order until its tokens reach its budget (the last one
+    may overshoot), and a cluster left short by conflicts gives its tokens to the others."""
+    sizes = {"a0": 50, "a1": 30, "a2": 40, "b0": 10, "b1": 10, "b2": 10, "b3": 10}
+    candidates = [
+        Candidate(sid, 0 if sid[0] == "a" else 1, 10.0 - int(sid[1]), 0.1, frozenset(), tokens)
+        for sid, tokens in sizes.items()
+    ]
+    result = select(candidates, {0: 60, 1: 20}, {0: 0.3, 1: 0.1}, tolerance=0.0)
+    chosen = [d.sample_id for d in result.decisions if d.decision == SELECTED]
+    assert chosen == ["a0", "a1", "b0", "b1"]  # a: 50 < 60, then 80 >= 60 stops; b: 10, 20
+    assert result.selected == 100 and result.shortfall == -20
+
+    # Cluster 1's two candidates conflict: its 20 tokens go to cluster 0, which takes its next sample.
+    clash = [
+        Candidate("a0", 0, 9.0, 0.1, frozenset({"x", "y"}), 50),
+        Candidate("a1", 0, 8.0, 0.1, frozenset({"p", "q"}), 40),
+        Candidate("a2", 0, 7.0, 0.1, frozenset(), 30),
+        Candidate("b0", 1, 9.0, 0.1, frozenset({"x", "p"}), 10),
+        Candidate("b1", 1, 8.0, 0.1, frozenset({"y", "q"}), 10),
+    ]
+    result = select(clash, {0: 90, 1: 20}, {0: 0.3, 1: 0.1}, tolerance=0.0)
+    assert outcome(result) == {"a0": SELECTED, "a1": SELECTED, "a2": SELECTED, "b0": CONCEPT_CONFLICT,
+                               "b1": CONCEPT_CONFLICT}  # fmt: skip
+    assert by_id(result)["a2"].refill_round == 1
+    assert result.budget == 110 and result.selected == 120
