@@ -26,12 +26,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from paser_assets import charts, storage
+from paser_assets.core.consistency import BUDGET_FULL, CONCEPT_CONFLICT, SELECTED
 from paser_assets.models.adapters import TrainingRecord
 
 REPORT_NAME = "report.html"
 PREVIEW_ROWS = 20
 TEXT_CHARS = 240  # instruction and input are cut to this in the previews; the export holds them whole
-SELECTED, CONFLICT, BUDGET_FULL = "selected", "concept_conflict", "budget_full"
 REFERENCE_ARMS = ("original", "pruned")  # their recovery ratios are 1 and 0 by definition: not charted
 
 
@@ -174,7 +174,7 @@ def cluster_map_chart(data: ReportData, names: Mapping[int, str]) -> Figure:
 def _decision_groups(selection: pd.DataFrame) -> dict[str, pd.DataFrame]:
     groups = {
         "selected": selection[selection["decision"] == SELECTED],
-        "rejected: concept conflict": selection[selection["decision"] == CONFLICT],
+        "rejected: concept conflict": selection[selection["decision"] == CONCEPT_CONFLICT],
         "not reached: budget full": selection[selection["decision"] == BUDGET_FULL],
     }
     return {name: rows for name, rows in groups.items() if len(rows)}
@@ -288,7 +288,7 @@ def _facts(data: ReportData) -> str:
         ("chosen k (clusters)", f"k = {data.chosen_k}: {criterion}"),
         ("budget", f"{budget:,}"),
         ("selected", f"{selected:,} (shortfall {max(budget - selected, 0):,})"),
-        ("rejected as concept conflicts", f"{int((selection['decision'] == CONFLICT).sum()):,}"),
+        ("rejected as concept conflicts", f"{int((selection['decision'] == CONCEPT_CONFLICT).sum()):,}"),
         ("never reached (budget full)", f"{int((selection['decision'] == BUDGET_FULL).sum()):,}"),
     ]
     return '<dl class="facts">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts) + "</dl>"
@@ -342,7 +342,7 @@ def _sample_rows(rows: pd.DataFrame, names: Mapping[int, str], reasons: Mapping[
 
 def rejection_reason(decision: str, pairs: Sequence[str] | None, share: float | None, budget: int | None) -> str:
     """Why a candidate was not selected, in words: the concept pairs it would have broken, or the full budget."""
-    if decision == CONFLICT:
+    if decision == CONCEPT_CONFLICT:
         pairs = [str(p) for p in (pairs if pairs is not None else [])]
         if not pairs:
             return "concept conflict"
@@ -360,7 +360,7 @@ def _previews(data: ReportData, names: Mapping[int, str]) -> str:
     selected = selection[selection["decision"] == SELECTED].sort_values(["ies", "sample_id"], ascending=[False, True])
     rejected = selection[selection["decision"] != SELECTED].copy()
     # Conflicts first (the interesting rejections), each kind in IES order.
-    rejected["order"] = (rejected["decision"] != CONFLICT).astype(int)
+    rejected["order"] = (rejected["decision"] != CONCEPT_CONFLICT).astype(int)
     rejected = rejected.sort_values(["order", "ies", "sample_id"], ascending=[True, False, True])
     budget_of = dict(zip(data.budgets["cluster"].astype(int), data.budgets["budget"].astype(int), strict=True))
     shown_rejected = rejected.head(PREVIEW_ROWS)
