@@ -63,8 +63,14 @@ class ReportData:
 
     @property
     def chosen_k(self) -> int:
-        chosen = self.spectrum[self.spectrum["chosen"].astype(bool)] if len(self.spectrum) else self.spectrum
-        return int(chosen["k"].iloc[0]) if len(chosen) else int(self.clusters["cluster"].nunique())
+        chosen = _chosen_k(self.spectrum)
+        return chosen if chosen is not None else int(self.clusters["cluster"].nunique())
+
+
+def _chosen_k(spectrum: pd.DataFrame) -> int | None:
+    """The k that cluster_spectrum marks as chosen; None when the spectrum was not recorded."""
+    chosen = spectrum[spectrum["chosen"].astype(bool)] if len(spectrum) else spectrum
+    return int(chosen["k"].iloc[0]) if len(chosen) else None
 
 
 # -- labels
@@ -133,8 +139,8 @@ def cds_comparison_chart(degradation: pd.DataFrame, names: Mapping[int, str]) ->
     series = {}
     for variant in variants:
         rows = degradation[degradation["variant"] == variant].set_index("cluster").reindex(clusters)
-        stderr = rows["jsd_std"].fillna(0.0) / np.sqrt(rows["size"].fillna(1).clip(lower=1))
-        series[variant] = (rows["cds"].tolist(), stderr.fillna(0.0).tolist())
+        # A cluster the variant has no row for: no CDS bar, and no error bar either.
+        series[variant] = (rows["cds"].tolist(), np.nan_to_num(_stderr(rows)).tolist())
     return charts.cds_comparison_figure(
         [_label(names, c) for c in clusters], series, f"CDS per cluster of {len(variants)} variants"
     )
@@ -143,8 +149,7 @@ def cds_comparison_chart(degradation: pd.DataFrame, names: Mapping[int, str]) ->
 def eigengap_chart(spectrum: pd.DataFrame) -> Figure:
     """The leading eigenvalues and eigengaps of the clustering (its cluster_spectrum rows), k marked."""
     spectrum = spectrum.sort_values("k")
-    chosen = spectrum[spectrum["chosen"].astype(bool)]
-    k = int(chosen["k"].iloc[0]) if len(chosen) else 0
+    k = _chosen_k(spectrum) or 0
     criterion = str(spectrum["criterion"].iloc[0]) if len(spectrum) else ""
     how = "largest eigengap" if criterion.startswith("eigengap") else criterion or "unknown"
     return charts.eigengap_figure(
