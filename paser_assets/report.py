@@ -14,8 +14,6 @@ figures of :mod:`paser_assets.charts`, which the assets reuse for the Dagster UI
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -554,18 +552,10 @@ def load_report_data(conn: duckdb.DuckDBPyConnection, variant: str) -> ReportDat
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, then rename: a reader sees the old report or the
+    """Write ``text`` to ``path`` through :func:`storage.write_atomically`: a reader sees the old report or the
     new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; a report is meant to be shared like the export
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    # 0644: a report is meant to be shared like the export.
+    storage.write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"), mode=0o644)
 
 
 def write_report(conn: duckdb.DuckDBPyConnection, variant: str, folder: Path) -> Path:

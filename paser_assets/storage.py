@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -433,6 +433,22 @@ def content_hash(frame: pd.DataFrame) -> str:
         else:
             digest.update(pd.util.hash_pandas_object(column, index=False).to_numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+def write_atomically(path: Path, write: Callable[[Path], object], mode: int | None = None) -> None:
+    """Call ``write`` on a temporary file in ``path``'s folder, then rename it to ``path``: a reader sees the
+    old file or the new one, never half of one. ``mode``: the file's permissions (mkstemp makes it 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 # --- folders published as one set --------------------------------------------------------------------------
