@@ -115,8 +115,8 @@ def build_jsd_in_range(shards: int) -> dg.AssetChecksDefinition:
                 "variant": key.variant,
                 "shard": key.shard,
                 "outside_range": outside,
-                "min_jsd": float(low) if low is not None and not math.isnan(low) else -1.0,
-                "max_jsd": float(high) if high is not None and not math.isnan(high) else -1.0,
+                "min_jsd": _number(low),
+                "max_jsd": _number(high),
             },
         )
 
