@@ -70,10 +70,6 @@ def _lock_message(database: str, error: Exception, waited_s: float) -> str:
     )
 
 
-class NoSpaceError(OSError):
-    """A write failed because its disk is full; the message names the place and the setting that moves it."""
-
-
 # How a full disk reads when the error is not an OSError with errno ENOSPC: DuckDB ('Could not write file
 # "x.wal": No space left on device'), Arrow ('[errno 28] No space left on device'), safetensors ('os error 28').
 _NO_SPACE = ("no space left on device", "errno 28", "os error 28")
