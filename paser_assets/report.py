@@ -14,8 +14,6 @@ figures of :mod:`paser_assets.charts`, which the assets reuse for the Dagster UI
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +24,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from paser_assets import charts, storage
+from paser_assets.core.consistency import BUDGET_FULL, CONCEPT_CONFLICT, SELECTED
 from paser_assets.models.adapters import TrainingRecord
 
 REPORT_NAME = "report.html"
 PREVIEW_ROWS = 20
 TEXT_CHARS = 240  # instruction and input are cut to this in the previews; the export holds them whole
-SELECTED, CONFLICT, BUDGET_FULL = "selected", "concept_conflict", "budget_full"
 REFERENCE_ARMS = ("original", "pruned")  # their recovery ratios are 1 and 0 by definition: not charted
 
 
@@ -63,8 +61,14 @@ class ReportData:
 
     @property
     def chosen_k(self) -> int:
-        chosen = self.spectrum[self.spectrum["chosen"].astype(bool)] if len(self.spectrum) else self.spectrum
-        return int(chosen["k"].iloc[0]) if len(chosen) else int(self.clusters["cluster"].nunique())
+        chosen = _chosen_k(self.spectrum)
+        return chosen if chosen is not None else int(self.clusters["cluster"].nunique())
+
+
+def _chosen_k(spectrum: pd.DataFrame) -> int | None:
+    """The k that cluster_spectrum marks as chosen; None when the spectrum was not recorded."""
+    chosen = spectrum[spectrum["chosen"].astype(bool)] if len(spectrum) else spectrum
+    return int(chosen["k"].iloc[0]) if len(chosen) else None
 
 
 # -- labels
@@ -133,8 +137,8 @@ def cds_comparison_chart(degradation: pd.DataFrame, names: Mapping[int, str]) ->
     series = {}
     for variant in variants:
         rows = degradation[degradation["variant"] == variant].set_index("cluster").reindex(clusters)
-        stderr = rows["jsd_std"].fillna(0.0) / np.sqrt(rows["size"].fillna(1).clip(lower=1))
-        series[variant] = (rows["cds"].tolist(), stderr.fillna(0.0).tolist())
+        # A cluster the variant has no row for: no CDS bar, and no error bar either.
+        series[variant] = (rows["cds"].tolist(), np.nan_to_num(_stderr(rows)).tolist())
     return charts.cds_comparison_figure(
         [_label(names, c) for c in clusters], series, f"CDS per cluster of {len(variants)} variants"
     )
@@ -143,8 +147,7 @@ def cds_comparison_chart(degradation: pd.DataFrame, names: Mapping[int, str]) ->
 def eigengap_chart(spectrum: pd.DataFrame) -> Figure:
     """The leading eigenvalues and eigengaps of the clustering (its cluster_spectrum rows), k marked."""
     spectrum = spectrum.sort_values("k")
-    chosen = spectrum[spectrum["chosen"].astype(bool)]
-    k = int(chosen["k"].iloc[0]) if len(chosen) else 0
+    k = _chosen_k(spectrum) or 0
     criterion = str(spectrum["criterion"].iloc[0]) if len(spectrum) else ""
     how = "largest eigengap" if criterion.startswith("eigengap") else criterion or "unknown"
     return charts.eigengap_figure(
@@ -174,7 +177,7 @@ def cluster_map_chart(data: ReportData, names: Mapping[int, str]) -> Figure:
 def _decision_groups(selection: pd.DataFrame) -> dict[str, pd.DataFrame]:
     groups = {
         "selected": selection[selection["decision"] == SELECTED],
-        "rejected: concept conflict": selection[selection["decision"] == CONFLICT],
+        "rejected: concept conflict": selection[selection["decision"] == CONCEPT_CONFLICT],
         "not reached: budget full": selection[selection["decision"] == BUDGET_FULL],
     }
     return {name: rows for name, rows in groups.items() if len(rows)}
@@ -288,7 +291,7 @@ def _facts(data: ReportData) -> str:
         ("chosen k (clusters)", f"k = {data.chosen_k}: {criterion}"),
         ("budget", f"{budget:,}"),
         ("selected", f"{selected:,} (shortfall {max(budget - selected, 0):,})"),
-        ("rejected as concept conflicts", f"{int((selection['decision'] == CONFLICT).sum()):,}"),
+        ("rejected as concept conflicts", f"{int((selection['decision'] == CONCEPT_CONFLICT).sum()):,}"),
         ("never reached (budget full)", f"{int((selection['decision'] == BUDGET_FULL).sum()):,}"),
     ]
     return '<dl class="facts">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts) + "</dl>"
@@ -342,7 +345,7 @@ def _sample_rows(rows: pd.DataFrame, names: Mapping[int, str], reasons: Mapping[
 
 def rejection_reason(decision: str, pairs: Sequence[str] | None, share: float | None, budget: int | None) -> str:
     """Why a candidate was not selected, in words: the concept pairs it would have broken, or the full budget."""
-    if decision == CONFLICT:
+    if decision == CONCEPT_CONFLICT:
         pairs = [str(p) for p in (pairs if pairs is not None else [])]
         if not pairs:
             return "concept conflict"
@@ -360,7 +363,7 @@ def _previews(data: ReportData, names: Mapping[int, str]) -> str:
     selected = selection[selection["decision"] == SELECTED].sort_values(["ies", "sample_id"], ascending=[False, True])
     rejected = selection[selection["decision"] != SELECTED].copy()
     # Conflicts first (the interesting rejections), each kind in IES order.
-    rejected["order"] = (rejected["decision"] != CONFLICT).astype(int)
+    rejected["order"] = (rejected["decision"] != CONCEPT_CONFLICT).astype(int)
     rejected = rejected.sort_values(["order", "ies", "sample_id"], ascending=[True, False, True])
     budget_of = dict(zip(data.budgets["cluster"].astype(int), data.budgets["budget"].astype(int), strict=True))
     shown_rejected = rejected.head(PREVIEW_ROWS)
@@ -549,18 +552,10 @@ def load_report_data(conn: duckdb.DuckDBPyConnection, variant: str) -> ReportDat
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, then rename: a reader sees the old report or the
+    """Write ``text`` to ``path`` through :func:`storage.write_atomically`: a reader sees the old report or the
     new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; a report is meant to be shared like the export
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    # 0644: a report is meant to be shared like the export.
+    storage.write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"), mode=0o644)
 
 
 def write_report(conn: duckdb.DuckDBPyConnection, variant: str, folder: Path) -> Path:

@@ -140,10 +140,9 @@ class PaserDuckDB(DuckDBResource):
     def _fail_if_disk_full(self, error: BaseException) -> None:
         """DuckDB reports a full disk as an IO or transaction error about a file (the WAL, a temporary file);
         say what it is, where, and that the database is unharmed."""
-        if storage.disk_full(error):
-            # Worded for reads as well: a large query spills to a temporary file beside the database.
-            outcome = "any unfinished write was rolled back, the database is as it was before it"
-            raise dg.Failure(description=storage.no_space_message(error, self.database, "PASER_DB", outcome)) from None
+        # Worded for reads as well: a large query spills to a temporary file beside the database.
+        outcome = "any unfinished write was rolled back, the database is as it was before it"
+        _fail_if_disk_full(error, self.database, "PASER_DB", outcome)
 
     @contextmanager
     def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -166,6 +165,11 @@ def named_when_disk_full(place: str | Path, setting: str, outcome: str) -> Itera
     except dg.Failure:
         raise
     except Exception as error:
-        if storage.disk_full(error):
-            raise dg.Failure(description=storage.no_space_message(error, place, setting, outcome)) from None
+        _fail_if_disk_full(error, place, setting, outcome)
         raise
+
+
+def _fail_if_disk_full(error: BaseException, place: str | Path, setting: str, outcome: str) -> None:
+    """Raise the one-line ``dg.Failure`` of :func:`storage.no_space_message` when ``error`` is a full disk."""
+    if storage.disk_full(error):
+        raise dg.Failure(description=storage.no_space_message(error, place, setting, outcome)) from None

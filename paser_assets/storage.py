@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -68,10 +68,6 @@ def _lock_message(database: str, error: Exception, waited_s: float) -> str:
         "or raise PASER_DB_LOCK_TIMEOUT to wait longer. To query while runs go on, see "
         "'Querying while runs go on' in the README."
     )
-
-
-class NoSpaceError(OSError):
-    """A write failed because its disk is full; the message names the place and the setting that moves it."""
 
 
 # How a full disk reads when the error is not an OSError with errno ENOSPC: DuckDB ('Could not write file
@@ -433,6 +429,22 @@ def content_hash(frame: pd.DataFrame) -> str:
         else:
             digest.update(pd.util.hash_pandas_object(column, index=False).to_numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+def write_atomically(path: Path, write: Callable[[Path], object], mode: int | None = None) -> None:
+    """Call ``write`` on a temporary file in ``path``'s folder, then rename it to ``path``: a reader sees the
+    old file or the new one, never half of one. ``mode``: the file's permissions (mkstemp makes it 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 # --- folders published as one set --------------------------------------------------------------------------

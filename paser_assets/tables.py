@@ -64,6 +64,9 @@ def _declare(*tables: Table) -> dict[str, Table]:
 
 _VARIANT = ("VARCHAR", "Pruned variant")
 _METHOD = ("VARCHAR", "Selection method of the recovered model, or 'reference'")
+# The evaluation tables: written by both evaluation assets, one row block per (variant, method) and model.
+_EVALUATED_BY = ("reference_evaluation", "recovery_evaluation")
+_MODEL = ("VARCHAR", "original, pruned or recovered")
 TABLES: dict[str, Table] = _declare(
     Table(
         "recovery_pool",
@@ -321,11 +324,11 @@ TABLES: dict[str, Table] = _declare(
     ),
     Table(
         "heldout_nll",
-        ("reference_evaluation", "recovery_evaluation"),
+        _EVALUATED_BY,
         {
             "variant": _VARIANT,
             "method": _METHOD,
-            "model": ("VARCHAR", "original, pruned or recovered"),
+            "model": _MODEL,
             "sample_id": ("VARCHAR", "Held-out pool row"),
             "nll": ("DOUBLE", "Mean NLL of the response tokens"),
         },
@@ -334,11 +337,11 @@ TABLES: dict[str, Table] = _declare(
     ),
     Table(
         "text_perplexity",
-        ("reference_evaluation", "recovery_evaluation"),
+        _EVALUATED_BY,
         {
             "variant": _VARIANT,
             "method": _METHOD,
-            "model": ("VARCHAR", "original, pruned or recovered"),
+            "model": _MODEL,
             "text": ("VARCHAR", "Corpus name from PASER_EVAL_TEXT ('stdlib_docs' by default)"),
             "windows": ("BIGINT", "Non-overlapping windows of PASER_EVAL_WINDOW tokens scored"),
             "tokens": ("BIGINT", "Tokens predicted (every token of a window but its first)"),
@@ -350,11 +353,11 @@ TABLES: dict[str, Table] = _declare(
     ),
     Table(
         "task_accuracy",
-        ("reference_evaluation", "recovery_evaluation"),
+        _EVALUATED_BY,
         {
             "variant": _VARIANT,
             "method": _METHOD,
-            "model": ("VARCHAR", "original, pruned or recovered"),
+            "model": _MODEL,
             "task": ("VARCHAR", "Task name from PASER_EVAL_TASKS"),
             "items": ("BIGINT", "Items scored (the first PASER_EVAL_TASK_ITEMS of the file)"),
             "acc": ("DOUBLE", "Share of items whose answer has the largest log-likelihood"),

@@ -72,6 +72,11 @@ def selection(data: TwoVariants) -> pd.DataFrame:
     return table(data, "SELECT * FROM T.selection")
 
 
+def instructions(data: TwoVariants) -> pd.Series:
+    """sample_id -> instruction of the pool."""
+    return table(data, "SELECT sample_id, instruction FROM T.recovery_pool").set_index("sample_id")["instruction"]
+
+
 def selected_ids(data: TwoVariants, variant: str) -> set[str]:
     frame = selection(data)
     return set(frame.loc[(frame["variant"] == variant) & (frame["decision"] == "selected"), "sample_id"])
@@ -146,7 +151,7 @@ def clusters_by_cds(data: TwoVariants, result: pd.DataFrame) -> None:
 def most_degraded(data: TwoVariants, result: pd.DataFrame) -> None:
     assert_per_variant_blocks(result)
     frame = scores(data)
-    pool = table(data, "SELECT sample_id, instruction FROM T.recovery_pool").set_index("sample_id")["instruction"]
+    pool = instructions(data)
     for variant in VARIANTS:
         top = frame[frame["variant"] == variant].sort_values(["jsd", "sample_id"], ascending=[False, True]).head(5)
         mine = result[result["variant"] == variant]
@@ -164,7 +169,7 @@ def rejected(data: TwoVariants, result: pd.DataFrame) -> None:
 def selection_with_text(data: TwoVariants, result: pd.DataFrame) -> None:
     assert_per_variant_blocks(result)
     frame = selection(data)
-    pool = table(data, "SELECT sample_id, instruction FROM T.recovery_pool").set_index("sample_id")["instruction"]
+    pool = instructions(data)
     chosen = frame[frame["decision"] == "selected"].sort_values(["variant", "cluster", "rank"])
     assert list(result["instruction"]) == [pool[s] for s in chosen["sample_id"]]
     assert list(result["cluster"]) == list(chosen["cluster"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -181,7 +182,7 @@ def test_cluster_names_need_profiles_of_the_current_clusters() -> None:
     # After a re-clustering the profiles' sizes no longer match: bare ids rather than another cluster's words.
     stale = data.profiles.assign(size=[10, 6, 8])
     assert cluster_names(stale, data.clusters) == {}
-    assert "0: python" not in render_report(ReportData(**{**data.__dict__, "profiles": stale}))
+    assert "0: python" not in render_report(replace(data, profiles=stale))
 
 
 def test_rejection_reason_without_pairs_or_budget() -> None:
@@ -203,6 +204,6 @@ def test_tiny_degradations_keep_their_digits() -> None:
     # A mildly pruned model's JSD is around 1e-5: fixed decimals would print every CDS as 0.0000.
     data = frames(variants=1, recovery=False)
     small = data.degradation.assign(cds=data.degradation["cds"] * 1e-4, jsd_std=data.degradation["jsd_std"] * 1e-4)
-    page = render_report(ReportData(**{**data.__dict__, "degradation": small}))
+    page = render_report(replace(data, degradation=small))
     assert '<td class="num">1e-05 ± 7.1e-07</td>' in page
     assert "0.0000" not in page

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 SHORT_CONTEXT = 32  # positions of the short-context test models: fewer than most demo samples' tokens
+SPECIAL_TOKENS = ["<s>", "</s>", "<pad>"]  # the tiny tokenizer's first ids, in this order
+SPECIAL_IDS = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2}  # for the models' configs
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n{% endfor %}"
@@ -32,12 +34,13 @@ def build_tiny_tokenizer(chat_template: bool = True):
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=600,
-        special_tokens=["<s>", "</s>", "<pad>"],
+        special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(_training_corpus(), trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    bos, eos, pad = SPECIAL_TOKENS
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos, eos_token=eos, pad_token=pad)
     if chat_template:
         wrapped.chat_template = CHAT_TEMPLATE
     return wrapped
@@ -56,9 +59,7 @@ def build_tiny_llama(vocab_size: int, seed: int = 0, layers: int = 2, context: i
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=context,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
+        **SPECIAL_IDS,
         tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config)
@@ -66,13 +67,17 @@ def build_tiny_llama(vocab_size: int, seed: int = 0, layers: int = 2, context: i
     return model
 
 
-def save_tiny_checkpoint(folder: Path, seed: int = 0, chat_template: bool = True, context: int = 1024) -> Path:
-    """The tiny Llama and its tokenizer in ``folder``; ``context`` is its max_position_embeddings."""
-    tokenizer = build_tiny_tokenizer(chat_template)
-    model = build_tiny_llama(len(tokenizer), seed, context=context)
+def _save(model, tokenizer, folder: Path) -> Path:
+    """A checkpoint folder as the package's loaders expect it: safetensors weights and the tokenizer."""
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_tiny_checkpoint(folder: Path, seed: int = 0, chat_template: bool = True, context: int = 1024) -> Path:
+    """The tiny Llama and its tokenizer in ``folder``; ``context`` is its max_position_embeddings."""
+    tokenizer = build_tiny_tokenizer(chat_template)
+    return _save(build_tiny_llama(len(tokenizer), seed, context=context), tokenizer, folder)
 
 
 def save_trained_tiny_checkpoint(folder: Path, steps: int = 200, seed: int = 0) -> Path:
@@ -113,9 +118,7 @@ def save_trained_tiny_checkpoint(folder: Path, steps: int = 200, seed: int = 0) 
         loss.backward()
         optimizer.step()
     model.eval()
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _save(model, tokenizer, folder)
 
 
 def save_tiny_sentence_model(folder: Path, *, safe: bool) -> Path:
@@ -164,10 +167,6 @@ def save_tiny_gpt2_checkpoint(folder: Path, context: int, seed: int = 0) -> Path
         n_layer=2,
         n_head=4,
         n_positions=context,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
+        **SPECIAL_IDS,
     )
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _save(GPT2LMHeadModel(config), tokenizer, folder)

@@ -67,30 +67,34 @@ def budget_met(context: dg.AssetCheckExecutionContext, duckdb: PaserDuckDB) -> d
     )
 
 
-@dg.asset_check(asset="selection", partitions_def=VARIANTS, description="No sample is selected twice for the variant.")
-def no_sample_selected_twice(context: dg.AssetCheckExecutionContext, duckdb: PaserDuckDB) -> dg.AssetCheckResult:
+def _nothing_counted(
+    context: dg.AssetCheckExecutionContext, duckdb: PaserDuckDB, sql: str, what: str
+) -> dg.AssetCheckResult:
+    """Passes when ``sql`` (one ``?``, the variant) counts nothing; the count goes in the metadata as ``what``."""
     variant = _partition(context).variant
     with duckdb.get_connection() as conn:
-        (duplicates,) = conn.execute(
-            "SELECT count(*) FROM (SELECT sample_id FROM selection WHERE variant = ? AND decision = 'selected' "
-            "GROUP BY sample_id HAVING count(*) > 1)",
-            [variant],
-        ).fetchone()
-    return dg.AssetCheckResult(passed=duplicates == 0, metadata={"variant": variant, "duplicated_samples": duplicates})
+        (count,) = conn.execute(sql, [variant]).fetchone()
+    return dg.AssetCheckResult(passed=count == 0, metadata={"variant": variant, what: count})
+
+
+@dg.asset_check(asset="selection", partitions_def=VARIANTS, description="No sample is selected twice for the variant.")
+def no_sample_selected_twice(context: dg.AssetCheckExecutionContext, duckdb: PaserDuckDB) -> dg.AssetCheckResult:
+    sql = (
+        "SELECT count(*) FROM (SELECT sample_id FROM selection WHERE variant = ? AND decision = 'selected' "
+        "GROUP BY sample_id HAVING count(*) > 1)"
+    )
+    return _nothing_counted(context, duckdb, sql, "duplicated_samples")
 
 
 @dg.asset_check(
     asset="selection", partitions_def=VARIANTS, description="Every sample selected for the variant is in the pool."
 )
 def selected_samples_in_pool(context: dg.AssetCheckExecutionContext, duckdb: PaserDuckDB) -> dg.AssetCheckResult:
-    variant = _partition(context).variant
-    with duckdb.get_connection() as conn:
-        (missing,) = conn.execute(
-            "SELECT count(*) FROM selection s WHERE s.variant = ? AND s.decision = 'selected' "
-            "AND s.sample_id NOT IN (SELECT sample_id FROM recovery_pool)",
-            [variant],
-        ).fetchone()
-    return dg.AssetCheckResult(passed=missing == 0, metadata={"variant": variant, "missing_from_pool": missing})
+    sql = (
+        "SELECT count(*) FROM selection s WHERE s.variant = ? AND s.decision = 'selected' "
+        "AND s.sample_id NOT IN (SELECT sample_id FROM recovery_pool)"
+    )
+    return _nothing_counted(context, duckdb, sql, "missing_from_pool")
 
 
 def build_jsd_in_range(shards: int) -> dg.AssetChecksDefinition:
@@ -115,8 +119,8 @@ def build_jsd_in_range(shards: int) -> dg.AssetChecksDefinition:
                 "variant": key.variant,
                 "shard": key.shard,
                 "outside_range": outside,
-                "min_jsd": float(low) if low is not None and not math.isnan(low) else -1.0,
-                "max_jsd": float(high) if high is not None and not math.isnan(high) else -1.0,
+                "min_jsd": _number(low),
+                "max_jsd": _number(high),
             },
         )
 

@@ -338,15 +338,16 @@ def selection_export(
             [variant],
         ).df()
     folder = export_folder(paser.selection.export_dir, duckdb.database)
+    target = safe_export_path(folder, variant)  # the variant's folder: its export files and report.html
     kept = f"the previous export of {variant} is kept as it was"
     try:
         with named_when_disk_full(folder, "PASER_EXPORT_DIR", kept):
-            paths = export_records(rows, safe_export_path(folder, variant))
+            paths = export_records(rows, target)
     except OSError as error:  # not a full disk: a folder that cannot be written, say
         problem = f"cannot write the export into {folder} (PASER_EXPORT_DIR): {error}; {kept}"
         raise dg.Failure(description=problem) from None
     with duckdb.get_connection() as conn:  # after the files: the report describes the export as published
-        report_path = report.write_report(conn, variant, safe_export_path(folder, variant))
+        report_path = report.write_report(conn, variant, target)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(rows)),
         metadata={

@@ -17,7 +17,6 @@ interrupted run leaves whole parts only.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from paser_assets import storage
 
 _COLUMNS = ("sample_id", "tokens", "width", "dtype", "hidden")
 
@@ -97,14 +98,7 @@ class OriginalOutputCache:
         )
         number = len(list(self.folder.glob("part-*.parquet")))
         target = self.folder / f"part-{number:06d}-{os.getpid()}.parquet"
-        handle, temporary = tempfile.mkstemp(prefix=".part-", suffix=".tmp", dir=self.folder)
-        os.close(handle)
-        try:
-            pq.write_table(table, temporary)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        storage.write_atomically(target, lambda temporary: pq.write_table(table, str(temporary)))
         for sample_id in fresh:
             self._index[sample_id] = target
 

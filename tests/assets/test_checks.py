@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from check_runs import run_checks
 from two_variants import ADDED, BUILT_IN, VARIANTS, TwoVariants
 
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
@@ -48,21 +49,6 @@ def copy_of(data: TwoVariants, folder: Path) -> tuple[PaserDuckDB, dg.Definition
 def execute(database: PaserDuckDB, sql: str, *parameters) -> None:
     with database.write() as conn:
         conn.execute(sql, list(parameters))
-
-
-def run_checks(defs: dg.Definitions, asset: str, partition: str) -> dict[str, dg.AssetCheckEvaluation]:
-    """The checks of ``asset`` alone, for one partition (given as the run's partition tag: Dagster 1.13
-    refuses ``partition_key`` for a run of checks without their asset)."""
-    result = dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        selection=dg.AssetSelection.checks_for_assets(asset),
-        resources=defs.resources,
-        instance=dg.DagsterInstance.ephemeral(),
-        tags={"dagster/partition": partition},
-        raise_on_error=False,
-    )
-    assert result.success and not result.get_asset_materialization_events()
-    return {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
 
 
 # -- one result per variant

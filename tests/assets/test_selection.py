@@ -17,6 +17,7 @@ import datasets
 import duckdb
 import pandas as pd
 import pytest
+from check_runs import run_checks as run_checks_of
 
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
 from paser_assets.assets import selection as selection_assets
@@ -54,25 +55,13 @@ def execute(database: PaserDuckDB, sql: str) -> None:
 
 
 def run_checks(defs: dg.Definitions, instance: dg.DagsterInstance | None = None) -> dict[str, dg.AssetCheckEvaluation]:
-    """Execute only the four asset checks of the variant's partitions against what the database holds now.
-
-    The checks are partitioned like their assets. Run without their assets, Dagster 1.13 finds no partitions
-    definition to check a ``partition_key`` against, so the partition goes in as the run's partition tag."""
+    """Execute only the four asset checks of the variant's partitions against what the database holds now."""
     evaluations = {}
     for asset, partition in (("selection", VARIANT), ("degradation_scores", f"0|{VARIANT}")):
-        result = dg.materialize(
-            [*defs.assets, *defs.asset_checks],
-            selection=dg.AssetSelection.checks_for_assets(asset),
-            resources=defs.resources,
-            instance=instance or dg.DagsterInstance.ephemeral(),
-            tags={"dagster/partition": partition},
-            raise_on_error=False,
-        )
-        assert result.success
-        assert not result.get_asset_materialization_events()  # the checks ran alone
-        for evaluation in result.get_asset_check_evaluations():
+        found = run_checks_of(defs, asset, partition, instance)
+        for evaluation in found.values():
             assert evaluation.partition == partition and evaluation.metadata["variant"].value == VARIANT
-            evaluations[evaluation.check_name] = evaluation
+        evaluations.update(found)
     return evaluations
 
 
