@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from shared_data import read_file, read_records  # noqa: E402
 
 from paser_assets.progress import format_duration  # noqa: E402
-from paser_assets.settings import RECOVERY_METHODS  # noqa: E402
+from paser_assets.settings import RECOVERY_METHODS, EvaluationSettings, parse_named_files  # noqa: E402
 
 EVAL = REPO.parent / "shared" / "eval"
 DEFAULT_TEXTS = {"wikitext2": EVAL / "wikitext2_test.txt"}
@@ -87,15 +87,13 @@ def write_pool(kind: str, data: Path, rows: int, target: Path) -> None:
 
 
 def named(values: list[str] | None, default: dict[str, Path]) -> dict[str, Path]:
+    """``--text``/``--task`` values (NAME=PATH each) as the settings parse them, or the defaults."""
     if not values:
         return dict(default)
-    result = {}
-    for value in values:
-        name, _, path = value.partition("=")
-        if not name or not path:
-            raise SystemExit(f"expected NAME=PATH, got {value!r}")
-        result[name] = Path(path)
-    return result
+    try:
+        return {name: Path(path) for name, path in parse_named_files("; ".join(values)).items()}
+    except ValueError as error:
+        raise SystemExit(f"--text/--task: {error}") from None
 
 
 class Progress(threading.Thread):
@@ -191,8 +189,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one seed, paser and random only")
     parser.add_argument("--text", action="append", metavar="NAME=PATH")
     parser.add_argument("--task", action="append", metavar="NAME=PATH")
-    parser.add_argument("--window", type=int, default=128)
-    parser.add_argument("--text-tokens", type=int, default=16384)
+    evaluation = EvaluationSettings()
+    parser.add_argument("--window", type=int, default=evaluation.eval_window)
+    parser.add_argument("--text-tokens", type=int, default=evaluation.eval_max_tokens)
     parser.add_argument("--task-items", type=int, default=200)
     parser.add_argument("--holdout", type=int, default=200, help="at most this many held-out rows (10%% of the pool)")
     parser.add_argument("--max-tokens", type=int, default=256)

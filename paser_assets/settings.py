@@ -64,7 +64,6 @@ RECOVERY_METHODS = (
 )  # fmt: skip
 # The arms recovered by default: the ablations are asked for by name.
 DEFAULT_RECOVERY_METHODS = RECOVERY_METHODS[:9]
-ALLOCATION_RULES = ("cds", "cds_size", "proportional", "uniform")
 
 
 class SettingError(ValueError):
@@ -436,7 +435,7 @@ class SelectionSettings(Stage):
         allow_inf_nan=False,
     )
     export_dir: str | None = setting(None, "Folder of the exported selection; default: paser_export beside the DB.")
-    allocation: Literal["cds", "cds_size", "proportional", "uniform"] = setting(
+    allocation: Literal["cds", "cds_size", "proportional", "uniform"] = setting(  # = core.allocation.ALLOCATION_RULES
         "cds",
         "How the budget is split across clusters: in proportion to CDS (the paper's rule), to CDS x cluster "
         "size, to cluster size, or evenly; always capped by each cluster's size.",

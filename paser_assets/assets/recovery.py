@@ -46,7 +46,7 @@ from paser_assets.core.evaluation import (
     task_average,
 )
 from paser_assets.models.adapters import adapter_folder, adapter_recipe, train_or_reuse
-from paser_assets.models.checkpoints import load_causal_lm, reference_version
+from paser_assets.models.checkpoints import load_causal_lm, load_tokenizer, reference_version
 from paser_assets.models.device import Placement
 from paser_assets.models.evaluation import TextScore, read_task, score_task, text_perplexity
 from paser_assets.models.general_text import general_text
@@ -55,6 +55,7 @@ from paser_assets.models.store import ModelStore
 from paser_assets.models.training import load_adapter, perplexity, response_nll
 from paser_assets.partitions import METHODS, VARIANTS, PartitionKey
 from paser_assets.progress import format_duration
+from paser_assets.report import REFERENCE_ARMS
 from paser_assets.resources import PaserConfig, PaserDuckDB
 from paser_assets.settings import reads
 from paser_assets.tables import TABLES, table_metadata
@@ -110,22 +111,26 @@ def baseline_selections(
     budget = int(budgets["budget"].sum())
     tolerance, rule = paser.selection.conflict_tolerance, paser.selection.allocation
     picks = baseline_picks(frame, budgets, seed, tolerance, rule)
-    if {"ifd", "random_tokens", "longest", "paser_instruction_jsd"} & set(methods):
+    if "random_tokens" in methods:
+        tokens = dict(zip(frame["sample_id"], frame["tokens"].astype(int), strict=True))
+        paser_tokens = sum(tokens[i] for i in method_selection(duckdb, "paser", variant)["sample_id"] if i in tokens)
+        picks["random_tokens"] = token_matched_selection(tokens, paser_tokens, seed)
+    scored_by_models = {"ifd", "paser_instruction_jsd"} & set(methods)
+    if scored_by_models:
         model, tokenizer, _ = _load_pruned(store, duckdb, variant, placement(paser))
-        tokens = {s.sample_id: len(s.input_ids) for s in _encode(tokenizer, frame, max_tokens)}
-        chosen = set(paser_selected_ids(duckdb, variant))
-        target = sum(tokens[i] for i in chosen if i in tokens)
-        picks["random_tokens"] = token_matched_selection(tokens, target, seed)
+    elif "longest" in methods:  # counting tokens needs no model
+        tokenizer = load_tokenizer(pruned_reference(duckdb, variant), store.cache_dir, store.options)
+    if "longest" in methods:
         picks["longest"] = longest_selection(response_lengths(tokenizer, frame), budget)
-        if "ifd" in methods:
-            context.log.info("IFD: scoring the responses without their instructions under the pruned model")
-            picks["ifd"] = ifd_selection(ifd_scores(model, tokenizer, frame, max_tokens), budget)
-        if "paser_instruction_jsd" in methods:
-            context.log.info("Instruction-only JSD: scoring the instructions under both models")
-            original, _ = load_causal_lm(store.original, store.cache_dir, store.options, placement(paser))
-            divergence = instruction_divergence(original, model, tokenizer, frame, max_tokens)
-            del original
-            picks["paser_instruction_jsd"] = instruction_jsd_selection(frame, divergence, budget, tolerance, rule)
+    if "ifd" in methods:
+        context.log.info("IFD: scoring the responses without their instructions under the pruned model")
+        picks["ifd"] = ifd_selection(ifd_scores(model, tokenizer, frame, max_tokens), budget)
+    if "paser_instruction_jsd" in methods:
+        context.log.info("Instruction-only JSD: scoring the instructions under both models")
+        original, _ = load_causal_lm(store.original, store.cache_dir, store.options, placement(paser))
+        divergence = instruction_divergence(original, model, tokenizer, frame, max_tokens)
+        del original
+        picks["paser_instruction_jsd"] = instruction_jsd_selection(frame, divergence, budget, tolerance, rule)
     picks = {method: chosen for method, chosen in picks.items() if method in methods}
     rows = [
         {"variant": variant, "method": method, "rank": rank, "sample_id": sample_id}
@@ -196,14 +201,6 @@ def instruction_jsd_selection(
     shares, _ = cluster_budgets(scored, budget, rule)
     decisions = paser_select(scored, shares, tolerance=tolerance).decisions
     return [d.sample_id for d in decisions if d.decision == SELECTED]
-
-
-def paser_selected_ids(duckdb: PaserDuckDB, variant: str) -> list[str]:
-    with duckdb.get_connection() as conn:
-        rows = conn.execute(
-            "SELECT sample_id FROM selection WHERE variant = ? AND decision = 'selected'", [variant]
-        ).fetchall()
-    return [r[0] for r in rows]
 
 
 def response_lengths(tokenizer: Any, frame: pd.DataFrame) -> dict[str, int]:
@@ -562,7 +559,7 @@ def recovery_comparison(
             "WHERE variant = ?",
             [variant],
         ).df()
-    order = ["original", "pruned", *paser.recovery.recovery_methods]
+    order = [*REFERENCE_ARMS, *paser.recovery.recovery_methods]
     missing = [m for m in order if m not in set(heldout["arm"])]
     if missing:
         raise dg.Failure(description=f"no evaluation yet for {missing} on variant {variant!r}")
@@ -572,7 +569,8 @@ def recovery_comparison(
         storage.replace_partition(conn, "recovery_comparison", {"variant": variant}, table)
     headline = table[table["metric"].isin(HEADLINE) | table["metric"].str.startswith("ppl:")]
     wide = headline.pivot(index="method", columns="metric", values="value").reindex(order)
-    ratios = headline.pivot(index="method", columns="metric", values="recovery_ratio").reindex(order[2:])
+    ratios = headline.pivot(index="method", columns="metric", values="recovery_ratio").reindex(order)
+    ratios = ratios.drop(index=list(REFERENCE_ARMS))  # 1 and 0 by definition
     charts_md = {
         f"recovery_ratio {metric}": dg.MetadataValue.md(
             charts.bar_chart(list(ratios.index), ratios[metric].fillna(0.0).tolist(),
@@ -604,9 +602,7 @@ def comparison_table(
                                group_kind):  # fmt: skip
             rows.append({"method": arm, **row})
     table = pd.DataFrame(rows, columns=["method", "metric", "value", "stderr"])
-    reference = table[table["method"].isin(["original", "pruned"])].pivot(
-        index="metric", columns="method", values="value"
-    )
+    reference = table[table["method"].isin(REFERENCE_ARMS)].pivot(index="metric", columns="method", values="value")
     table["recovery_ratio"] = [
         recovery_ratio(value, reference.at[metric, "pruned"], reference.at[metric, "original"])
         if metric in reference.index else math.nan

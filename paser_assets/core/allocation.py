@@ -79,6 +79,10 @@ def allocate_budget(budget: int, degradation: Sequence[float], capacity: Sequenc
     return allocation
 
 
+# The allocation rules of allocation_weights, in the order the settings document them.
+ALLOCATION_RULES = ("cds", "cds_size", "proportional", "uniform")
+
+
 def allocation_weights(rule: str, degradation: Sequence[float], sizes: Sequence[int]) -> np.ndarray:
     """The weight w_c that n_c is proportional to: CDS_c ("cds", the paper), CDS_c x |C_c| ("cds_size"),
     |C_c| ("proportional") or 1 ("uniform")."""
@@ -92,4 +96,4 @@ def allocation_weights(rule: str, degradation: Sequence[float], sizes: Sequence[
         return sizes
     if rule == "uniform":
         return np.ones_like(sizes)
-    raise ValueError(f"unknown allocation rule {rule!r}; choose cds, cds_size, proportional or uniform")
+    raise ValueError(f"unknown allocation rule {rule!r}; choose from {', '.join(ALLOCATION_RULES)}")

@@ -299,10 +299,32 @@ def load_causal_lm(
         raise CheckpointError(f"cannot load the model {reference.display}: {error}") from None
     model.to(placement.device)
     model.eval()
+    _prepare_tokenizer(tokenizer, model.config)
+    return model, tokenizer
+
+
+def load_tokenizer(reference: ModelReference, cache_dir: str | Path, options: LoadOptions | None = None):
+    """The checkpoint's tokenizer alone, prepared as :func:`load_causal_lm` prepares it (a pad token, the
+    model's context recorded), for work that only counts tokens."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    options = options or LoadOptions()
+    location = local_folder(reference, cache_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=options.trust_remote_code)
+        config = AutoConfig.from_pretrained(location, trust_remote_code=options.trust_remote_code)
+    except Exception as error:
+        raise CheckpointError(f"cannot load the tokenizer of {reference.display}: {error}") from None
+    _prepare_tokenizer(tokenizer, config)
+    return tokenizer
+
+
+def _prepare_tokenizer(tokenizer: Any, config: Any) -> None:
+    """Batches need a pad token (a tokenizer without one pads with its end-of-sequence token), and every
+    encode path needs the model's context."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    record_context(tokenizer, model.config)
-    return model, tokenizer
+    record_context(tokenizer, config)
 
 
 # Where a model's context is recorded on its tokenizer: every encode path (scoring, LoRA, evaluation, the

@@ -247,3 +247,15 @@ def test_allocation_rules_weigh_cds_size_both_or_neither() -> None:
     # By CDS alone the big, least degraded cluster gets least; by CDS x size it gets the most.
     assert list(allocate_budget(20, allocation_weights("cds", cds, sizes), sizes)) == [10, 5, 5]
     assert list(allocate_budget(20, allocation_weights("cds_size", cds, sizes), sizes)) == [5, 10, 5]
+
+
+def test_the_allocation_setting_offers_exactly_the_rules() -> None:
+    """The setting's Literal repeats the rule names (a type needs literals): it must list the same ones."""
+    import typing
+
+    from paser_assets.core.allocation import ALLOCATION_RULES, allocation_weights
+    from paser_assets.settings import SelectionSettings
+
+    assert typing.get_args(SelectionSettings.model_fields["allocation"].annotation) == ALLOCATION_RULES
+    for rule in ALLOCATION_RULES:
+        assert len(allocation_weights(rule, [0.1, 0.2], [3, 4])) == 2
