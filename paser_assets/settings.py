@@ -440,6 +440,12 @@ class SelectionSettings(Stage):
         "How the budget is split across clusters: in proportion to CDS (the paper's rule), to CDS x cluster "
         "size, to cluster size, or evenly; always capped by each cluster's size.",
     )
+    budget_unit: Literal["samples", "tokens"] = setting(
+        "samples",
+        "What the budget counts: samples (the paper's rule), or training tokens, as many as a random selection "
+        "of the sample budget has on average, split across clusters by the same rule. PASER's cost term prefers "
+        "short samples, so a sample budget gives it fewer tokens than random; see the README's recovery section.",
+    )
 
     @field_validator("export_dir")
     @classmethod

@@ -24,7 +24,7 @@ import pandas as pd
 from paser_assets import charts, storage
 from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, MODEL_PLACEMENT, placement, pruned_reference
 from paser_assets.assets.scores import cluster_budgets
-from paser_assets.assets.selection import paser_select, selectable_candidates
+from paser_assets.assets.selection import budgets_in_unit, paser_select, selectable_candidates
 from paser_assets.core.allocation import allocate_budget, allocation_weights
 from paser_assets.core.baselines import (
     ifd_selection,
@@ -162,17 +162,14 @@ def baseline_picks(
     budget = int(budgets["budget"].sum())
     ids = frame["sample_id"].tolist()
     sizes = frame.groupby("cluster").size().reindex(budgets["cluster"]).fillna(0).astype(int).to_numpy()
-    cluster_tokens = frame.groupby("cluster")["tokens"].sum().reindex(budgets["cluster"]).fillna(0).to_numpy(int)
 
-    def reallocated(rule: str, total: int = budget, capacity: np.ndarray = sizes) -> pd.DataFrame:
+    def reallocated(rule: str) -> pd.DataFrame:
         weights = allocation_weights(rule, budgets["cds"].to_numpy(), sizes)
-        return budgets.assign(budget=allocate_budget(total, weights, capacity))
+        return budgets.assign(budget=allocate_budget(budget, weights, sizes))
 
     def selected(candidates: pd.DataFrame, shares: pd.DataFrame, tau: float, unit: str = "samples") -> list[str]:
         decisions = paser_select(candidates, shares, tolerance=tau, budget_unit=unit).decisions
         return [d.sample_id for d in decisions if d.decision == SELECTED]
-
-    token_budget = round(budget * float(frame["tokens"].mean()))
 
     random_ies = [int(hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()[:12], 16) for i in ids]
     return {
@@ -186,7 +183,7 @@ def baseline_picks(
         "paser_alloc_cds_size": selected(frame, reallocated("cds_size"), tolerance),
         "paser_order_jsd": selected(frame.assign(ies=frame["jsd"]), budgets, tolerance),
         "paser_order_random": selected(frame.assign(ies=np.asarray(random_ies, dtype=np.float64)), budgets, tolerance),
-        "paser_tokens": selected(frame, reallocated(rule, token_budget, cluster_tokens), tolerance, "tokens"),
+        "paser_tokens": selected(frame, budgets_in_unit(frame, budgets, "tokens", rule), tolerance, "tokens"),
     }
 
 

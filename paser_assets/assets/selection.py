@@ -12,6 +12,7 @@ import pandas as pd
 
 from paser_assets import report, storage
 from paser_assets.assets.models import MODEL_PARENTS
+from paser_assets.core.allocation import allocate_budget, allocation_weights, token_budget
 from paser_assets.core.concepts import extract_concepts
 from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, SelectionResult, select
 from paser_assets.locations import EXPORT_FOLDER, beside
@@ -107,6 +108,19 @@ def paser_select(
         dict(zip(clusters, budgets["cds"].astype(float), strict=True)),
         tolerance,
     )
+
+
+def budgets_in_unit(frame: pd.DataFrame, budgets: pd.DataFrame, unit: str, rule: str) -> pd.DataFrame:
+    """The per-cluster budgets of capability_degradation, in samples; or, in ``unit`` "tokens", the token budget
+    of :func:`token_budget` split by the same allocation ``rule`` and capped by the tokens each cluster has."""
+    if unit == "samples":
+        return budgets
+    clusters = budgets["cluster"]
+    sizes = frame.groupby("cluster").size().reindex(clusters).fillna(0).to_numpy(int)
+    capacity = frame.groupby("cluster")["tokens"].sum().reindex(clusters).fillna(0).to_numpy(int)
+    total = token_budget(int(budgets["budget"].sum()), float(frame["tokens"].mean()))
+    weights = allocation_weights(rule, budgets["cds"].to_numpy(), sizes)
+    return budgets.assign(budget=allocate_budget(total, weights, capacity))
 
 
 def decision_table(result: SelectionResult, variant: str) -> pd.DataFrame:
@@ -210,14 +224,15 @@ SELECTION_PARENTS = [
         ),
     ],
 )
-@reads("selection.conflict_tolerance")
+@reads("selection.conflict_tolerance", "selection.budget_unit", "selection.allocation")
 def selection(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> Iterator[dg.MaterializeResult]:
-    tolerance = paser.selection.conflict_tolerance
+    tolerance, unit = paser.selection.conflict_tolerance, paser.selection.budget_unit
     variant = context.partition_key
     frame, budgets = selectable_candidates(duckdb, variant)
-    result = paser_select(frame, budgets, tolerance)
+    budgets = budgets_in_unit(frame, budgets, unit, paser.selection.allocation)
+    result = paser_select(frame, budgets, tolerance, unit)
     table, graph = decision_table(result, variant), graph_table(result, variant)
     with duckdb.write() as conn:
         storage.replace_partition(conn, "selection", {"variant": variant}, table)
@@ -230,12 +245,13 @@ def selection(
         data_version=dg.DataVersion(storage.content_hash(table)),
         metadata={
             **table_metadata("selection", duckdb.schema_name, len(table)),
+            "budget_unit": unit,
             "budget": result.budget,
             "selected": result.selected,
             "shortfall": result.shortfall,
             "refill_rounds": result.refill_rounds,
             "conflict_tolerance": tolerance,
-            "acceptance_rate": round(result.selected / considered, 4) if considered else 0.0,
+            "acceptance_rate": round(int(per_cluster["selected"].sum()) / considered, 4) if considered else 0.0,
             "per_cluster": dg.MetadataValue.md(per_cluster.to_markdown(index=False)),
             "query": dg.MetadataValue.text(_view_query(duckdb, variant)),
         },

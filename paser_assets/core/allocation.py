@@ -79,6 +79,11 @@ def allocate_budget(budget: int, degradation: Sequence[float], capacity: Sequenc
     return allocation
 
 
+def token_budget(samples: int, mean_tokens: float) -> int:
+    """T = round(B x mean tokens per selectable sample): the tokens a random selection of B samples has on average."""
+    return round(samples * mean_tokens)
+
+
 # The allocation rules of allocation_weights, in the order the settings document them.
 ALLOCATION_RULES = ("cds", "cds_size", "proportional", "uniform")
 

@@ -436,3 +436,35 @@ def test_strict_and_tolerant_selection_on_the_same_scores(run: Run) -> None:
     assert strict["acceptance_rate"] == pytest.approx(strict_decisions["selected"] / considered, abs=1e-4)
     # a strict rejection names at least one conflicting pair
     assert all(pairs and share > 0 for pairs, share in strict_conflicts)
+
+
+def test_a_token_budget_selects_the_tokens_a_random_selection_has_on_average(run: Run) -> None:
+    """PASER_BUDGET_UNIT=tokens: B x mean tokens per candidate, split by CDS over the clusters' tokens; each
+    cluster stops at the first sample that reaches its share, and budget_met judges tokens."""
+    database, _ = copy_database(run, "token_budget")
+    defs = build_definitions(PaserConfig(**{**run.settings, "budget_unit": "tokens"}), database)
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize(defs, selection="key:selection or key:concept_graph", instance=instance).success
+    tokens = dict(
+        query(
+            database,
+            "SELECT s.sample_id, d.prompt_tokens + d.response_tokens FROM selection s "
+            "JOIN degradation_scores d USING (variant, sample_id)",
+        )
+    )
+    samples = query(database, "SELECT sum(budget), count(*) FROM capability_degradation")[0]
+    target = round(samples[0] * sum(tokens.values()) / len(tokens))
+    chosen = [row[0] for row in query(database, "SELECT sample_id FROM selection WHERE decision = 'selected'")]
+    spent = sum(tokens[sample_id] for sample_id in chosen)
+    assert target <= spent < target + samples[1] * max(tokens.values())
+    metadata = selection_metadata(instance)
+    assert metadata["budget_unit"] == "tokens" and metadata["budget"] == target and metadata["selected"] == spent
+    checks = run_checks(defs)
+    assert checks["budget_met"].passed, checks["budget_met"].metadata
+    assert checks["budget_met"].metadata["budget"].value == target
+    assert checks["budget_met"].metadata["budget_unit"].value == "tokens"
+    # The sample budget of the same scores, for comparison: PASER's short samples leave it fewer tokens.
+    sample_run = [row[0] for row in query(run.database, "SELECT sample_id FROM selection WHERE decision = 'selected'")]
+    assert len(sample_run) == samples[0]
+    if sum(tokens[s] for s in sample_run) < target:
+        assert len(chosen) > len(sample_run)
