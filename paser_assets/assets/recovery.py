@@ -22,7 +22,15 @@ import numpy as np
 import pandas as pd
 
 from paser_assets import charts, storage
-from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, MODEL_PLACEMENT, placement, pruned_reference
+from paser_assets.assets.models import (
+    CHECKPOINTS,
+    LOADS_ORIGINAL,
+    LOADS_PRUNED,
+    MODEL_LOADING,
+    MODEL_PLACEMENT,
+    placement,
+    pruned_reference,
+)
 from paser_assets.assets.selection import paser_select, selectable_candidates
 from paser_assets.core.allocation import allocate_budget, allocation_weights
 from paser_assets.core.baselines import (
@@ -83,7 +91,7 @@ def _load_pruned(store: ModelStore, duckdb: PaserDuckDB, variant: str, where: Pl
 
 @dg.asset(
     deps=["selection", "degradation_scores", "capability_degradation", "clusters", "sample_concepts", "holdout_split",
-          *MODEL_PARENTS],
+          CHECKPOINTS, *LOADS_PRUNED],
     partitions_def=VARIANTS,
     group_name=RECOVERY_GROUP,
     code_version="2",
@@ -217,7 +225,7 @@ def method_selection(duckdb: PaserDuckDB, method: str, variant: str) -> pd.DataF
 
 
 @dg.asset(
-    deps=["selection", "baseline_selections", "recovery_pool", *MODEL_PARENTS],
+    deps=["selection", "baseline_selections", "recovery_pool", CHECKPOINTS, *LOADS_PRUNED],
     partitions_def=METHODS,
     group_name=RECOVERY_GROUP,
     code_version="1",
@@ -375,7 +383,7 @@ EVALUATION_READS = ("scoring.max_tokens", "evaluation")
 
 
 @dg.asset(
-    deps=["holdout_split", "recovery_pool", *MODEL_PARENTS],
+    deps=["holdout_split", "recovery_pool", CHECKPOINTS, *LOADS_ORIGINAL, *LOADS_PRUNED],
     partitions_def=VARIANTS,
     group_name=RECOVERY_GROUP,
     code_version="2",
@@ -412,7 +420,7 @@ def reference_evaluation(
 
 
 @dg.asset(
-    deps=["recovered_model", "holdout_split", "recovery_pool", *MODEL_PARENTS],
+    deps=["recovered_model", "holdout_split", "recovery_pool", CHECKPOINTS, *LOADS_PRUNED],
     partitions_def=METHODS,
     group_name=RECOVERY_GROUP,
     code_version="2",
@@ -489,7 +497,7 @@ def metric_rows(
 
 
 @dg.asset(
-    deps=["recovery_evaluation", "reference_evaluation", "recovered_model", "clusters", *MODEL_PARENTS],
+    deps=["recovery_evaluation", "reference_evaluation", "recovered_model", "clusters", CHECKPOINTS],
     partitions_def=VARIANTS,
     group_name=RECOVERY_GROUP,
     code_version="2",
