@@ -588,7 +588,7 @@ class ExecutionSettings(Stage):
         False,
         "Include the recovery assets (LoRA fine-tunes and held-out evaluation, slow on a CPU) in `paser "
         "materialize` and `paser refresh`, and make them launchable in the UI (without it the UI shows them and "
-        "their history, and its \"Materialize all\" leaves them out).",
+        'their history, and its "Materialize all" leaves them out).',
         affects="runtime",
         env="PASER_RECOVERY",
     )
