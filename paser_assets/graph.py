@@ -42,6 +42,21 @@ def _stamp(asset: dg.AssetsDefinition, config: PaserConfig) -> dg.AssetsDefiniti
     return asset.map_asset_specs(stamp)
 
 
+def recovery_assets(config: PaserConfig) -> list[dg.AssetsDefinition | dg.AssetSpec]:
+    """The recovery group: materializable with PASER_RECOVERY, else shown in the UI but never launched.
+
+    The UI's "Materialize all" takes every executable asset in view and Dagster 1.13 has no per-asset opt-out
+    (an asset job cannot mix the graph's partitionings, a second code location would still be in the global
+    "Materialize all"). An asset this location does not execute (an external ``AssetSpec``) stays in the
+    lineage and the catalog with its history and code version, but no "Materialize all" and no automation
+    launches it: the same switch that keeps `paser materialize` from training models for hours.
+    """
+    stamped = [_stamp(asset, config) for asset in RECOVERY_ASSETS]
+    if config.execution.include_recovery:
+        return stamped
+    return [spec.replace_attributes(automation_condition=None) for asset in stamped for spec in asset.specs]
+
+
 def build_definitions(config: PaserConfig | None = None, database: PaserDuckDB | None = None) -> dg.Definitions:
     """Definitions for the PASER asset graph with the given settings (default: from the environment)."""
     config = config if config is not None else PaserConfig.from_env()
@@ -59,10 +74,13 @@ def build_definitions(config: PaserConfig | None = None, database: PaserDuckDB |
         capability_degradation,
         selection,
         selection_export,
-        *RECOVERY_ASSETS,
     ]
     return dg.Definitions(
-        assets=[*MODEL_ASSETS[:2], *(_stamp(asset, config) for asset in materializable)],
+        assets=[
+            *MODEL_ASSETS[:2],
+            *(_stamp(asset, config) for asset in materializable),
+            *recovery_assets(config),
+        ],
         asset_checks=build_checks(config.scoring.score_shards),
         sensors=build_sensors(config),
         resources={"paser": config, "duckdb": database},

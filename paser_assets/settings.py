@@ -595,7 +595,8 @@ class ExecutionSettings(Stage):
     include_recovery: bool = setting(
         False,
         "Include the recovery assets (LoRA fine-tunes and held-out evaluation, slow on a CPU) in `paser "
-        "materialize` and `paser refresh`; the UI always shows them.",
+        "materialize` and `paser refresh`, and make them launchable in the UI (without it the UI shows them and "
+        'their history, and its "Materialize all" leaves them out).',
         affects="runtime",
         env="PASER_RECOVERY",
     )

@@ -181,13 +181,18 @@ def _alternative(item: SettingInfo) -> Any:
 
 
 def _code_versions(config: PaserConfig) -> dict[str, str | None]:
+    """Every asset's code version; the recovery assets keep theirs when PASER_RECOVERY leaves them external."""
     graph = build_definitions(config, PaserDuckDB(database=":memory:")).resolve_asset_graph()
-    return {key.to_user_string(): graph.get(key).code_version for key in graph.materializable_asset_keys}
+    return {key.to_user_string(): graph.get(key).code_version for key in graph.get_all_asset_keys()}
+
+
+# The recovery assets are materializable (so their @reads are visible) only with PASER_RECOVERY.
+WITH_RECOVERY = {"include_recovery": True}
 
 
 def _readers(path: str, stage: str | None) -> set[str]:
     """The assets whose @reads declaration names the setting or its whole stage."""
-    defs = build_definitions(PaserConfig(), PaserDuckDB(database=":memory:"))
+    defs = build_definitions(PaserConfig(**WITH_RECOVERY), PaserDuckDB(database=":memory:"))
     names = set()
     for asset in defs.assets or []:
         if isinstance(asset, dg.AssetsDefinition) and asset.is_materializable:
@@ -199,8 +204,9 @@ def _readers(path: str, stage: str | None) -> set[str]:
 
 @pytest.mark.parametrize("item", SETTINGS, ids=[item.path for item in SETTINGS])
 def test_changing_a_setting_marks_stale_exactly_the_assets_that_read_it(item: SettingInfo) -> None:
-    before = _code_versions(PaserConfig())
-    after = _code_versions(PaserConfig(**{item.name: _alternative(item)}))
+    base = {} if item.name in WITH_RECOVERY else WITH_RECOVERY  # PASER_RECOVERY itself: from its default
+    before = _code_versions(PaserConfig(**base))
+    after = _code_versions(PaserConfig(**{**base, item.name: _alternative(item)}))
     changed = {name for name in before if before[name] != after.get(name)}
     if item.affects == "results":
         readers = _readers(item.path, item.stage)

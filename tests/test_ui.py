@@ -1,12 +1,18 @@
 """The Dagster UI in a real browser: `dagster dev` (webserver and daemon) driven by headless Chromium.
 
 The test starts `dagster dev` on a free localhost port with tiny models and, through the UI, observes
-the model checkpoints, materializes the demo graph (every asset but the slow recovery group, as one
-backfill over all partitions), opens the `clusters` asset and checks that the cluster map renders,
-then overwrites the pruned checkpoint, observes it again and checks that the score assets of the
-variant show as unsynced (stale) while `clusters` does not. Dagster's GraphQL API (what the UI itself
-calls) is used only to wait for runs and to confirm what the UI shows. Screenshots go to
-`test-artifacts/ui/`.
+the model checkpoints, materializes the demo graph ("Materialize all" on the global lineage: every asset
+but the recovery group, which is not launchable without PASER_RECOVERY, as one backfill over all
+partitions), opens the `clusters` asset and checks that the cluster map renders, then overwrites the
+pruned checkpoint, observes it again and checks that the score assets of the variant show as unsynced
+(stale) on their partition pages while `clusters` does not, and that the catalog, the lineage and
+"Materialize unsynced" do not show them (Dagster 1.13 has no asset-level stale status for a partitioned
+asset: the README says so, and this test fails when that changes). It then filters the lineage to
+`pruned_checkpoint+` and launches "Materialize all" for the variant, the README's way, and checks that this
+backfill recomputes exactly the unsynced partitions (and nothing of the semantic branch), and that the
+report (`report.html`) and the charts in the metadata render. Dagster's
+GraphQL API (what the UI itself calls) is used only to wait for runs and to confirm what the UI shows.
+Screenshots go to `test-artifacts/ui/`.
 
 It needs Debian's `chromium` (`.ci/run` installs it) and the `playwright` Python package (the
 `dev` extra); Playwright never downloads a browser here. Without them the test is skipped, with
@@ -70,9 +76,8 @@ SHARED_ASSETS = [
     "cluster_profiles",
     "sample_concepts",
 ]
-# The demo graph: everything but the recovery assets (LoRA fine-tunes and their evaluation, slow on a CPU and
-# left out of `paser materialize` too). Typed into the lineage page's asset selection; a no-op without them.
-DEMO_SELECTION = "not group:recovery"
+# The demo graph: everything but the recovery assets (LoRA fine-tunes and their evaluation, slow on a CPU): without
+# PASER_RECOVERY they are in the lineage but not launchable, so "Materialize all" leaves them out.
 DEMO_EXCLUDED_GROUPS = {"recovery"}
 SERVER_START_TIMEOUT = 240
 OBSERVE_TIMEOUT = 240
@@ -409,15 +414,9 @@ def screenshot(page: Any, name: str, shots: list[Path]) -> None:
 
 
 def open_lineage(page: Any, server: DagsterDev) -> Any:
-    """The global asset lineage filtered to the demo graph; returns its "Materialize all (N)" button."""
+    """The global asset lineage, unfiltered; returns its "Materialize all (N)" button, N the demo assets."""
     page.goto(f"{server.url}/asset-groups")
-    page.get_by_role("button", name=re.compile(r"Materialize all \(\d+\)")).wait_for()
-    page.locator(".CodeMirror").first.click()  # the "Search and filter assets" box (a CodeMirror editor)
-    page.keyboard.type(DEMO_SELECTION)
-    page.keyboard.press("Enter")
-    page.wait_for_url(re.compile(r"/asset-groups~"))  # the selection is applied (and kept in the URL)
-    count = len(server.demo_assets())
-    button = page.get_by_role("button", name=re.compile(rf"Materialize all \({count}\)"))
+    button = page.get_by_role("button", name=re.compile(rf"Materialize all \({len(server.demo_assets())}\)"))
     button.wait_for()
     return button
 
@@ -443,8 +442,11 @@ def materialize_all_from_ui(page: Any, server: DagsterDev) -> None:
     expect(page.get_by_text(re.compile(r"Created backfill"))).to_be_visible()
 
 
-def screenshot_asset_graph(browser: Any, server: DagsterDev, name: str, shots: list[Path]) -> None:
-    """The whole lineage with the groups expanded, in a viewport tall enough for it to fit."""
+def screenshot_asset_graph(browser: Any, server: DagsterDev, name: str, shots: list[Path], unsynced: int = 0) -> None:
+    """The whole lineage with the groups expanded, in a viewport tall enough for it to fit; ``unsynced`` of its
+    nodes show the "Unsynced" tag."""
+    from playwright.sync_api import expect
+
     page = open_page(browser, 1800, 2400)
     try:
         open_lineage(page, server)
@@ -455,35 +457,45 @@ def screenshot_asset_graph(browser: Any, server: DagsterDev, name: str, shots: l
         for asset in ("cluster_profiles", "selection_export", "pruned_checkpoint"):
             page.get_by_text(asset, exact=True).last.wait_for()
         page.wait_for_timeout(1500)
+        expect(page.get_by_text(re.compile(r"^Unsynced"))).to_have_count(unsynced)
         screenshot(page, name, shots)
     finally:
         page.close()
 
 
-def check_cluster_map(page: Any, server: DagsterDev, shots: list[Path]) -> None:
+def check_markdown_image(page: Any, path: str, key: str, name: str | None, shots: list[Path]) -> None:
+    """The markdown metadata ``key`` on the asset page ``path`` opens and its picture renders (a PNG data URI)."""
     from playwright.sync_api import expect
 
-    page.goto(f"{server.url}/assets/clusters")
-    row = page.get_by_role("row").filter(has=page.get_by_text("cluster_map", exact=True))
+    page.goto(f"{page_base(page)}{path}")
+    row = page.get_by_role("row").filter(has=page.get_by_text(key, exact=True)).first
     row.get_by_text("Show Markdown").click()
-    dialog = page.get_by_role("dialog").filter(has_text="cluster_map")
-    image = dialog.get_by_role("img", name="cluster map")  # the markdown image's alt text
-    expect(image).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
+    dialog = page.get_by_role("dialog").filter(has_text=key)
+    image = dialog.locator('img[src^="data:image/png;base64,"]').first  # the chart, not the dialog's icon
     expect(image).to_be_visible()
     page.wait_for_function(
         "img => img.complete && img.naturalWidth > 0 && img.naturalHeight > 0", arg=image.element_handle()
     )
     size = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
-    _log(f"cluster map renders: {size[0]}x{size[1]} px")
-    assert size[0] > 100 and size[1] > 100, size
-    # The dialog fades in: wait until it and its ancestors are opaque before the screenshot.
-    page.wait_for_function(
-        """img => { for (let e = img; e; e = e.parentElement) { if (getComputedStyle(e).opacity !== "1") return false; }
-                   return true; }""",
-        arg=image.element_handle(),
-    )
-    screenshot(page, "03-clusters-cluster-map.png", shots)
+    _log(f"{path} {key} renders: {size[0]}x{size[1]} px")
+    assert size[0] > 100 and size[1] > 100, (key, size)
+    if name is not None:
+        # The dialog fades in: wait until it and its ancestors are opaque before the screenshot.
+        page.wait_for_function(
+            """img => { for (let e = img; e; e = e.parentElement) {
+                           if (getComputedStyle(e).opacity !== "1") return false; }
+                       return true; }""",
+            arg=image.element_handle(),
+        )
+        screenshot(page, name, shots)
     dialog.get_by_role("button", name="Close").click()
+
+
+def page_base(page: Any) -> str:
+    """The webserver's address, from the page's current URL."""
+    match = re.match(r"^(https?://[^/]+)", page.url)
+    assert match, page.url
+    return match.group(1)
 
 
 def observe_pruned_checkpoint_from_ui(page: Any, server: DagsterDev) -> None:
@@ -520,6 +532,127 @@ def check_fresh_in_ui(page: Any, server: DagsterDev, shots: list[Path]) -> None:
     screenshot(page, "07-clusters-not-stale.png", shots)
 
 
+def check_not_unsynced_in_catalog_or_lineage(browser: Any, server: DagsterDev, shots: list[Path]) -> None:
+    """What Dagster 1.13 shows for stale partitions outside their partition pages: nothing.
+
+    A partitioned asset's asset-level stale status is always FRESH (`CachingStaleStatusResolver._get_status`),
+    and the catalog, the lineage and "Materialize unsynced" read that status (plus missing partitions). The
+    README documents the ways that work; when a Dagster upgrade changes this, this check fails.
+    """
+    from playwright.sync_api import expect
+
+    for asset, _ in MODEL_DEPENDENT:
+        assert stale_status(server, asset) == ("FRESH", []), (asset, stale_status(server, asset))
+    page = open_page(browser, 1600, 1400)
+    try:
+        page.goto(f"{server.url}/assets")
+        expect(page.get_by_text(re.compile(r"^Materialized$")).first).to_be_visible()
+        page.wait_for_timeout(1500)
+        expect(page.get_by_text(re.compile(r"^Unsynced"))).to_have_count(0)
+        screenshot(page, "08-catalog-after-reprune.png", shots)
+        screenshot_asset_graph(browser, server, "09-lineage-after-reprune.png", shots, unsynced=0)
+        materialize_all = open_lineage(page, server)
+        materialize_all.locator("xpath=following::button[1]").click()  # the arrow next to "Materialize all"
+        page.get_by_role("menuitem", name="Materialize unsynced").click()
+        dialog = page.get_by_role("dialog").filter(has_text="Materialize unsynced assets")
+        expect(dialog).to_contain_text("All assets are up to date")
+        screenshot(page, "10-materialize-unsynced-sees-no-partition.png", shots)
+        dialog.get_by_role("button", name="Dismiss").click()
+    finally:
+        page.close()
+
+
+def backfill_done(server: DagsterDev, backfills_before: set[str]) -> bool:
+    """Whether the one backfill launched since ``backfills_before`` completed; a failed one fails the test."""
+    results = server.graphql(BACKFILLS_QUERY)["partitionBackfillsOrError"]["results"]
+    new = [b for b in results if b["id"] not in backfills_before]
+    assert len(new) == 1, f"expected one new backfill, got {new}"
+    status = new[0]["status"]
+    if status in ("FAILED", "CANCELED", "COMPLETED_FAILED"):
+        pytest.fail(f"backfill {new[0]['id']} ended {status}\n{server.log_tail()}")
+    return status in ("COMPLETED", "COMPLETED_SUCCESS")
+
+
+def materialize_checkpoint_children_from_ui(page: Any, server: DagsterDev, shots: list[Path]) -> None:
+    """The documented way to recompute what a re-prune made unsynced: the lineage filtered to
+    `pruned_checkpoint+`, "Materialize all", the variant's partition, one backfill."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{server.url}/asset-groups")
+    page.get_by_role("button", name=re.compile(r"Materialize all \(\d+\)")).wait_for()
+    page.locator(".CodeMirror").first.click()  # the "Search and filter assets" box (a CodeMirror editor)
+    page.keyboard.type("key:pruned_checkpoint+")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"/asset-groups~"))  # the selection is applied (and kept in the URL)
+    button = page.get_by_role("button", name=re.compile(rf"Materialize all \({len(MODEL_DEPENDENT)}\)"))
+    button.wait_for()
+    page.get_by_text("selection", exact=True).last.wait_for()  # the groups, collapsed
+    page.wait_for_timeout(1500)
+    screenshot(page, "11-lineage-pruned-checkpoint-children.png", shots)
+    button.click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text(f"Launch runs to materialize {len(MODEL_DEPENDENT)} assets")
+    # Dagster anchors the backfill on pruned_model: pick the re-pruned variant, it adds what is downstream.
+    expect(dialog).to_contain_text("Dagster will materialize all partitions downstream of the selected partitions")
+    dialog.get_by_role("button", name="All", exact=True).click()  # every variant's: here the one, `external`
+    launch = dialog.get_by_role("button", name="Launch backfill")
+    expect(launch).to_be_enabled()
+    page.wait_for_timeout(500)
+    screenshot(page, "12-materialize-the-variant.png", shots)
+    launch.click()
+    expect(page.get_by_text(re.compile(r"Created backfill"))).to_be_visible()
+
+
+MATERIALIZATIONS_QUERY = """
+{ assetNodes { assetKey { path } assetMaterializations(limit: 50) { partition timestamp runId } } }
+"""
+
+
+def materialized_since(server: DagsterDev, since: float) -> set[tuple[str, str | None]]:
+    """(asset, partition) of every materialization after ``since`` (a Unix time), read from Dagster."""
+    found = set()
+    for node in server.graphql(MATERIALIZATIONS_QUERY)["assetNodes"]:
+        for event in node["assetMaterializations"]:
+            if int(event["timestamp"]) / 1000 > since:
+                found.add(("/".join(node["assetKey"]["path"]), event["partition"]))
+    return found
+
+
+REPORT_QUERY = """
+query($key: AssetKeyInput!, $partitions: [String!]) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
+  assetMaterializations(partitions: $partitions, limit: 1) {
+    metadataEntries { label ... on PathMetadataEntry { path } }
+  }
+} } }
+"""
+
+
+def check_report(browser: Any, server: DagsterDev, shots: list[Path]) -> None:
+    """report.html, linked from selection_export's metadata as report_path, opens and its pictures render."""
+    node = server.graphql(REPORT_QUERY, {"key": {"path": ["selection_export"]}, "partitions": [VARIANT]})[
+        "assetNodeOrError"
+    ]
+    entries = {e["label"]: e.get("path") for e in node["assetMaterializations"][0]["metadataEntries"]}
+    report = Path(entries["report_path"])
+    assert report.name == "report.html" and report.parent.name == VARIANT and report.is_file(), entries
+    page = open_page(browser, 1400, 1000)
+    try:
+        page.goto(report.as_uri())
+        images = page.locator("img")
+        count = images.count()
+        assert count >= 4, f"{report}: {count} pictures"
+        page.wait_for_function(
+            "() => [...document.images].every(img => img.complete && img.naturalWidth > 100 && img.naturalHeight > 50)"
+        )
+        sources = images.evaluate_all("imgs => imgs.map(img => img.src.slice(0, 22))")
+        assert all(src.startswith("data:image/") for src in sources), sources  # self-contained: nothing fetched
+        _log(f"report renders {count} pictures: {report}")
+        page.screenshot(path=str(ARTIFACTS / "13-report.png"), full_page=True)
+        shots.append(ARTIFACTS / "13-report.png")
+    finally:
+        page.close()
+
+
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -551,22 +684,24 @@ def test_ui_materialize_cluster_map_and_stale_after_reprune(
         before, backfills_before = run_ids(server), backfill_ids(server)
         materialize_all_from_ui(page, server)
 
-        def backfill_done() -> bool:
-            results = server.graphql(BACKFILLS_QUERY)["partitionBackfillsOrError"]["results"]
-            new = [b for b in results if b["id"] not in backfills_before]
-            assert len(new) == 1, f"expected one new backfill, got {new}"
-            status = new[0]["status"]
-            if status in ("FAILED", "CANCELED", "COMPLETED_FAILED"):
-                pytest.fail(f"backfill {new[0]['id']} ended {status}\n{server.log_tail()}")
-            return status in ("COMPLETED", "COMPLETED_SUCCESS")
-
-        wait_for_runs(server, before, "materialize all (backfill)", BACKFILL_TIMEOUT, backfill_done)
+        wait_for_runs(
+            server,
+            before,
+            "materialize all (backfill)",
+            BACKFILL_TIMEOUT,
+            lambda: backfill_done(server, backfills_before),
+        )
         counts = materialization_counts(server)
         missing = {name: count for name, count in counts.items() if count[0] != count[1] or count[1] == 0}
         assert counts and not missing, f"not materialized: {missing}"
         for asset, partition in MODEL_DEPENDENT:
             assert stale_status(server, asset, partition)[0] == "FRESH", (asset, stale_status(server, asset, partition))
         _log(f"everything materialized after {time.monotonic() - started:.0f} s")
+        # The default view: the groups collapsed, reading left to right (pool, semantic, models, scores, ...).
+        open_lineage(page, server)
+        page.get_by_text("recovery", exact=True).last.wait_for()
+        page.wait_for_timeout(1500)
+        screenshot(page, "00-lineage-default-view.png", shots)
         screenshot_asset_graph(browser, server, "01-asset-graph-materialized.png", shots)
         catalog = open_page(browser, 1600, 1800)
         try:
@@ -576,8 +711,11 @@ def test_ui_materialize_cluster_map_and_stale_after_reprune(
         finally:
             catalog.close()
 
-        # 2. The cluster map of `clusters` renders.
-        check_cluster_map(page, server, shots)
+        # 2. The pictures in the metadata render: the cluster map and eigengap of `clusters`, the CDS chart.
+        check_markdown_image(page, "/assets/clusters", "cluster_map", "03-clusters-cluster-map.png", shots)
+        check_markdown_image(page, "/assets/clusters", "eigengap", None, shots)
+        partition_page = f"/assets/capability_degradation?view=partitions&partition={VARIANT}"
+        check_markdown_image(page, partition_page, "cds_per_cluster", "03b-cds-per-cluster.png", shots)
 
         # 3. Re-prune in place, observe the checkpoint from the UI: the score assets go stale, clusters do not.
         shutil.rmtree(server.pruned_dir)
@@ -591,6 +729,7 @@ def test_ui_materialize_cluster_map_and_stale_after_reprune(
             OBSERVE_TIMEOUT,
             lambda: data_version(server, "pruned_checkpoint", VARIANT) not in (None, first_version),
         )
+        observed = time.time()
         for asset, partition in MODEL_DEPENDENT:
             status, causes = stale_status(server, asset, partition)
             assert status == "STALE", (asset, partition, status, causes)
@@ -600,6 +739,29 @@ def test_ui_materialize_cluster_map_and_stale_after_reprune(
         for number, (asset, partition) in enumerate(SCORE_ASSETS, start=4):
             check_unsynced_in_ui(page, server, asset, partition, f"0{number}-stale-{asset}.png", shots)
         check_fresh_in_ui(page, server, shots)
+        check_not_unsynced_in_catalog_or_lineage(browser, server, shots)
+
+        # 4. The lineage filtered to what reads the checkpoint (`pruned_checkpoint+`: every per-variant asset is its
+        # direct child) and "Materialize all" over the variant: one backfill recomputes exactly the unsynced
+        # partitions, in dependency order, and nothing of the semantic branch.
+        before, backfills_before = run_ids(server), backfill_ids(server)
+        materialize_checkpoint_children_from_ui(page, server, shots)
+        expected = set(MODEL_DEPENDENT)
+        wait_for_runs(
+            server,
+            before,
+            "materialize pruned_checkpoint+ (backfill)",
+            BACKFILL_TIMEOUT,
+            lambda: backfill_done(server, backfills_before) and expected <= materialized_since(server, observed),
+        )
+        recomputed = materialized_since(server, observed)
+        _log(f"recomputed after the re-prune: {sorted(recomputed)}")
+        assert recomputed == expected, recomputed  # nothing of the semantic branch
+        for asset, partition in MODEL_DEPENDENT:
+            assert stale_status(server, asset, partition)[0] == "FRESH", (asset, stale_status(server, asset, partition))
+
+        # 5. The report of the new selection opens offline, its pictures inlined.
+        check_report(browser, server, shots)
     except BaseException:  # pytest.fail raises a BaseException
         if not page.is_closed():
             page.screenshot(path=str(ARTIFACTS / "failure.png"))

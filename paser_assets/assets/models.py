@@ -1,9 +1,10 @@
 """The model assets: ``original_model``, ``pruned_checkpoint`` and ``pruned_model``.
 
 - ``original_model`` is observed: its data version is the content hash of the checkpoint files.
-- ``pruned_checkpoint`` is observed per variant partition: an external checkpoint's content hash,
-  or a built-in recipe's fingerprint. Observing it after a re-prune is what tells Dagster that the
-  variant's downstream assets are stale.
+- ``pruned_checkpoint`` is observed per variant partition: what the variant's results are computed from,
+  the pruned checkpoint (an external checkpoint's content hash, or a built-in recipe's fingerprint) with
+  the original it is compared with (the original's content hash). Observing it after a re-prune (or a
+  new original) is what tells Dagster that the variant's downstream assets are stale.
 - ``pruned_model`` materializes each variant's checkpoint: it prunes the original for a recipe
   variant (cached by recipe, original and calibration data) or checks an external one, records it
   in the ``pruned_model`` table, and carries the checkpoint's content hash as data version.
@@ -40,9 +41,15 @@ from paser_assets.variants import Variant, VariantError
 
 MODELS_GROUP = "models"
 PRUNING_RECORD = "paser_pruning.json"
-# Every asset that depends on the pruned model lists the model assets as direct parents: Dagster marks
-# only the direct children of a changed asset as stale, and these assets all change with it.
-MODEL_PARENTS = ["original_model", "pruned_checkpoint", "pruned_model"]
+# Dagster 1.13 marks only the *direct* children of a changed asset as stale (a stale parent does not make its
+# children stale), so every per-variant asset lists the observed checkpoints as a direct parent: one observation
+# then shows the variant's whole model-dependent set unsynced at once. The original's hash is part of that
+# observation, so this one edge stands for both models.
+CHECKPOINTS = "pruned_checkpoint"
+# Only the assets that load a model list it too (the lineage shows who reads which model); the others follow
+# their data parents.
+LOADS_ORIGINAL = ["original_model"]
+LOADS_PRUNED = ["pruned_model"]
 # What loading a model reads: where the files are and the two safety switches.
 MODEL_LOADING = ("models.original_model", "models.model_cache_dir", "models.allow_pickle", "models.trust_remote_code")
 # Where the models that score, train and evaluate run, and in which precision (pruning stays on the CPU in
@@ -77,6 +84,11 @@ def _observe_original(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.ObserveResu
     )
 
 
+def observed_version(checkpoint: str, original: str) -> str:
+    """The data version of a variant's ``pruned_checkpoint``: its checkpoint's version and the original's."""
+    return f"{checkpoint}+original-{original}"
+
+
 def checkpoint_version(variant: Variant) -> str:
     """What identifies a variant's pruned model before it is built: the external files' hash, or the recipe."""
     if variant.checkpoint is not None:
@@ -91,9 +103,13 @@ def _external_reference(variant: Variant) -> ModelReference:
     return reference
 
 
-@reads("pruning")
+@reads(*MODEL_LOADING, "pruning")
 def _observe_pruned(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB):
     names = context.instance.get_dynamic_partitions(VARIANTS.name)
+    try:  # memoised by size and mtime: the same hash that original_model observes, not read twice
+        original = reference_version(paser.models.store(duckdb.database).original)
+    except CheckpointError as error:
+        raise dg.Failure(description=str(error)) from None
     variants = registered_variants(duckdb, paser.pruning.recipe())
     versions = {}
     for name in names:
@@ -101,7 +117,7 @@ def _observe_pruned(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
             context.log.warning(f"partition {name!r} has no registered variant; skipped")
             continue
         try:
-            versions[name] = checkpoint_version(variants[name])
+            versions[name] = observed_version(checkpoint_version(variants[name]), original)
         except CheckpointError as error:
             context.log.error(f"variant {name!r}: {error}")
     with warnings.catch_warnings():
@@ -122,7 +138,8 @@ with warnings.catch_warnings():
         name="pruned_checkpoint",
         group_name=MODELS_GROUP,
         partitions_def=VARIANTS,
-        description="Each variant's pruned checkpoint as it is on disk (content hash), or its pruning recipe.",
+        description="What each variant is computed from: its pruned checkpoint as it is on disk (content hash) or "
+        "its pruning recipe, and the original model's content hash.",
         automation_condition=observation_condition(),
     )(_observe_pruned)
 

@@ -22,7 +22,15 @@ import numpy as np
 import pandas as pd
 
 from paser_assets import charts, storage
-from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, MODEL_PLACEMENT, placement, pruned_reference
+from paser_assets.assets.models import (
+    CHECKPOINTS,
+    LOADS_ORIGINAL,
+    LOADS_PRUNED,
+    MODEL_LOADING,
+    MODEL_PLACEMENT,
+    placement,
+    pruned_reference,
+)
 from paser_assets.assets.scores import cluster_budgets
 from paser_assets.assets.selection import budgets_in_unit, paser_select, selectable_candidates
 from paser_assets.core.allocation import allocate_budget, allocation_weights
@@ -86,7 +94,7 @@ def _load_pruned(store: ModelStore, duckdb: PaserDuckDB, variant: str, where: Pl
 
 @dg.asset(
     deps=["selection", "degradation_scores", "capability_degradation", "clusters", "sample_concepts", "holdout_split",
-          *MODEL_PARENTS],
+          CHECKPOINTS, *LOADS_PRUNED, *LOADS_ORIGINAL],  # the original: for paser_instruction_jsd
     partitions_def=VARIANTS,
     group_name=RECOVERY_GROUP,
     code_version="3",
@@ -257,7 +265,7 @@ def method_selection(duckdb: PaserDuckDB, method: str, variant: str) -> pd.DataF
 
 
 @dg.asset(
-    deps=["selection", "baseline_selections", "recovery_pool", *MODEL_PARENTS],
+    deps=["selection", "baseline_selections", "recovery_pool", CHECKPOINTS, *LOADS_PRUNED],
     partitions_def=METHODS,
     group_name=RECOVERY_GROUP,
     code_version="1",
@@ -415,7 +423,7 @@ EVALUATION_READS = ("scoring.max_tokens", "evaluation")
 
 
 @dg.asset(
-    deps=["holdout_split", "recovery_pool", *MODEL_PARENTS],
+    deps=["holdout_split", "recovery_pool", CHECKPOINTS, *LOADS_ORIGINAL, *LOADS_PRUNED],
     partitions_def=VARIANTS,
     group_name=RECOVERY_GROUP,
     code_version="2",
@@ -452,7 +460,7 @@ def reference_evaluation(
 
 
 @dg.asset(
-    deps=["recovered_model", "holdout_split", "recovery_pool", *MODEL_PARENTS],
+    deps=["recovered_model", "holdout_split", "recovery_pool", CHECKPOINTS, *LOADS_PRUNED],
     partitions_def=METHODS,
     group_name=RECOVERY_GROUP,
     code_version="2",
@@ -529,7 +537,7 @@ def metric_rows(
 
 
 @dg.asset(
-    deps=["recovery_evaluation", "reference_evaluation", "recovered_model", "clusters", *MODEL_PARENTS],
+    deps=["recovery_evaluation", "reference_evaluation", "recovered_model", "clusters", CHECKPOINTS],
     partitions_def=VARIANTS,
     group_name=RECOVERY_GROUP,
     code_version="2",

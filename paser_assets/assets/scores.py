@@ -16,7 +16,15 @@ import numpy as np
 import pandas as pd
 
 from paser_assets import charts, partitions, report, storage
-from paser_assets.assets.models import MODEL_LOADING, MODEL_PARENTS, MODEL_PLACEMENT, placement, pruned_reference
+from paser_assets.assets.models import (
+    CHECKPOINTS,
+    LOADS_ORIGINAL,
+    LOADS_PRUNED,
+    MODEL_LOADING,
+    MODEL_PLACEMENT,
+    placement,
+    pruned_reference,
+)
 from paser_assets.core.allocation import allocate_budget, allocation_weights, resolve_budget
 from paser_assets.core.efficiency import attention_cost, individual_efficiency
 from paser_assets.models.checkpoints import CheckpointError, reference_version
@@ -129,7 +137,7 @@ def build_degradation_scores(shards: int) -> dg.AssetsDefinition:
 
     @dg.asset(
         name="degradation_scores",
-        deps=["recovery_pool", *MODEL_PARENTS],
+        deps=["recovery_pool", CHECKPOINTS, *LOADS_ORIGINAL, *LOADS_PRUNED],
         partitions_def=partitions.shards(shards),
         group_name=SCORES_GROUP,
         code_version="1",
@@ -242,7 +250,7 @@ def cluster_budgets(frame: pd.DataFrame, budget_setting: float, rule: str = "cds
 
 
 @dg.asset(
-    deps=["degradation_scores", "clusters", "holdout_split", *MODEL_PARENTS],
+    deps=["degradation_scores", "clusters", "holdout_split", CHECKPOINTS],
     partitions_def=partitions.VARIANTS,
     group_name=SCORES_GROUP,
     code_version="1",

@@ -11,7 +11,8 @@ import duckdb
 import pandas as pd
 
 from paser_assets import report, storage
-from paser_assets.assets.models import MODEL_PARENTS
+from paser_assets.assets.models import CHECKPOINTS
+from paser_assets.assets.semantic import SEMANTIC_GROUP
 from paser_assets.core.allocation import allocate_budget, allocation_weights, token_budget
 from paser_assets.core.concepts import extract_concepts
 from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, SelectionResult, select
@@ -29,7 +30,7 @@ EXPORT_FORMATS = ("json", "jsonl", "parquet")
 
 @dg.asset(
     deps=["recovery_pool"],
-    group_name=SELECTION_GROUP,
+    group_name=SEMANTIC_GROUP,  # shared and model-independent like the clusters; the lineage reads left to right
     code_version="1",
     kinds={"duckdb", "scikitlearn"},
     description="Per sample: its concepts, the top TF-IDF keyphrases of instruction + input + output, stemmed.",
@@ -198,7 +199,7 @@ SELECTION_PARENTS = [
     "clusters",
     "sample_concepts",
     "holdout_split",
-    *MODEL_PARENTS,
+    CHECKPOINTS,
 ]
 
 
@@ -335,7 +336,7 @@ def export_records(rows: pd.DataFrame, folder: Path, stem: str = "selection") ->
 
 
 @dg.asset(
-    deps=["selection", "recovery_pool", *MODEL_PARENTS],
+    deps=["selection", "recovery_pool", CHECKPOINTS],
     partitions_def=VARIANTS,
     group_name=SELECTION_GROUP,
     code_version="2",  # 2: also writes report.html
