@@ -447,7 +447,9 @@ def screenshot_asset_graph(browser: Any, server: DagsterDev, name: str, shots: l
     nodes show the "Unsynced" tag."""
     from playwright.sync_api import expect
 
-    page = open_page(browser, 1800, 2400)
+    # Tall enough for the expanded layout; the nodes are waited for as rendered, not as inside the viewport,
+    # because Dagster's layout (and so what falls below the fold) moves with every edge of the graph.
+    page = open_page(browser, 1800, 3600)
     try:
         open_lineage(page, server)
         page.get_by_role("button", name="settings", exact=True).click()  # the graph's settings, not the nav's
@@ -455,7 +457,7 @@ def screenshot_asset_graph(browser: Any, server: DagsterDev, name: str, shots: l
         page.reload()  # the graph fits itself to the viewport when it loads; the URL keeps the filter
         page.get_by_role("button", name=re.compile(rf"Materialize all \({len(server.demo_assets())}\)")).wait_for()
         for asset in ("cluster_profiles", "selection_export", "pruned_checkpoint"):
-            page.get_by_text(asset, exact=True).last.wait_for()
+            page.get_by_text(asset, exact=True).last.wait_for(state="attached")
         page.wait_for_timeout(1500)
         expect(page.get_by_text(re.compile(r"^Unsynced"))).to_have_count(unsynced)
         screenshot(page, name, shots)
