@@ -154,7 +154,9 @@ def build_jsd_in_range(shards: int) -> dg.AssetChecksDefinition:
         f"clusters, the most and least degraded differing by at most {SEPARATION_Z:g} standard errors of the "
         "difference of their means (pooled within-cluster standard deviation of JSD), or every CDS lies within "
         f"{SATURATION_NATS} nats of ln 2 (saturated); (2) the pruned model's mean response NLL is at least "
-        f"{UNIFORM_SHARE:.0%} of ln(vocabulary size), the NLL of a uniform guess."
+        f"{UNIFORM_SHARE:.0%} of ln(vocabulary size), the NLL of a uniform guess. Its metadata also gives "
+        "between_cluster_share, the share of the samples' JSD variance that lies between clusters (eta squared): "
+        "how much of the drift the CDS allocation can target at all."
     ),
 )
 def degradation_signal(context: dg.AssetCheckExecutionContext, duckdb: PaserDuckDB) -> dg.AssetCheckResult:
@@ -183,6 +185,7 @@ def degradation_signal(context: dg.AssetCheckExecutionContext, duckdb: PaserDuck
             "clusters": report.clusters,
             "cds_spread": report.cds_spread,
             "spread_standard_error": _number(report.spread_standard_error),
+            "between_cluster_share": _number(report.between_cluster_share),
             "max_distance_from_ln2": _number(report.max_distance_from_ln2),
             "mean_pruned_nll": _number(report.mean_pruned_nll),
             "mean_original_nll": _number(original_nll),

