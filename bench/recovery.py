@@ -21,12 +21,14 @@ Everything runs through the package's asset graph (``paser_assets.runner.run_gra
 under ``bench/.cache/recovery-<pool>-<rows>/``: the pool, clusters, scores and the references' evaluation
 once, then per seed (``PASER_RECOVERY_SEED``: random draws, LoRA initialisation and data order; the pool,
 clusters, held-out split and scores stay fixed) the arms' selections, fine-tunes and evaluations. The arms
-in ``--main-arms`` (default paser, random, random_tokens, full) get ``--seeds`` seeds; the others
-``--other-seeds``. A progress line with an ETA is printed at least every 30 s. The adapters are cached by
-their recipe, so a rerun reuses what it has.
+in ``--main-arms`` (default paser, random, random_tokens, full) get ``--seeds`` seeds, run first; then the
+others get up to ``--other-seeds``, a seed at a time, each round only the arms (in ``--arms`` order) whose
+fine-tunes and evaluations fit in what is left of ``--minutes`` at the rates measured so far. The output says
+how many seeds each arm had and which did not run. A progress line with an ETA is printed at least every
+30 s. The adapters are cached by their recipe, so a rerun reuses what it has (and prices it at no time).
 
-The last line is one JSON object: ``{"pool", "rows", "budget", "seeds": {arm: n}, "arms": {arm: {metric:
-{"mean", "std", "per_seed"}}}, "references": {"original": {metric: value}, "pruned": {...}}, "seconds",
+The last line is one JSON object: ``{"pool", "rows", "budget", "seeds": {arm: n}, "skipped": [arm], "arms":
+{arm: {metric: {"mean", "std", "per_seed"}}}, "references": {"original": {metric: value}, "pruned": {...}}, "seconds",
 "cpu"}``; the metrics are ``ppl:<text>``, ``acc:<task>``, ``acc_norm:<task>``, ``task_average``,
 ``heldout_nll``, ``heldout_nll_macro``, ``train_tokens``, ``train_seconds`` and, for the arms that need
 the models' scores, ``selection_seconds`` (the wall time of the semantic, scores and selection groups).
@@ -43,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +73,10 @@ MAIN_ARMS = ("paser", "random", "random_tokens", "full")
 SCORED_ARMS = ("paser", "top_jsd", "ifd", "uniform", *(m for m in RECOVERY_METHODS if m.startswith("paser_")))
 SELECTION_GROUPS = ("semantic", "scores", "selection")
 REPORTED = ("heldout_nll", "heldout_nll_macro", "task_average")
+# Measured on a 2-core AVX512-BF16 EPYC (2,000 Alpaca rows, SmolLM2-135M, 100 items per task, 16,384 text
+# tokens): 0.17 s per sample-epoch of LoRA, about 60 s per evaluation; rounded up, as guesses should be.
+GUESSED_SECONDS_PER_UNIT = 0.25
+GUESSED_SECONDS_PER_EVALUATION = 90.0
 
 
 def log(message: str) -> None:
@@ -100,17 +107,18 @@ class Progress(threading.Thread):
     """Prints elapsed time, the trainings and evaluations done and an ETA every ``every`` seconds.
 
     The ETA prices the work left with the rates measured so far: seconds per trained sample-epoch and
-    seconds per evaluation (before the first of each, a guess from this machine: 0.5 s and 120 s)."""
+    seconds per evaluation (before the first of each, the guesses below)."""
 
-    def __init__(self, instance: Any, planned: list[tuple[str, int, int]], every: float = 30.0) -> None:
+    def __init__(self, instance: Any, planned: list[tuple[str, int, int]], epochs: int, every: float = 30.0) -> None:
         super().__init__(daemon=True)
         self.instance, self.planned, self.every = instance, planned, every  # (arm, seed, samples x epochs)
+        self.epochs = epochs
         self.start_time = time.monotonic()
         self.stop = threading.Event()
-        self.baseline = (0, 0)
 
-    def counts(self) -> tuple[int, int, float, float]:
-        """Fine-tunes and evaluations done, their training seconds, and when the first fine-tune began."""
+    def counts(self) -> tuple[int, int, float, int, float]:
+        """Fine-tunes and evaluations done, the seconds and sample-epochs of those trained in this run (not
+        reused from the cache), and when the first fine-tune began."""
         import dagster as dg
 
         def records(name: str) -> list:
@@ -118,24 +126,45 @@ class Progress(threading.Thread):
 
         trained = records("recovered_model")
         evaluated = records("recovery_evaluation")
-        seconds = [float(r.asset_materialization.metadata["seconds"].value) for r in trained]
+        metadata = [r.asset_materialization.metadata for r in trained]
+        now = [bool(m["trained_now"].value) if "trained_now" in m else True for m in metadata]
+        seconds = [float(m["seconds"].value) if fresh else 0.0 for m, fresh in zip(metadata, now, strict=True)]
+        units = sum(
+            int(m["train_samples"].value) * self.epochs for m, fresh in zip(metadata, now, strict=True) if fresh
+        )
         # The shared assets and the references come before the first fine-tune: not evaluation time.
         first = min((r.timestamp - s for r, s in zip(trained, seconds, strict=True)), default=None)
-        return len(trained), len(evaluated), sum(seconds), first if first is not None else time.time()
+        return len(trained), len(evaluated), sum(seconds), units, first if first is not None else time.time()
 
     def line(self) -> str:
-        trained, evaluated, train_s, first_start = self.counts()
+        trained, evaluated, _, _, _ = self.counts()
         elapsed = time.monotonic() - self.start_time
-        recovery_s = max(time.time() - first_start, 0.0)
-        units = [units for _, _, units in self.planned]
-        done_units = sum(units[:trained])
-        per_unit = train_s / done_units if done_units and train_s > 0 else 0.5
-        eval_s = max(recovery_s - train_s, 0.0) / evaluated if evaluated else 120.0
-        remaining = sum(units[trained:]) * per_unit + (len(self.planned) - evaluated) * eval_s
+        per_unit, eval_s = self.rates()
+        remaining = sum(units for _, _, units in self.planned[trained:]) * per_unit
+        remaining += max(len(self.planned) - evaluated, 0) * eval_s
         return (
             f"[bench] {format_duration(elapsed)} elapsed: {trained}/{len(self.planned)} fine-tunes, "
             f"{evaluated}/{len(self.planned)} evaluations done; ETA {format_duration(remaining)}"
         )
+
+    def rates(self) -> tuple[float, float]:
+        """Seconds per trained sample-epoch and per evaluation, as measured so far (or the guesses)."""
+        _, evaluated, train_s, units, first_start = self.counts()
+        per_unit = train_s / units if units and train_s > 0 else GUESSED_SECONDS_PER_UNIT
+        recovery_s = max(time.time() - first_start, 0.0)
+        eval_s = max(recovery_s - train_s, 0.0) / evaluated if evaluated else GUESSED_SECONDS_PER_EVALUATION
+        return per_unit, eval_s
+
+    def affordable(self, arms: list[str], units: Callable[[str], int], seconds: float) -> list[str]:
+        """The longest prefix of ``arms`` whose fine-tunes and evaluations fit in ``seconds``, at the rates."""
+        per_unit, eval_s = self.rates()
+        chosen, cost = [], 0.0
+        for arm in arms:
+            cost += units(arm) * per_unit + eval_s
+            if cost > seconds:
+                break
+            chosen.append(arm)
+        return chosen
 
     def run(self) -> None:
         while not self.stop.wait(self.every):
@@ -187,6 +216,13 @@ def main() -> None:
     parser.add_argument("--main-arms", default=",".join(MAIN_ARMS))
     parser.add_argument("--arms", default=",".join(RECOVERY_METHODS), help="comma-separated; default: all")
     parser.add_argument("--quick", action="store_true", help="one seed, paser and random only")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=90,
+        help="the main arms get all their seeds; the other arms run, seed by seed, as far as the time left "
+        "allows at the rates measured so far (0: no limit)",
+    )
     parser.add_argument("--text", action="append", metavar="NAME=PATH")
     parser.add_argument("--task", action="append", metavar="NAME=PATH")
     evaluation = EvaluationSettings()
@@ -216,7 +252,6 @@ def main() -> None:
     unknown = sorted(set(arms) - set(RECOVERY_METHODS))
     if unknown:
         raise SystemExit(f"unknown arms {unknown}; choose from {', '.join(RECOVERY_METHODS)}")
-    seeds_of = {arm: args.seeds if arm in main_arms else args.other_seeds for arm in arms}
     texts, tasks = named(args.text, DEFAULT_TEXTS), named(args.task, DEFAULT_TASKS)
     for path in [*texts.values(), *tasks.values()]:
         if not path.is_file():
@@ -244,22 +279,37 @@ def main() -> None:
     epochs = args.lora_epochs or PaserConfig().recovery.lora_epochs
     selectable = args.rows - min(args.holdout, round(0.1 * args.rows))
     budget_rows = round(args.budget * selectable) if args.budget < 1 else int(args.budget)
-    planned = [
-        (arm, seed, (selectable if arm == "full" else budget_rows) * epochs)
-        for seed in range(max(seeds_of.values()))
-        for arm in arms
-        if seed < seeds_of[arm]
-    ]
-    log(f"{len(planned)} fine-tunes planned on {cpu_model()}: " + ", ".join(f"{a} x{n}" for a, n in seeds_of.items()))
+
+    def units(arm: str) -> int:
+        """Samples x epochs the arm trains on, what its fine-tune costs."""
+        return (selectable if arm == "full" else budget_rows) * epochs
+
+    # The main arms' seeds first, then the other arms' rounds, each as far as the time left allows.
+    main_rounds = [(seed, [a for a in arms if a in main_arms]) for seed in range(args.seeds)]
+    other_rounds = [(seed, [a for a in arms if a not in main_arms]) for seed in range(args.other_seeds)]
+    rounds = [(seed, round_arms) for seed, round_arms in [*main_rounds, *other_rounds] if round_arms]
+    planned = [(arm, seed, units(arm)) for seed, round_arms in rounds for arm in round_arms]
+    log(
+        f"{len(planned)} fine-tunes planned on {cpu_model()}: "
+        + ", ".join(f"{a} x{args.seeds if a in main_arms else args.other_seeds}" for a in arms)
+        + (f"; the other arms as far as {args.minutes:g} minutes allow" if args.minutes else "")
+    )
     start = time.monotonic()
-    progress = Progress(instance, planned)
+    progress = Progress(instance, planned, epochs)
     progress.start()
     values: dict[str, dict[str, list[float]]] = {arm: {} for arm in arms}
+    seeds_run = dict.fromkeys(arms, 0)
     references: dict[str, dict[str, float]] = {}
     budget = 0
     scored_seconds = None
-    for seed in range(max(seeds_of.values())):
-        seed_arms = [arm for arm in arms if seed < seeds_of[arm]]
+    for seed, round_arms in rounds:
+        if args.minutes and round_arms[0] not in main_arms:
+            left = args.minutes * 60 - (time.monotonic() - start)
+            round_arms = progress.affordable(round_arms, units, left)
+            progress.planned = [*progress.planned[: progress.counts()[0]], *((a, seed, units(a)) for a in round_arms)]
+            if not round_arms:
+                log(f"seed {seed} of the other arms skipped: {format_duration(max(left, 0))} left")
+                continue
         config = PaserConfig(
             dataset=str(pool),
             budget=args.budget,
@@ -267,7 +317,7 @@ def main() -> None:
             max_tokens=args.max_tokens,
             include_recovery=True,
             recovery_seed=seed,
-            recovery_methods=seed_arms,
+            recovery_methods=round_arms,
             eval_text="; ".join(f"{n}={p}" for n, p in texts.items()),
             eval_tasks="; ".join(f"{n}={p}" for n, p in tasks.items()),
             eval_window=args.window,
@@ -279,7 +329,7 @@ def main() -> None:
             **lora,
         )
         defs = build_definitions(config, database)
-        log(f"seed {seed}: {', '.join(seed_arms)} (the shared assets and the references only the first time)")
+        log(f"seed {seed}: {', '.join(round_arms)} (the shared assets and the references only the first time)")
         run = run_graph(defs, instance)
         if not run.success:
             progress.stop.set()
@@ -297,25 +347,32 @@ def main() -> None:
                 per_arm[method]["train_tokens"], per_arm[method]["train_seconds"] = float(tokens), float(seconds)
         for reference in ("original", "pruned"):
             references[reference] = {m: v for m, v in per_arm[reference].items() if "=" not in m}
-        for arm in seed_arms:
+        for arm in round_arms:
             metrics = {m: v for m, v in per_arm[arm].items() if "=" not in m}
             if arm in SCORED_ARMS:
                 metrics["selection_seconds"] = scored_seconds
             for metric, value in metrics.items():
                 values[arm].setdefault(metric, []).append(value)
+            seeds_run[arm] += 1
         log(progress.line())
         log(
             f"seed {seed} done: "
-            + ", ".join(f"{arm} {per_arm[arm]['heldout_nll']:.4f}" for arm in ["original", "pruned", *seed_arms])
+            + ", ".join(f"{arm} {per_arm[arm]['heldout_nll']:.4f}" for arm in ["original", "pruned", *round_arms])
         )
     progress.stop.set()
+    skipped = [arm for arm in arms if not seeds_run[arm]]
+    if skipped:
+        log(f"not run for lack of time (--minutes {args.minutes:g}): {', '.join(skipped)}")
 
     result = {
         "pool": args.pool,
         "rows": args.rows,
         "budget": budget,
-        "seeds": seeds_of,
-        "arms": {arm: {metric: summary(v) for metric, v in metrics.items()} for arm, metrics in values.items()},
+        "seeds": {arm: seeds_run[arm] for arm in arms if seeds_run[arm]},
+        "skipped": skipped,
+        "arms": {
+            arm: {metric: summary(v) for metric, v in metrics.items()} for arm, metrics in values.items() if metrics
+        },
         "references": {name: {m: round(v, 5) for m, v in metrics.items()} for name, metrics in references.items()},
         "seconds": round(time.monotonic() - start, 1),
         "cpu": cpu_model(),

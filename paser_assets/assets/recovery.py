@@ -296,7 +296,7 @@ def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
         model, tokenizer, _ = _load_pruned(store, duckdb, variant, where)
         return model, _encode(tokenizer, rows, max_tokens), tokenizer.pad_token_id
 
-    record, _ = train_or_reuse(folder, load, lora, context.log.info, where)
+    record, trained_now = train_or_reuse(folder, load, lora, context.log.info, where)
     adapter_row = pd.DataFrame(
         [
             {
@@ -321,6 +321,7 @@ def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
             "train_samples": len(rows),
             "train_tokens": record.tokens,
             "seconds": round(record.seconds, 1),
+            "trained_now": trained_now,  # False: the cached adapter of the same recipe, its seconds from then
             "precision": record.precision,
             "first_loss": round(losses[0], 4),
             "last_loss": round(losses[-1], 4),
