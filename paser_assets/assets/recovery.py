@@ -44,7 +44,7 @@ from paser_assets.core.baselines import (
     uniform_selection,
 )
 from paser_assets.core.consistency import SELECTED
-from paser_assets.core.efficiency import individual_efficiency
+from paser_assets.core.efficiency import drift_per_token, individual_efficiency
 from paser_assets.core.evaluation import (
     TaskScore,
     macro_mean,
@@ -166,7 +166,8 @@ def baseline_picks(
     The ablations change one part of PASER and keep the rest (its budget, its conflict ``tolerance``, its
     allocation ``rule``): the allocation rule (uniform, proportional to size, CDS x size), the order inside a
     cluster (JSD alone, random), the concept filter (off) or the budget's unit (``paser_tokens``: the
-    training tokens a random selection of PASER's sample budget has on average, split by the same rule)."""
+    training tokens a random selection of PASER's sample budget has on average, split by the same rule;
+    ``paser_tokens_density``: that token budget, each cluster in the order of drift per training token)."""
     budget = int(budgets["budget"].sum())
     ids = frame["sample_id"].tolist()
     sizes = frame.groupby("cluster").size().reindex(budgets["cluster"]).fillna(0).astype(int).to_numpy()
@@ -179,6 +180,11 @@ def baseline_picks(
         decisions = paser_select(candidates, shares, tolerance=tau, budget_unit=unit).decisions
         return [d.sample_id for d in decisions if d.decision == SELECTED]
 
+    in_tokens = budgets_in_unit(frame, budgets, "tokens", rule)
+    density = [
+        drift_per_token(j, int(r), int(t))
+        for j, r, t in zip(frame["jsd"], frame["response_tokens"], frame["tokens"], strict=True)
+    ]
     random_ies = [int(hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()[:12], 16) for i in ids]
     return {
         "full": sorted(ids),
@@ -191,7 +197,8 @@ def baseline_picks(
         "paser_alloc_cds_size": selected(frame, reallocated("cds_size"), tolerance),
         "paser_order_jsd": selected(frame.assign(ies=frame["jsd"]), budgets, tolerance),
         "paser_order_random": selected(frame.assign(ies=np.asarray(random_ies, dtype=np.float64)), budgets, tolerance),
-        "paser_tokens": selected(frame, budgets_in_unit(frame, budgets, "tokens", rule), tolerance, "tokens"),
+        "paser_tokens": selected(frame, in_tokens, tolerance, "tokens"),
+        "paser_tokens_density": selected(frame.assign(ies=density), in_tokens, tolerance, "tokens"),
     }
 
 

@@ -15,3 +15,13 @@ def individual_efficiency(jsd: float, cost: int) -> float:
     if cost <= 1:
         return math.nan
     return jsd / math.log(cost)
+
+
+def drift_per_token(jsd: float, response_tokens: int, tokens: int) -> float:
+    """E = JSD x response tokens / training tokens: the drift a sample carries per token it costs to train on.
+
+    JSD is a mean over the response's tokens, so JSD x response tokens is the sample's total drift; under a
+    budget in tokens that total per token spent is the knapsack's ratio, where IES is a sample budget's."""
+    if tokens <= 0:
+        return math.nan
+    return jsd * response_tokens / tokens

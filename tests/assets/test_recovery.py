@@ -25,7 +25,7 @@ RECOVERY_ASSETS = {asset.key.to_user_string() for asset in recovery_assets.RECOV
 BASELINES = [m for m in RECOVERY_METHODS if m != "paser"]
 AT_PASER_BUDGET = ["random", "uniform", "top_jsd", "ifd", "longest", "paser_no_concepts"]
 WINDOW, TEXT_TOKENS, TASK_ITEMS = 16, 200, 4
-TOKEN_BUDGET = "paser_tokens"  # the one ablation whose budget is in tokens, not samples
+TOKEN_BUDGETS = ("paser_tokens", "paser_tokens_density")  # the ablations whose budget is in tokens, not samples
 
 
 @dataclass
@@ -182,7 +182,7 @@ def test_every_method_gets_the_same_budget(recovery: Recovery) -> None:
     counts = dict(query(database, sql, [VARIANT]))
     assert {m: counts[m] for m in AT_PASER_BUDGET} == dict.fromkeys(AT_PASER_BUDGET, budget)
     assert counts["full"] == scalar(database, "SELECT count(*) FROM selection WHERE variant = ?", [VARIANT])
-    for ablation in [m for m in BASELINES if m.startswith("paser_") and m not in ("paser_no_concepts", TOKEN_BUDGET)]:
+    for ablation in [m for m in BASELINES if m.startswith("paser_") and m not in ("paser_no_concepts", *TOKEN_BUDGETS)]:
         assert 0 < counts[ablation] <= budget, ablation  # the concept filter may leave an ablation short
     ranks = query(database, "SELECT method, min(rank), max(rank), count(*) FROM baseline_selections GROUP BY method")
     assert all((low, high) == (1, n) and n == counts[m] for m, low, high, n in ranks)
@@ -220,16 +220,29 @@ def test_the_token_budget_spends_what_a_random_selection_of_the_sample_budget_ha
     )
     budget = scalar(database, "SELECT sum(budget) FROM capability_degradation WHERE variant = ?", [VARIANT])
     target = round(budget * sum(tokens.values()) / len(tokens))
-    sql = "SELECT sample_id FROM baseline_selections WHERE variant = ? AND method = ?"
-    chosen = [row[0] for row in query(database, sql, [VARIANT, TOKEN_BUDGET])]
-    spent = sum(tokens[sample_id] for sample_id in chosen)
+    sql = "SELECT sample_id FROM baseline_selections WHERE variant = ? AND method = ? ORDER BY rank"
     clusters = scalar(database, "SELECT count(*) FROM capability_degradation WHERE variant = ?", [VARIANT])
-    # Every cluster stops at the first sample that reaches its share, so each overshoots by less than one sample.
-    assert target <= spent < target + clusters * max(tokens.values())
+    chosen = {arm: [row[0] for row in query(database, sql, [VARIANT, arm])] for arm in TOKEN_BUDGETS}
+    for arm in TOKEN_BUDGETS:
+        spent = sum(tokens[sample_id] for sample_id in chosen[arm])
+        # Every cluster stops at the first sample that reaches its share, so each overshoots by less than one sample.
+        assert target <= spent < target + clusters * max(tokens.values()), arm
     # PASER's own selection spends fewer tokens per sample than the average row: the token budget takes more.
     paser = [row[0] for row in query(database, "SELECT sample_id FROM selection WHERE decision = 'selected'")]
     if sum(tokens[s] for s in paser) < target:
-        assert len(chosen) > len(paser)
+        assert len(chosen["paser_tokens"]) > len(paser)
+    # The density arm walks each cluster by JSD x response tokens / training tokens, highest first.
+    scores = query(
+        database,
+        """SELECT d.sample_id, c.cluster, d.jsd * d.response_tokens / (d.prompt_tokens + d.response_tokens)
+        FROM degradation_scores d JOIN clusters c USING (sample_id) WHERE d.variant = ?""",
+        [VARIANT],
+    )
+    density, cluster_of = {i: e for i, _, e in scores}, {i: c for i, c, _ in scores}
+    for cluster in set(cluster_of[i] for i in chosen["paser_tokens_density"]):
+        walked = [density[i] for i in chosen["paser_tokens_density"] if cluster_of[i] == cluster]
+        assert walked == sorted(walked, reverse=True), cluster
+    assert chosen["paser_tokens_density"] != chosen["paser_tokens"]
 
 
 def test_instruction_divergence_is_the_mean_jsd_over_the_instruction_tokens(tmp_path: Path) -> None:
@@ -404,6 +417,7 @@ def test_a_rerun_reuses_the_adapters_and_keeps_the_held_out_split(recovery: Reco
         assert second[method]["adapter"] == recovery.first_metadata[method]["adapter"]
         assert second[method]["seconds"] == recovery.first_metadata[method]["seconds"]  # the saved record
         assert second[method]["first_loss"] == recovery.first_metadata[method]["first_loss"]
+        assert recovery.first_metadata[method]["trained_now"] is True and second[method]["trained_now"] is False
     first_messages = run_messages(recovery.instance, recovery.first)
     second_messages = run_messages(recovery.instance, recovery.second)
     assert sum("LoRA fine-tuning variant" in m for m in first_messages) == len(RECOVERY_METHODS)

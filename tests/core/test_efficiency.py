@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from paser_assets.core.efficiency import attention_cost, individual_efficiency
+from paser_assets.core.efficiency import attention_cost, drift_per_token, individual_efficiency
 
 
 @pytest.mark.parametrize(
@@ -47,3 +47,11 @@ def test_smallest_defined_cost():
     # One prompt token and one response token: cost 4, log 4 > 0.
     value = individual_efficiency(0.25, attention_cost(1, 1))
     assert math.isfinite(value) and value == pytest.approx(0.25 / math.log(4))
+
+
+def test_drift_per_token_is_the_samples_total_drift_per_training_token() -> None:
+    # 0.3 nats over 40 response tokens, 10 prompt tokens: 12 nats of drift for 50 tokens.
+    assert drift_per_token(0.3, 40, 50) == pytest.approx(0.24)
+    # At equal JSD and length, the sample whose tokens are more response than prompt carries more drift.
+    assert drift_per_token(0.2, 45, 50) > drift_per_token(0.2, 5, 50)
+    assert math.isnan(drift_per_token(0.2, 0, 0))
