@@ -137,9 +137,10 @@ class Progress(threading.Thread):
         return len(trained), len(evaluated), sum(seconds), units, first if first is not None else time.time()
 
     def line(self) -> str:
-        trained, evaluated, _, _, _ = self.counts()
+        counts = self.counts()
+        trained, evaluated = counts[0], counts[1]
         elapsed = time.monotonic() - self.start_time
-        per_unit, eval_s = self.rates()
+        per_unit, eval_s = self.rates(counts)
         remaining = sum(units for _, _, units in self.planned[trained:]) * per_unit
         remaining += max(len(self.planned) - evaluated, 0) * eval_s
         return (
@@ -147,23 +148,27 @@ class Progress(threading.Thread):
             f"{evaluated}/{len(self.planned)} evaluations done; ETA {format_duration(remaining)}"
         )
 
-    def rates(self) -> tuple[float, float]:
-        """Seconds per trained sample-epoch and per evaluation, as measured so far (or the guesses)."""
-        _, evaluated, train_s, units, first_start = self.counts()
+    def rates(self, counts: tuple[int, int, float, int, float] | None = None) -> tuple[float, float]:
+        """Seconds per trained sample-epoch and per evaluation, as measured so far (or the guesses), from
+        ``counts`` (default: read now)."""
+        _, evaluated, train_s, units, first_start = counts or self.counts()
         per_unit = train_s / units if units and train_s > 0 else GUESSED_SECONDS_PER_UNIT
         recovery_s = max(time.time() - first_start, 0.0)
         eval_s = max(recovery_s - train_s, 0.0) / evaluated if evaluated else GUESSED_SECONDS_PER_EVALUATION
         return per_unit, eval_s
 
-    def affordable(self, arms: list[str], units: Callable[[str], int], seconds: float) -> list[str]:
-        """The longest prefix of ``arms`` whose fine-tunes and evaluations fit in ``seconds``, at the rates."""
-        per_unit, eval_s = self.rates()
+    def affordable(self, arms: list[str], seed: int, units: Callable[[str], int], seconds: float) -> list[str]:
+        """The longest prefix of ``arms`` whose fine-tunes and evaluations fit in ``seconds``, at the rates;
+        the plan becomes what is done so far plus these."""
+        counts = self.counts()
+        per_unit, eval_s = self.rates(counts)
         chosen, cost = [], 0.0
         for arm in arms:
             cost += units(arm) * per_unit + eval_s
             if cost > seconds:
                 break
             chosen.append(arm)
+        self.planned = [*self.planned[: counts[0]], *((arm, seed, units(arm)) for arm in chosen)]
         return chosen
 
     def run(self) -> None:
@@ -305,8 +310,7 @@ def main() -> None:
     for seed, round_arms in rounds:
         if args.minutes and round_arms[0] not in main_arms:
             left = args.minutes * 60 - (time.monotonic() - start)
-            round_arms = progress.affordable(round_arms, units, left)
-            progress.planned = [*progress.planned[: progress.counts()[0]], *((a, seed, units(a)) for a in round_arms)]
+            round_arms = progress.affordable(round_arms, seed, units, left)
             if not round_arms:
                 log(f"seed {seed} of the other arms skipped: {format_duration(max(left, 0))} left")
                 continue
