@@ -143,9 +143,12 @@ class Progress(threading.Thread):
         per_unit, eval_s = self.rates(counts)
         remaining = sum(units for _, _, units in self.planned[trained:]) * per_unit
         remaining += max(len(self.planned) - evaluated, 0) * eval_s
+        # Before the first fine-tune ends, the shared assets (pool, clusters, scores, references) may still be
+        # running, and their time is not priced: the ETA counts from when they are done.
+        after = "" if trained else " once the shared assets are done"
         return (
             f"[bench] {format_duration(elapsed)} elapsed: {trained}/{len(self.planned)} fine-tunes, "
-            f"{evaluated}/{len(self.planned)} evaluations done; ETA {format_duration(remaining)}"
+            f"{evaluated}/{len(self.planned)} evaluations done; ETA {format_duration(remaining)}{after}"
         )
 
     def rates(self, counts: tuple[int, int, float, int, float] | None = None) -> tuple[float, float]:

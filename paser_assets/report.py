@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
@@ -41,6 +41,8 @@ class ReportData:
     ``degradation``: capability_degradation of every variant (for the comparison). ``spectrum``:
     cluster_spectrum. ``selection``: the variant's selection rows with instruction and input.
     ``comparison``: the variant's recovery_comparison rows. ``loss_curves``: method -> (steps, losses).
+    ``token_spend``: with a token budget (``PASER_BUDGET_UNIT=tokens``), per cluster the token budget and the
+    tokens selected (``cluster, budget, spent``); None with a sample budget.
     """
 
     variant: str
@@ -52,6 +54,7 @@ class ReportData:
     comparison: pd.DataFrame = field(default_factory=pd.DataFrame)
     loss_curves: Mapping[str, tuple[Sequence[int], Sequence[float]]] = field(default_factory=dict)
     pruned: Mapping[str, object] = field(default_factory=dict)
+    token_spend: pd.DataFrame | None = None
 
     @property
     def budgets(self) -> pd.DataFrame:
@@ -285,12 +288,19 @@ def _facts(data: ReportData) -> str:
         if not _missing(sparsity):
             spec += f" (measured sparsity {float(sparsity):.1%})"
         facts.append(("pruned model", spec))
+    if data.token_spend is None:
+        spending = [("budget", f"{budget:,}"), ("selected", f"{selected:,} (shortfall {max(budget - selected, 0):,})")]
+    else:
+        tokens, spent = int(data.token_spend["budget"].sum()), int(data.token_spend["spent"].sum())
+        spending = [
+            ("budget", f"{tokens:,} training tokens (what {budget:,} samples of the pool hold on average)"),
+            ("selected", f"{selected:,} samples, {spent:,} training tokens (shortfall {max(tokens - spent, 0):,})"),
+        ]
     facts += [
         ("instructions in the pool", f"{len(data.clusters):,}"),
         ("candidates (held-out split excluded)", f"{len(selection):,}"),
         ("chosen k (clusters)", f"k = {data.chosen_k}: {criterion}"),
-        ("budget", f"{budget:,}"),
-        ("selected", f"{selected:,} (shortfall {max(budget - selected, 0):,})"),
+        *spending,
         ("rejected as concept conflicts", f"{int((selection['decision'] == CONCEPT_CONFLICT).sum()):,}"),
         ("never reached (budget full)", f"{int((selection['decision'] == BUDGET_FULL).sum()):,}"),
     ]
@@ -300,6 +310,11 @@ def _facts(data: ReportData) -> str:
 def _cluster_table(data: ReportData, names: Mapping[int, str]) -> str:
     budgets = data.budgets.assign(stderr=_stderr(data.budgets))
     chosen = data.selection[data.selection["decision"] == SELECTED].groupby("cluster").size()
+    in_tokens = data.token_spend is not None
+    if in_tokens:  # the budget the selection spent, and the selected samples with their tokens
+        spend = data.token_spend.set_index("cluster")
+        budgets["budget"] = spend["budget"].reindex(budgets["cluster"]).fillna(0).to_numpy()
+        spent = spend["spent"].reindex(budgets["cluster"]).fillna(0).astype(int)
     examples = {}
     if names and "examples" in data.profiles:  # only when the profiles describe these clusters
         examples = {
@@ -316,11 +331,15 @@ def _cluster_table(data: ReportData, names: Mapping[int, str]) -> str:
                 ("num", _number(int(row.size))),
                 ("num", f"{_number(row.cds)} ± {_number(row.stderr, 2)}"),
                 ("num", _number(int(row.budget))),
-                ("num", _number(int(chosen.get(cluster, 0)))),
+                (
+                    "num",
+                    _number(int(chosen.get(cluster, 0))) + (f" ({_number(int(spent[cluster]))})" if in_tokens else ""),
+                ),
                 ("text", _e(_cut(example[0], 160)) if example else ""),
             ]
         )
-    return _table(["cluster", "candidates", "CDS ± s.e.", "budget", "selected", "typical instruction"], rows)
+    budget, selected = ("budget (tokens)", "selected (tokens)") if in_tokens else ("budget", "selected")
+    return _table(["cluster", "candidates", "CDS ± s.e.", budget, selected, "typical instruction"], rows)
 
 
 def _sample_rows(rows: pd.DataFrame, names: Mapping[int, str], reasons: Mapping[str, str] | None) -> str:
@@ -343,7 +362,9 @@ def _sample_rows(rows: pd.DataFrame, names: Mapping[int, str], reasons: Mapping[
     return _table(header, cells)
 
 
-def rejection_reason(decision: str, pairs: Sequence[str] | None, share: float | None, budget: int | None) -> str:
+def rejection_reason(
+    decision: str, pairs: Sequence[str] | None, share: float | None, budget: int | None, unit: str = "samples"
+) -> str:
     """Why a candidate was not selected, in words: the concept pairs it would have broken, or the full budget."""
     if decision == CONCEPT_CONFLICT:
         pairs = [str(p) for p in (pairs if pairs is not None else [])]
@@ -353,7 +374,7 @@ def rejection_reason(decision: str, pairs: Sequence[str] | None, share: float | 
         whose = f"{float(share):.0%} of its concept pairs" if share is not None and not pd.isna(share) else "pairs"
         return f"{whose} are in the graph of the selection but never together there: {shown}"
     if decision == BUDGET_FULL:
-        of = f" of {budget}" if budget is not None else ""
+        of = "" if budget is None else f" of {budget}" + (" tokens" if unit == "tokens" else "")
         return f"not reached: the cluster's budget{of} was filled by samples of higher IES"
     return str(decision)
 
@@ -365,11 +386,12 @@ def _previews(data: ReportData, names: Mapping[int, str]) -> str:
     # Conflicts first (the interesting rejections), each kind in IES order.
     rejected["order"] = (rejected["decision"] != CONCEPT_CONFLICT).astype(int)
     rejected = rejected.sort_values(["order", "ies", "sample_id"], ascending=[True, False, True])
-    budget_of = dict(zip(data.budgets["cluster"].astype(int), data.budgets["budget"].astype(int), strict=True))
+    shares, unit = (data.budgets, "samples") if data.token_spend is None else (data.token_spend, "tokens")
+    budget_of = dict(zip(shares["cluster"].astype(int), shares["budget"].astype(int), strict=True))
     shown_rejected = rejected.head(PREVIEW_ROWS)
     reasons = {
         row.sample_id: rejection_reason(
-            row.decision, row.conflict_pairs, row.conflict_share, budget_of.get(int(row.cluster))
+            row.decision, row.conflict_pairs, row.conflict_share, budget_of.get(int(row.cluster)), unit
         )
         for row in shown_rejected.itertuples(index=False)
     }
@@ -455,7 +477,12 @@ def render_report(data: ReportData) -> str:
             "CDS and budget per cluster",
             "Left: the Capability Degradation Score (mean JSD between the original and the pruned model over "
             "the cluster's samples) with its standard error. Right: the samples the cluster may contribute "
-            "(orange) out of its candidates (grey).",
+            "(orange) out of its candidates (grey)"
+            + (
+                "; the selection split its token budget by the same rule, as the table below counts it."
+                if data.token_spend is not None
+                else "."
+            ),
         ),
         _cluster_table(data, names),
     ]
@@ -558,8 +585,13 @@ def write_text_atomically(path: Path, text: str) -> None:
     storage.write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"), mode=0o644)
 
 
-def write_report(conn: duckdb.DuckDBPyConnection, variant: str, folder: Path) -> Path:
-    """Write ``folder / report.html`` for ``variant`` from the tables in ``conn``; returns its path."""
+def write_report(
+    conn: duckdb.DuckDBPyConnection, variant: str, folder: Path, token_spend: pd.DataFrame | None = None
+) -> Path:
+    """Write ``folder / report.html`` for ``variant`` from the tables in ``conn``; returns its path.
+
+    ``token_spend``: see :class:`ReportData` (the selection's token budget, which no table holds)."""
     path = Path(folder) / REPORT_NAME
-    write_text_atomically(path, render_report(load_report_data(conn, variant)))
+    data = replace(load_report_data(conn, variant), token_spend=token_spend)
+    write_text_atomically(path, render_report(data))
     return path

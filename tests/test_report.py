@@ -188,6 +188,9 @@ def test_cluster_names_need_profiles_of_the_current_clusters() -> None:
 def test_rejection_reason_without_pairs_or_budget() -> None:
     assert rejection_reason("concept_conflict", [], 0.0, None) == "concept conflict"
     assert rejection_reason("budget_full", None, None, None).startswith("not reached: the cluster's budget was")
+    assert rejection_reason("budget_full", None, None, 1200, "tokens").startswith(
+        "not reached: the cluster's budget of 1200 tokens was"
+    )
 
 
 def test_the_report_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import dagster as dg
 
 from paser_assets import partitions
 from paser_assets.assets.models import pruned_reference
-from paser_assets.assets.selection import budgets_in_unit, selectable_candidates
+from paser_assets.assets.selection import selectable_candidates, token_spend
 from paser_assets.core.divergence import LN2
 from paser_assets.core.signal import SATURATION_NATS, SEPARATION_Z, UNIFORM_SHARE, assess_signal
 from paser_assets.models.vocabulary import vocabulary_size
@@ -46,15 +46,13 @@ def budget_met(context: dg.AssetCheckExecutionContext, paser: PaserConfig, duckd
     overshoot = 0  # a token budget: each cluster's last sample may pass its share, by less than one sample
     if unit == "tokens" and candidates and budget:
         frame, budgets = selectable_candidates(duckdb, variant)
-        shares = budgets_in_unit(frame, budgets, unit, paser.selection.allocation)
         with duckdb.get_connection() as conn:
-            spent = conn.execute(
-                "SELECT sum(d.prompt_tokens + d.response_tokens) FROM selection s "
-                "JOIN degradation_scores d USING (variant, sample_id) WHERE s.variant = ? AND s.decision = 'selected'",
-                [variant],
-            ).fetchone()[0]
-        budget, selected = int(shares["budget"].sum()), int(spent or 0)
-        overshoot = len(shares) * int(frame["tokens"].max())
+            chosen = conn.execute(
+                "SELECT sample_id FROM selection WHERE variant = ? AND decision = 'selected'", [variant]
+            ).df()
+        spend = token_spend(frame, budgets, chosen["sample_id"], paser.selection.allocation)
+        budget, selected = int(spend["budget"].sum()), int(spend["spent"].sum())
+        overshoot = len(spend) * int(frame["tokens"].max())
     shortfall = budget - selected
     short = "" if unit == "samples" else f" {unit}"
     if not candidates or not budget:

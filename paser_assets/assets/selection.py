@@ -3,7 +3,7 @@
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -122,6 +122,15 @@ def budgets_in_unit(frame: pd.DataFrame, budgets: pd.DataFrame, unit: str, rule:
     total = token_budget(int(budgets["budget"].sum()), float(frame["tokens"].mean()))
     weights = allocation_weights(rule, budgets["cds"].to_numpy(), sizes)
     return budgets.assign(budget=allocate_budget(total, weights, capacity))
+
+
+def token_spend(frame: pd.DataFrame, budgets: pd.DataFrame, selected_ids: Iterable[str], rule: str) -> pd.DataFrame:
+    """Per cluster, in training tokens: the token budget of :func:`budgets_in_unit` and what the selected
+    samples among ``frame``'s rows spent of it (``cluster, budget, spent``)."""
+    shares = budgets_in_unit(frame, budgets, "tokens", rule)
+    chosen = frame[frame["sample_id"].isin(set(selected_ids))]
+    spent = chosen.groupby("cluster")["tokens"].sum().reindex(shares["cluster"]).fillna(0).astype("int64")
+    return shares[["cluster", "budget"]].assign(spent=spent.to_numpy()).reset_index(drop=True)
 
 
 def decision_table(result: SelectionResult, variant: str) -> pd.DataFrame:
@@ -343,7 +352,7 @@ def export_records(rows: pd.DataFrame, folder: Path, stem: str = "selection") ->
     kinds={"parquet", "json"},
     description="The selected instructions as Alpaca JSON, JSONL and a Parquet file that `datasets` loads.",
 )
-@reads("selection.export_dir")
+@reads("selection.export_dir", "selection.budget_unit", "selection.allocation")
 def selection_export(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -363,8 +372,15 @@ def selection_export(
     except OSError as error:  # not a full disk: a folder that cannot be written, say
         problem = f"cannot write the export into {folder} (PASER_EXPORT_DIR): {error}; {kept}"
         raise dg.Failure(description=problem) from None
-    with duckdb.get_connection() as conn:  # after the files: the report describes the export as published
-        report_path = report.write_report(conn, variant, target)
+    # After the files: the report describes the export as published. The report is written atomically, so a
+    # full disk here leaves the new export beside the previous report, and says so in one line.
+    report_kept = f"the export of {variant} is written; its previous report.html is kept as it was"
+    spend = None  # a token budget: the report counts it in tokens, as the selection spent it
+    if paser.selection.budget_unit == "tokens":
+        frame, budgets = selectable_candidates(duckdb, variant)
+        spend = token_spend(frame, budgets, rows["sample_id"], paser.selection.allocation)
+    with named_when_disk_full(folder, "PASER_EXPORT_DIR", report_kept), duckdb.get_connection() as conn:
+        report_path = report.write_report(conn, variant, target, spend)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(rows)),
         metadata={

@@ -20,6 +20,7 @@ import pytest
 from check_runs import run_checks as run_checks_of
 
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
+from paser_assets import report as report_module
 from paser_assets.assets import selection as selection_assets
 from paser_assets.assets.selection import EXPORT_FORMATS, safe_export_path
 from paser_assets.report import REPORT_NAME
@@ -286,6 +287,29 @@ def test_a_full_disk_under_the_export_is_named_and_the_next_run_succeeds(
     assert exported_records(export / VARIANT)["parquet"] == view_records_of(database)
 
 
+def test_a_full_disk_under_the_report_is_named_and_keeps_the_previous_report(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, defs = copy_database(run, "report-full")
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize(defs, selection="key:selection_export", instance=instance).success
+    export = run.tmp / "report-full" / "export"
+    previous = (export / VARIANT / REPORT_NAME).read_bytes()
+
+    def report_on_a_full_disk(path: Path, text: str) -> None:
+        Path("/dev/full").write_text(text, encoding="utf-8")
+
+    monkeypatch.setattr(report_module, "write_text_atomically", report_on_a_full_disk)
+    failed = materialize(defs, selection="key:selection_export", instance=instance)
+    assert not failed.success
+    [failure] = failed.failures()
+    assert failure == (
+        f"selection_export: no space left on {export}: free space on that disk, or set PASER_EXPORT_DIR to a place "
+        f"on another one; the export of {VARIANT} is written; its previous report.html is kept as it was"
+    )
+    assert (export / VARIANT / REPORT_NAME).read_bytes() == previous
+
+
 def latest_metadata(instance: dg.DagsterInstance, key: str) -> dict:
     event = instance.get_latest_materialization_event(dg.AssetKey(key))
     assert event is not None, key
@@ -442,9 +466,13 @@ def test_a_token_budget_selects_the_tokens_a_random_selection_has_on_average(run
     """PASER_BUDGET_UNIT=tokens: B x mean tokens per candidate, split by CDS over the clusters' tokens; each
     cluster stops at the first sample that reaches its share, and budget_met judges tokens."""
     database, _ = copy_database(run, "token_budget")
-    defs = build_definitions(PaserConfig(**{**run.settings, "budget_unit": "tokens"}), database)
+    export = run.tmp / "token_budget" / "export"
+    defs = build_definitions(
+        PaserConfig(**{**run.settings, "budget_unit": "tokens", "export_dir": str(export)}), database
+    )
     instance = dg.DagsterInstance.ephemeral()
-    assert materialize(defs, selection="key:selection or key:concept_graph", instance=instance).success
+    graph = "key:selection or key:concept_graph or key:selection_export"
+    assert materialize(defs, selection=graph, instance=instance).success
     tokens = dict(
         query(
             database,
@@ -463,6 +491,11 @@ def test_a_token_budget_selects_the_tokens_a_random_selection_has_on_average(run
     assert checks["budget_met"].passed, checks["budget_met"].metadata
     assert checks["budget_met"].metadata["budget"].value == target
     assert checks["budget_met"].metadata["budget_unit"].value == "tokens"
+    # The report counts the budget as the selection spent it, in tokens, cluster by cluster too.
+    page = (export / VARIANT / REPORT_NAME).read_text(encoding="utf-8")
+    assert f"{target:,} training tokens (what {samples[0]:,} samples of the pool hold on average)" in page
+    assert f"{len(chosen):,} samples, {spent:,} training tokens (shortfall 0)" in page
+    assert "<th>budget (tokens)</th>" in page and "<th>selected (tokens)</th>" in page
     # The sample budget of the same scores, for comparison: PASER's short samples leave it fewer tokens.
     sample_run = [row[0] for row in query(run.database, "SELECT sample_id FROM selection WHERE decision = 'selected'")]
     assert len(sample_run) == samples[0]
