@@ -372,9 +372,9 @@ def selection_export(
     except OSError as error:  # not a full disk: a folder that cannot be written, say
         problem = f"cannot write the export into {folder} (PASER_EXPORT_DIR): {error}; {kept}"
         raise dg.Failure(description=problem) from None
-    # After the files: the report describes the export as published. The report is written atomically, so a
-    # full disk here leaves the new export beside the previous report, and says so in one line.
-    report_kept = f"the export of {variant} is written; its previous report.html is kept as it was"
+    # After the files: the report describes the export as published. The export replaced the variant's folder
+    # whole, so a full disk here leaves the new export without a report, and says so in one line.
+    report_kept = f"the export of {variant} is written, without its report.html"
     spend = None  # a token budget: the report counts it in tokens, as the selection spent it
     if paser.selection.budget_unit == "tokens":
         frame, budgets = selectable_candidates(duckdb, variant)
