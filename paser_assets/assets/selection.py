@@ -376,9 +376,10 @@ def selection_export(
     # whole, so a full disk here leaves the new export without a report, and says so in one line.
     report_kept = f"the export of {variant} is written, without its report.html"
     spend = None  # a token budget: the report counts it in tokens, as the selection spent it
-    if paser.selection.budget_unit == "tokens":
+    unit, rule = paser.selection.budget_unit, paser.selection.allocation
+    if unit == "tokens":
         frame, budgets = selectable_candidates(duckdb, variant)
-        spend = token_spend(frame, budgets, rows["sample_id"], paser.selection.allocation)
+        spend = token_spend(frame, budgets, rows["sample_id"], rule)
     with named_when_disk_full(folder, "PASER_EXPORT_DIR", report_kept), duckdb.get_connection() as conn:
         report_path = report.write_report(conn, variant, target, spend)
     return dg.MaterializeResult(
