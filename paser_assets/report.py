@@ -63,6 +63,15 @@ class ReportData:
         return rows.sort_values("cluster").reset_index(drop=True)
 
     @property
+    def budget_unit(self) -> str:
+        return "samples" if self.token_spend is None else "tokens"
+
+    @property
+    def spent_budgets(self) -> pd.DataFrame:
+        """Per cluster, the budget in the unit the selection spent it (``cluster, budget``)."""
+        return self.budgets if self.token_spend is None else self.token_spend
+
+    @property
     def chosen_k(self) -> int:
         chosen = _chosen_k(self.spectrum)
         return chosen if chosen is not None else int(self.clusters["cluster"].nunique())
@@ -288,7 +297,7 @@ def _facts(data: ReportData) -> str:
         if not _missing(sparsity):
             spec += f" (measured sparsity {float(sparsity):.1%})"
         facts.append(("pruned model", spec))
-    if data.token_spend is None:
+    if data.budget_unit == "samples":
         spending = [("budget", f"{budget:,}"), ("selected", f"{selected:,} (shortfall {max(budget - selected, 0):,})")]
     else:
         tokens, spent = int(data.token_spend["budget"].sum()), int(data.token_spend["spent"].sum())
@@ -310,11 +319,9 @@ def _facts(data: ReportData) -> str:
 def _cluster_table(data: ReportData, names: Mapping[int, str]) -> str:
     budgets = data.budgets.assign(stderr=_stderr(data.budgets))
     chosen = data.selection[data.selection["decision"] == SELECTED].groupby("cluster").size()
-    in_tokens = data.token_spend is not None
-    if in_tokens:  # the budget the selection spent, and the selected samples with their tokens
-        spend = data.token_spend.set_index("cluster")
-        budgets["budget"] = spend["budget"].reindex(budgets["cluster"]).fillna(0).to_numpy()
-        spent = spend["spent"].reindex(budgets["cluster"]).fillna(0).astype(int)
+    in_tokens = data.budget_unit == "tokens"
+    budget_of = _budget_of(data.spent_budgets)
+    spent = {} if data.token_spend is None else _budget_of(data.token_spend, "spent")
     examples = {}
     if names and "examples" in data.profiles:  # only when the profiles describe these clusters
         examples = {
@@ -330,16 +337,22 @@ def _cluster_table(data: ReportData, names: Mapping[int, str]) -> str:
                 ("text", _e(_label(names, cluster))),
                 ("num", _number(int(row.size))),
                 ("num", f"{_number(row.cds)} ± {_number(row.stderr, 2)}"),
-                ("num", _number(int(row.budget))),
+                ("num", _number(budget_of.get(cluster, 0))),
                 (
                     "num",
-                    _number(int(chosen.get(cluster, 0))) + (f" ({_number(int(spent[cluster]))})" if in_tokens else ""),
+                    _number(int(chosen.get(cluster, 0)))
+                    + (f" ({_number(spent.get(cluster, 0))})" if in_tokens else ""),
                 ),
                 ("text", _e(_cut(example[0], 160)) if example else ""),
             ]
         )
     budget, selected = ("budget (tokens)", "selected (tokens)") if in_tokens else ("budget", "selected")
     return _table(["cluster", "candidates", "CDS ± s.e.", budget, selected, "typical instruction"], rows)
+
+
+def _budget_of(shares: pd.DataFrame, column: str = "budget") -> dict[int, int]:
+    """cluster -> ``column`` of a per-cluster budget frame."""
+    return dict(zip(shares["cluster"].astype(int), shares[column].astype(int), strict=True))
 
 
 def _sample_rows(rows: pd.DataFrame, names: Mapping[int, str], reasons: Mapping[str, str] | None) -> str:
@@ -386,12 +399,11 @@ def _previews(data: ReportData, names: Mapping[int, str]) -> str:
     # Conflicts first (the interesting rejections), each kind in IES order.
     rejected["order"] = (rejected["decision"] != CONCEPT_CONFLICT).astype(int)
     rejected = rejected.sort_values(["order", "ies", "sample_id"], ascending=[True, False, True])
-    shares, unit = (data.budgets, "samples") if data.token_spend is None else (data.token_spend, "tokens")
-    budget_of = dict(zip(shares["cluster"].astype(int), shares["budget"].astype(int), strict=True))
+    budget_of = _budget_of(data.spent_budgets)
     shown_rejected = rejected.head(PREVIEW_ROWS)
     reasons = {
         row.sample_id: rejection_reason(
-            row.decision, row.conflict_pairs, row.conflict_share, budget_of.get(int(row.cluster)), unit
+            row.decision, row.conflict_pairs, row.conflict_share, budget_of.get(int(row.cluster)), data.budget_unit
         )
         for row in shown_rejected.itertuples(index=False)
     }
@@ -480,7 +492,7 @@ def render_report(data: ReportData) -> str:
             "(orange) out of its candidates (grey)"
             + (
                 "; the selection split its token budget by the same rule, as the table below counts it."
-                if data.token_spend is not None
+                if data.budget_unit == "tokens"
                 else "."
             ),
         ),

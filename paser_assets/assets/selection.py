@@ -376,8 +376,8 @@ def selection_export(
     # whole, so a full disk here leaves the new export without a report, and says so in one line.
     report_kept = f"the export of {variant} is written, without its report.html"
     spend = None  # a token budget: the report counts it in tokens, as the selection spent it
-    unit, rule = paser.selection.budget_unit, paser.selection.allocation
-    if unit == "tokens":
+    rule = paser.selection.allocation  # read whatever the unit: the report depends on it under a token budget
+    if paser.selection.budget_unit == "tokens":
         frame, budgets = selectable_candidates(duckdb, variant)
         spend = token_spend(frame, budgets, rows["sample_id"], rule)
     with named_when_disk_full(folder, "PASER_EXPORT_DIR", report_kept), duckdb.get_connection() as conn:

@@ -259,6 +259,21 @@ def test_a_failure_between_the_export_files_keeps_the_previous_set(run: Run, mon
     assert [p.name for p in folder.parent.iterdir()] == [VARIANT]
 
 
+def failed_export(defs: dg.Definitions, instance: dg.DagsterInstance) -> str:
+    """The one failure of a selection_export run that must fail."""
+    failed = materialize(defs, selection="key:selection_export", instance=instance)
+    assert not failed.success
+    [failure] = failed.failures()
+    return failure
+
+
+def no_space_under(export: Path, kept: str) -> str:
+    return (
+        f"selection_export: no space left on {export}: free space on that disk, or set PASER_EXPORT_DIR to a place "
+        f"on another one; {kept}"
+    )
+
+
 def test_a_full_disk_under_the_export_is_named_and_the_next_run_succeeds(
     run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -272,12 +287,8 @@ def test_a_full_disk_under_the_export_is_named_and_the_next_run_succeeds(
         rows.to_parquet("/dev/full", index=False)  # Arrow's own error for a full disk
 
     monkeypatch.setitem(selection_assets.EXPORT_WRITERS, "parquet", parquet_on_a_full_disk)
-    failed = materialize(defs, selection="key:selection_export", instance=instance)
-    assert not failed.success
-    [failure] = failed.failures()
-    assert failure == (
-        f"selection_export: no space left on {export}: free space on that disk, or set PASER_EXPORT_DIR to a place "
-        f"on another one; the previous export of {VARIANT} is kept as it was"
+    assert failed_export(defs, instance) == no_space_under(
+        export, f"the previous export of {VARIANT} is kept as it was"
     )
     assert export_files(export / VARIANT) == previous
     assert [p.name for p in export.iterdir()] == [VARIANT]
@@ -299,12 +310,8 @@ def test_a_full_disk_under_the_report_is_named_and_the_export_is_kept(
         Path("/dev/full").write_text(text, encoding="utf-8")
 
     monkeypatch.setattr(report_module, "write_text_atomically", report_on_a_full_disk)
-    failed = materialize(defs, selection="key:selection_export", instance=instance)
-    assert not failed.success
-    [failure] = failed.failures()
-    assert failure == (
-        f"selection_export: no space left on {export}: free space on that disk, or set PASER_EXPORT_DIR to a place "
-        f"on another one; the export of {VARIANT} is written, without its report.html"
+    assert failed_export(defs, instance) == no_space_under(
+        export, f"the export of {VARIANT} is written, without its report.html"
     )
     assert exported_records(export / VARIANT)["parquet"] == view_records_of(database)
     assert not (export / VARIANT / REPORT_NAME).exists()
