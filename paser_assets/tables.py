@@ -331,9 +331,10 @@ TABLES: dict[str, Table] = _declare(
             "model": _MODEL,
             "sample_id": ("VARCHAR", "Held-out pool row"),
             "nll": ("DOUBLE", "Mean NLL of the response tokens"),
+            "tokens": ("BIGINT", "Response tokens the NLL is a mean over (incl. end of sequence)"),
         },
         per_variant=True,
-        description="Per variant and model: the mean response NLL of every held-out sample",
+        description="Per variant and model: the mean response NLL of every held-out sample and its tokens",
     ),
     Table(
         "text_perplexity",
@@ -376,8 +377,8 @@ TABLES: dict[str, Table] = _declare(
             "method": ("VARCHAR", "original, pruned, or the selection method the pruned model was recovered with"),
             "metric": (
                 "VARCHAR",
-                "heldout_nll, heldout_nll_macro, heldout_nll:<group>, ppl:<text>, acc:<task>, "
-                "acc_norm:<task> or task_average",
+                "heldout_nll, heldout_nll_macro, heldout_token_nll, heldout_token_nll_macro, heldout_nll:<group>, "
+                "ppl:<text>, acc:<task>, acc_norm:<task> or task_average",
             ),
             "value": ("DOUBLE", "The metric's value"),
             "stderr": ("DOUBLE", "Its standard error where one is defined (NULL otherwise)"),

@@ -32,7 +32,12 @@ from paser_assets.assets.models import (
     pruned_reference,
 )
 from paser_assets.assets.scores import cluster_budgets
-from paser_assets.assets.selection import budgets_in_unit, paser_select, selectable_candidates
+from paser_assets.assets.selection import (
+    budgets_in_unit,
+    paser_select,
+    selectable_candidates,
+    within_length_strata,
+)
 from paser_assets.core.allocation import allocate_budget, allocation_weights
 from paser_assets.core.baselines import (
     ifd_selection,
@@ -52,6 +57,7 @@ from paser_assets.core.evaluation import (
     recovery_ratio,
     style_for,
     task_average,
+    weighted_mean,
 )
 from paser_assets.models.adapters import adapter_folder, adapter_recipe, train_or_reuse
 from paser_assets.models.checkpoints import load_causal_lm, load_tokenizer, reference_version
@@ -167,7 +173,9 @@ def baseline_picks(
     allocation ``rule``): the allocation rule (uniform, proportional to size, CDS x size), the order inside a
     cluster (JSD alone, random), the concept filter (off) or the budget's unit (``paser_tokens``: the
     training tokens a random selection of PASER's sample budget has on average, split by the same rule;
-    ``paser_tokens_density``: that token budget, each cluster in the order of drift per training token)."""
+    ``paser_tokens_density``: that token budget, each cluster in the order of drift per training token;
+    ``paser_tokens_density_strata``: the same with each cluster's tokens split across response-length strata in
+    the cluster's own proportions, each stratum walked in that order)."""
     budget = int(budgets["budget"].sum())
     ids = frame["sample_id"].tolist()
     sizes = frame.groupby("cluster").size().reindex(budgets["cluster"]).fillna(0).astype(int).to_numpy()
@@ -199,6 +207,9 @@ def baseline_picks(
         "paser_order_random": selected(frame.assign(ies=np.asarray(random_ies, dtype=np.float64)), budgets, tolerance),
         "paser_tokens": selected(frame, in_tokens, tolerance, "tokens"),
         "paser_tokens_density": selected(frame.assign(ies=density), in_tokens, tolerance, "tokens"),
+        "paser_tokens_density_strata": selected(
+            *within_length_strata(frame.assign(ies=density), in_tokens, "tokens"), tolerance, "tokens"
+        ),
     }
 
 
@@ -349,9 +360,11 @@ def _heldout(duckdb: PaserDuckDB) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One model on the held-out split (NLL per sample), the text corpora and the tasks."""
+    """One model on the held-out split (NLL per sample and the response tokens it is a mean over), the text
+    corpora and the tasks."""
 
     heldout: dict[str, float]
+    heldout_tokens: dict[str, int]
     texts: dict[str, TextScore]
     tasks: dict[str, TaskScore]
 
@@ -361,7 +374,8 @@ def _evaluate(
 ) -> Evaluation:
     """The held-out NLL, the perplexity of every text corpus and the accuracy on every task of ``settings``."""
     start = time.monotonic()
-    per_sample = response_nll(model, _encode(tokenizer, heldout, max_tokens), tokenizer.pad_token_id)
+    encoded = _encode(tokenizer, heldout, max_tokens)
+    per_sample = response_nll(model, encoded, tokenizer.pad_token_id)
     texts: dict[str, TextScore] = {}
     for name, text in evaluation_texts(settings).items():
         texts[name] = text_perplexity(model, tokenizer, text, settings.eval_window, settings.eval_max_tokens)
@@ -375,7 +389,7 @@ def _evaluate(
         tasks[name] = score_task(model, tokenizer, items, style_for(name))[0]
         log(f"{name}: acc {tasks[name].acc:.4f} on {tasks[name].items} items")
     log(f"evaluated in {format_duration(time.monotonic() - start)}")
-    return Evaluation(per_sample, texts, tasks)
+    return Evaluation(per_sample, {s.sample_id: s.response_tokens for s in encoded}, texts, tasks)
 
 
 def evaluation_texts(settings: Any) -> dict[str, str]:
@@ -390,11 +404,11 @@ def _write_evaluation(duckdb: PaserDuckDB, variant: str, method: str, results: d
     keys = {"variant": variant, "method": method}
     nll = pd.DataFrame(
         [
-            {**keys, "model": model, "sample_id": sample_id, "nll": value}
+            {**keys, "model": model, "sample_id": sample_id, "nll": value, "tokens": result.heldout_tokens[sample_id]}
             for model, result in results.items()
             for sample_id, value in sorted(result.heldout.items())
         ],
-        columns=["variant", "method", "model", "sample_id", "nll"],
+        columns=list(TABLES["heldout_nll"].columns),
     )
     texts = pd.DataFrame(
         [
@@ -434,7 +448,7 @@ EVALUATION_READS = ("scoring.max_tokens", "evaluation")
     deps=["holdout_split", "recovery_pool", CHECKPOINTS, *LOADS_ORIGINAL, *LOADS_PRUNED],
     partitions_def=VARIANTS,
     group_name=RECOVERY_GROUP,
-    code_version="2",
+    code_version="3",
     kinds={"duckdb", "pytorch"},
     description="The original and the pruned model on the held-out split, the text corpora (perplexity) "
     "and the zero-shot tasks, for reference.",
@@ -471,7 +485,7 @@ def reference_evaluation(
     deps=["recovered_model", "holdout_split", "recovery_pool", CHECKPOINTS, *LOADS_PRUNED],
     partitions_def=METHODS,
     group_name=RECOVERY_GROUP,
-    code_version="2",
+    code_version="3",
     kinds={"duckdb", "pytorch"},
     description="The recovered model (pruned + a method's adapter) on the held-out split, the text corpora and "
     "the zero-shot tasks.",
@@ -513,18 +527,25 @@ def recorded_adapter(duckdb: PaserDuckDB, variant: str, method: str) -> Path:
     return Path(rows[0][0])
 
 
-HEADLINE = ("heldout_nll", "heldout_nll_macro", "task_average")
+HEADLINE = ("heldout_nll", "heldout_nll_macro", "heldout_token_nll", "heldout_token_nll_macro", "task_average")
 
 
 def metric_rows(
     heldout: pd.DataFrame, texts: pd.DataFrame, tasks: pd.DataFrame, group_kind: str
 ) -> list[dict[str, Any]]:
     """One model's metrics as (metric, value, stderr) rows: held-out NLL overall, macro and per group,
-    perplexity per corpus, acc and acc_norm per task and the task average."""
-    nll = heldout["nll"].tolist()
+    perplexity per corpus, acc and acc_norm per task and the task average.
+
+    ``heldout_nll`` counts every held-out row once (the mean of each row's per-token NLL), so a 3-token answer
+    weighs as much as a 200-token essay; ``heldout_token_nll`` counts every held-out token once (total NLL over
+    total tokens, the log of the held-out perplexity). Both have their macro average over groups."""
+    nll, groups = heldout["nll"].tolist(), heldout["group"].tolist()
+    tokens = heldout["tokens"].astype("float64").tolist()
     rows = [
         {"metric": "heldout_nll", "value": float(np.mean(nll)), "stderr": mean_stderr(nll)},
-        {"metric": "heldout_nll_macro", "value": macro_mean(nll, heldout["group"].tolist()), "stderr": math.nan},
+        {"metric": "heldout_nll_macro", "value": macro_mean(nll, groups), "stderr": math.nan},
+        {"metric": "heldout_token_nll", "value": weighted_mean(nll, tokens), "stderr": math.nan},
+        {"metric": "heldout_token_nll_macro", "value": macro_mean(nll, groups, tokens), "stderr": math.nan},
     ]
     for group, values in heldout.groupby("group")["nll"]:
         rows.append({"metric": f"heldout_nll:{group_kind}={group}", "value": float(values.mean()),
@@ -548,7 +569,7 @@ def metric_rows(
     deps=["recovery_evaluation", "reference_evaluation", "recovered_model", "clusters", CHECKPOINTS],
     partitions_def=VARIANTS,
     group_name=RECOVERY_GROUP,
-    code_version="2",
+    code_version="3",
     kinds={"duckdb"},
     description="Every metric per method with its recovery ratio (recovered - pruned) / (original - pruned) "
     "and the training each method used; the original and pruned models for reference.",
@@ -561,7 +582,7 @@ def recovery_comparison(
     label = "CASE WHEN model = 'recovered' THEN method ELSE model END AS arm"
     with duckdb.get_connection() as conn:
         heldout = conn.execute(
-            f"""SELECT {label}, h.sample_id, h.nll, c.cluster, p.family FROM heldout_nll h
+            f"""SELECT {label}, h.sample_id, h.nll, h.tokens, c.cluster, p.family FROM heldout_nll h
             JOIN clusters c USING (sample_id) JOIN recovery_pool p USING (sample_id) WHERE h.variant = ?""",
             [variant],
         ).df()

@@ -141,13 +141,25 @@ def recovery_ratio(recovered: float, pruned: float, original: float) -> float:
     return (recovered - pruned) / gap
 
 
-def macro_mean(values: Sequence[float], groups: Sequence[object]) -> float:
-    """The mean over groups of each group's mean, so that one big group cannot hide the others."""
-    if len(values) != len(groups):
-        raise ValueError("one group per value")
+def macro_mean(values: Sequence[float], groups: Sequence[object], weights: Sequence[float] | None = None) -> float:
+    """The mean over groups of each group's mean, so that one big group cannot hide the others.
+
+    With ``weights`` each group's mean is weighted, sum_i w_i v_i / sum_i w_i (a token-weighted NLL: the
+    weights are the tokens each value is a mean over)."""
+    weights = [1.0] * len(values) if weights is None else weights
+    if len(values) != len(groups) or len(values) != len(weights):
+        raise ValueError("one group and one weight per value")
     if not values:
         return math.nan
-    by_group: dict[object, list[float]] = {}
-    for value, group in zip(values, groups, strict=True):
-        by_group.setdefault(group, []).append(float(value))
-    return float(np.mean([np.mean(v) for v in by_group.values()]))
+    by_group: dict[object, list[tuple[float, float]]] = {}
+    for value, group, weight in zip(values, groups, weights, strict=True):
+        by_group.setdefault(group, []).append((float(value), float(weight)))
+    return float(np.mean([weighted_mean(*zip(*pairs, strict=True)) for pairs in by_group.values()]))
+
+
+def weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float:
+    """sum_i w_i v_i / sum_i w_i; NaN when the weights sum to 0."""
+    total = float(np.sum(weights))
+    if total <= 0:
+        return math.nan
+    return float(np.dot(np.asarray(values, dtype=np.float64), np.asarray(weights, dtype=np.float64)) / total)

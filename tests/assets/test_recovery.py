@@ -16,6 +16,8 @@ import pytest
 
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
 from paser_assets.assets import recovery as recovery_assets
+from paser_assets.assets.selection import LENGTH_STRATA
+from paser_assets.core.allocation import length_strata
 from paser_assets.core.baselines import seeded_order
 from paser_assets.resources import RECOVERY_METHODS
 from paser_assets.runner import GraphRun, run_graph
@@ -25,7 +27,8 @@ RECOVERY_ASSETS = {asset.key.to_user_string() for asset in recovery_assets.RECOV
 BASELINES = [m for m in RECOVERY_METHODS if m != "paser"]
 AT_PASER_BUDGET = ["random", "uniform", "top_jsd", "ifd", "longest", "paser_no_concepts"]
 WINDOW, TEXT_TOKENS, TASK_ITEMS = 16, 200, 4
-TOKEN_BUDGETS = ("paser_tokens", "paser_tokens_density")  # the ablations whose budget is in tokens, not samples
+# The ablations whose budget is in tokens, not samples.
+TOKEN_BUDGETS = ("paser_tokens", "paser_tokens_density", "paser_tokens_density_strata")
 
 
 @dataclass
@@ -225,8 +228,10 @@ def test_the_token_budget_spends_what_a_random_selection_of_the_sample_budget_ha
     chosen = {arm: [row[0] for row in query(database, sql, [VARIANT, arm])] for arm in TOKEN_BUDGETS}
     for arm in TOKEN_BUDGETS:
         spent = sum(tokens[sample_id] for sample_id in chosen[arm])
-        # Every cluster stops at the first sample that reaches its share, so each overshoots by less than one sample.
-        assert target <= spent < target + clusters * max(tokens.values()), arm
+        # Every cluster (every stratum of a cluster, for the strata arm) stops at the first sample that reaches its
+        # share, so each overshoots by less than one sample.
+        parts = clusters * (LENGTH_STRATA if arm.endswith("_strata") else 1)
+        assert target <= spent < target + parts * max(tokens.values()), arm
     # PASER's own selection spends fewer tokens per sample than the average row: the token budget takes more.
     paser = [row[0] for row in query(database, "SELECT sample_id FROM selection WHERE decision = 'selected'")]
     if sum(tokens[s] for s in paser) < target:
@@ -243,6 +248,15 @@ def test_the_token_budget_spends_what_a_random_selection_of_the_sample_budget_ha
         walked = [density[i] for i in chosen["paser_tokens_density"] if cluster_of[i] == cluster]
         assert walked == sorted(walked, reverse=True), cluster
     assert chosen["paser_tokens_density"] != chosen["paser_tokens"]
+    # The strata arm walks by the same density, but inside each (cluster, response-length stratum).
+    lengths = dict(query(database, "SELECT sample_id, response_tokens FROM degradation_scores WHERE variant = ?",
+                         [VARIANT]))  # fmt: skip
+    ids = sorted(lengths)
+    stratum = dict(zip(ids, length_strata([lengths[i] for i in ids], LENGTH_STRATA), strict=True))
+    strata = chosen["paser_tokens_density_strata"]
+    for part in {(cluster_of[i], stratum[i]) for i in strata}:
+        walked = [density[i] for i in strata if (cluster_of[i], stratum[i]) == part]
+        assert walked == sorted(walked, reverse=True), part
 
 
 def test_instruction_divergence_is_the_mean_jsd_over_the_instruction_tokens(tmp_path: Path) -> None:
@@ -322,8 +336,8 @@ def test_recovery_comparison_has_every_metric_for_every_arm(recovery: Recovery) 
     table = comparison(recovery)
     arms = ["original", "pruned", *RECOVERY_METHODS]
     assert list(dict.fromkeys(table["method"])) == arms
-    headline = {"heldout_nll", "heldout_nll_macro", "ppl:tiny", "acc:qa", "acc_norm:qa", "acc:winogrande",
-                "task_average"}  # fmt: skip
+    headline = {"heldout_nll", "heldout_nll_macro", "heldout_token_nll", "heldout_token_nll_macro", "ppl:tiny",
+                "acc:qa", "acc_norm:qa", "acc:winogrande", "task_average"}  # fmt: skip
     for arm, group in table.groupby("method"):
         metrics = set(group["metric"])
         assert headline <= metrics, arm
@@ -363,6 +377,24 @@ def test_macro_average_weighs_every_source_label_equally(recovery: Recovery) -> 
             assert values.at[arm, f"heldout_nll:family={row.family}"] == pytest.approx(row.nll)
     # The labels have different sizes, so the macro and the overall mean differ.
     assert (values["heldout_nll_macro"] - values["heldout_nll"]).abs().max() > 1e-6
+
+
+def test_the_token_weighted_held_out_nll_counts_every_token_once(recovery: Recovery) -> None:
+    """heldout_token_nll = sum_i n_i NLL_i / sum_i n_i over the held-out rows, n_i the response tokens scored
+    (the same as the scores' count), and its macro average over the labels."""
+    sql = """SELECT CASE WHEN h.model = 'recovered' THEN h.method ELSE h.model END AS arm, p.family, h.nll, h.tokens,
+    d.response_tokens FROM heldout_nll h JOIN recovery_pool p USING (sample_id)
+    JOIN degradation_scores d ON d.sample_id = h.sample_id AND d.variant = h.variant"""
+    rows = frame(recovery.database, sql)
+    assert (rows["tokens"] == rows["response_tokens"]).all()
+    assert rows["tokens"].nunique() > 1  # responses of different lengths, so the two averages differ
+    values = comparison(recovery).pivot(index="method", columns="metric", values="value")
+    for arm, group in rows.groupby("arm"):
+        weighted = group["nll"] * group["tokens"]
+        assert values.at[arm, "heldout_token_nll"] == pytest.approx(weighted.sum() / group["tokens"].sum())
+        per_family = weighted.groupby(group["family"]).sum() / group["tokens"].groupby(group["family"]).sum()
+        assert values.at[arm, "heldout_token_nll_macro"] == pytest.approx(per_family.mean())
+    assert (values["heldout_token_nll"] - values["heldout_nll"]).abs().max() > 1e-6
 
 
 def test_comparison_records_the_training_of_every_arm(recovery: Recovery) -> None:
@@ -449,6 +481,7 @@ def test_without_labels_or_tasks_the_comparison_groups_by_cluster_and_keeps_the_
             "arm": [a for a in arms for _ in range(3)],
             "sample_id": ["a", "b", "c"] * 3,
             "nll": [1.0, 1.0, 4.0, 3.0, 3.0, 6.0, 2.0, 2.0, 5.0],
+            "tokens": [1, 3, 2] * 3,
             "cluster": [0, 0, 1] * 3,
             "family": [None] * 9,
         }
@@ -459,10 +492,13 @@ def test_without_labels_or_tasks_the_comparison_groups_by_cluster_and_keeps_the_
     table = recovery_assets.comparison_table(heldout, texts, tasks, training, arms)
     values = table.pivot(index="method", columns="metric", values="value")
     assert set(values.columns) == {
-        "heldout_nll", "heldout_nll_macro", "heldout_nll:cluster=0", "heldout_nll:cluster=1", "ppl:stdlib_docs"
+        "heldout_nll", "heldout_nll_macro", "heldout_token_nll", "heldout_token_nll_macro", "heldout_nll:cluster=0",
+        "heldout_nll:cluster=1", "ppl:stdlib_docs"
     }  # fmt: skip
     assert values.at["paser", "heldout_nll"] == pytest.approx(3.0)
     assert values.at["paser", "heldout_nll_macro"] == pytest.approx((2.0 + 5.0) / 2)  # clusters, not rows
+    assert values.at["paser", "heldout_token_nll"] == pytest.approx((2 * 1 + 2 * 3 + 5 * 2) / 6)  # tokens, not rows
+    assert values.at["paser", "heldout_token_nll_macro"] == pytest.approx((2.0 + 5.0) / 2)
     ratios = table.pivot(index="method", columns="metric", values="recovery_ratio")
     assert ratios.at["paser", "ppl:stdlib_docs"] == pytest.approx(0.5)
     assert table.loc[table["method"] == "paser", "train_tokens"].eq(100).all()

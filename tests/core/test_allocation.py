@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from paser_assets.core.allocation import allocate_budget, largest_remainder, resolve_budget
+from paser_assets.core.allocation import (
+    allocate_budget,
+    largest_remainder,
+    length_strata,
+    resolve_budget,
+    split_by_strata,
+)
 
 # -- resolve_budget
 
@@ -259,3 +265,28 @@ def test_the_allocation_setting_offers_exactly_the_rules() -> None:
     assert typing.get_args(SelectionSettings.model_fields["allocation"].annotation) == ALLOCATION_RULES
     for rule in ALLOCATION_RULES:
         assert len(allocation_weights(rule, [0.1, 0.2], [3, 4])) == 2
+
+
+# -- length strata
+
+
+def test_length_strata_are_quantile_bins_with_ties_kept_together() -> None:
+    lengths = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert length_strata(lengths, 5).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    # Seven one-token answers tie on every low edge: they share one bin, never split across two.
+    tied = [1, 1, 1, 1, 1, 1, 1, 50, 60, 70]
+    strata = length_strata(tied, 5)
+    assert len(set(strata[:7].tolist())) == 1
+    assert strata[7:].tolist() == sorted(strata[7:].tolist()) and strata[9] > strata[0]
+    assert length_strata(lengths, 1).tolist() == [0] * 10
+    assert length_strata([], 3).tolist() == []
+    with pytest.raises(ValueError, match="at least one stratum"):
+        length_strata(lengths, 0)
+
+
+def test_a_clusters_budget_keeps_its_mix_of_strata() -> None:
+    # A token budget of 100 over strata holding 600, 300 and 100 tokens: 60, 30 and 10.
+    assert split_by_strata(100, [600, 300, 100]).tolist() == [60, 30, 10]
+    assert split_by_strata(7, [5, 5, 0]).tolist() == [4, 3, 0]  # largest remainder, an empty stratum gets none
+    assert split_by_strata(50, [10, 20]).tolist() == [10, 20]  # never more than a stratum holds
+    assert int(split_by_strata(333, [120, 400, 77, 5]).sum()) == 333

@@ -19,6 +19,7 @@ from paser_assets.core.evaluation import (
     task_average,
     task_score,
     text_windows,
+    weighted_mean,
 )
 
 
@@ -104,3 +105,14 @@ def test_macro_mean_weighs_groups_not_rows() -> None:
     assert sum(values) / len(values) == pytest.approx(1.8)
     with pytest.raises(ValueError):
         macro_mean([1.0], [])
+
+
+def test_a_token_weighted_macro_mean_weighs_each_groups_tokens() -> None:
+    # Per-sample mean NLLs and the tokens each is a mean over: a 2-token answer and a 98-token essay.
+    values, tokens, groups = [5.0, 1.0, 3.0], [2, 98, 10], ["a", "a", "b"]
+    assert weighted_mean(values, tokens) == pytest.approx((5 * 2 + 1 * 98 + 3 * 10) / 110)
+    assert macro_mean(values, groups, tokens) == pytest.approx(((5 * 2 + 1 * 98) / 100 + 3.0) / 2)
+    assert macro_mean(values, groups) == pytest.approx((3.0 + 3.0) / 2)  # unweighted: the short answer counts as much
+    assert math.isnan(weighted_mean([1.0], [0]))
+    with pytest.raises(ValueError):
+        macro_mean([1.0, 2.0], ["a", "b"], [1])
