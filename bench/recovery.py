@@ -15,7 +15,9 @@ evaluated on:
   WinoGrande from ``../shared/eval``), the first ``--task-items`` items of each, acc and acc_norm as
   lm-evaluation-harness scores them;
 - the held-out NLL of the pool's responses, over all held-out rows and as the macro average over the pool's
-  labels (``--pool mix``) or its clusters (Alpaca has no labels).
+  labels (``--pool mix``) or its clusters (Alpaca has no labels); each both with every row counted once
+  (``heldout_nll``: the mean of the rows' per-token NLL) and with every token counted once
+  (``heldout_token_nll``: total NLL over total tokens).
 
 Everything runs through the package's asset graph (``paser_assets.runner.run_graph``) into one DuckDB file
 under ``bench/.cache/recovery-<pool>-<rows>/``: the pool, clusters, scores and the references' evaluation
@@ -30,8 +32,9 @@ how many seeds each arm had and which did not run. A progress line with an ETA i
 The last line is one JSON object: ``{"pool", "rows", "budget", "seeds": {arm: n}, "skipped": [arm], "arms":
 {arm: {metric: {"mean", "std", "per_seed"}}}, "references": {"original": {metric: value}, "pruned": {...}}, "seconds",
 "cpu"}``; the metrics are ``ppl:<text>``, ``acc:<task>``, ``acc_norm:<task>``, ``task_average``,
-``heldout_nll``, ``heldout_nll_macro``, ``train_tokens``, ``train_seconds`` and, for the arms that need
-the models' scores, ``selection_seconds`` (the wall time of the semantic, scores and selection groups).
+``heldout_nll``, ``heldout_nll_macro``, ``heldout_token_nll``, ``heldout_token_nll_macro``, ``train_tokens``,
+``train_seconds`` and, for the arms that need the models' scores, ``selection_seconds`` (the wall time of the
+semantic, scores and selection groups).
 """
 
 from __future__ import annotations
@@ -72,7 +75,6 @@ MAIN_ARMS = ("paser", "random", "random_tokens", "full")
 # Arms whose selection needs the models' scores (and so the semantic, scores and selection groups).
 SCORED_ARMS = ("paser", "top_jsd", "ifd", "uniform", *(m for m in RECOVERY_METHODS if m.startswith("paser_")))
 SELECTION_GROUPS = ("semantic", "scores", "selection")
-REPORTED = ("heldout_nll", "heldout_nll_macro", "task_average")
 # Measured on a 2-core AVX512-BF16 EPYC (2,000 Alpaca rows, SmolLM2-135M, 100 items per task, 16,384 text
 # tokens): 0.17 s per sample-epoch of LoRA, about 60 s per evaluation; rounded up, as guesses should be.
 GUESSED_SECONDS_PER_UNIT = 0.25

@@ -60,7 +60,8 @@ DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 RECOVERY_METHODS = (
     "paser", "full", "random", "random_tokens", "uniform", "top_jsd", "ifd", "longest", "paser_no_concepts",
     "paser_alloc_uniform", "paser_alloc_size", "paser_alloc_cds_size", "paser_order_jsd", "paser_order_random",
-    "paser_tokens", "paser_tokens_density", "paser_tokens_density_strata", "paser_instruction_jsd",
+    "paser_tokens", "paser_tokens_density", "paser_tokens_strata", "paser_tokens_density_strata",
+    "paser_instruction_jsd",
 )  # fmt: skip
 # The arms recovered by default: the ablations are asked for by name.
 DEFAULT_RECOVERY_METHODS = RECOVERY_METHODS[:9]

@@ -174,8 +174,8 @@ def baseline_picks(
     cluster (JSD alone, random), the concept filter (off) or the budget's unit (``paser_tokens``: the
     training tokens a random selection of PASER's sample budget has on average, split by the same rule;
     ``paser_tokens_density``: that token budget, each cluster in the order of drift per training token;
-    ``paser_tokens_density_strata``: the same with each cluster's tokens split across response-length strata in
-    the cluster's own proportions, each stratum walked in that order)."""
+    ``paser_tokens_strata`` and ``paser_tokens_density_strata``: the token budget with each cluster's tokens split
+    across response-length strata in the cluster's own proportions, each stratum walked by IES or by density)."""
     budget = int(budgets["budget"].sum())
     ids = frame["sample_id"].tolist()
     sizes = frame.groupby("cluster").size().reindex(budgets["cluster"]).fillna(0).astype(int).to_numpy()
@@ -207,6 +207,7 @@ def baseline_picks(
         "paser_order_random": selected(frame.assign(ies=np.asarray(random_ies, dtype=np.float64)), budgets, tolerance),
         "paser_tokens": selected(frame, in_tokens, tolerance, "tokens"),
         "paser_tokens_density": selected(frame.assign(ies=density), in_tokens, tolerance, "tokens"),
+        "paser_tokens_strata": selected(*within_length_strata(frame, in_tokens, "tokens"), tolerance, "tokens"),
         "paser_tokens_density_strata": selected(
             *within_length_strata(frame.assign(ies=density), in_tokens, "tokens"), tolerance, "tokens"
         ),

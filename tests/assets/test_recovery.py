@@ -28,7 +28,7 @@ BASELINES = [m for m in RECOVERY_METHODS if m != "paser"]
 AT_PASER_BUDGET = ["random", "uniform", "top_jsd", "ifd", "longest", "paser_no_concepts"]
 WINDOW, TEXT_TOKENS, TASK_ITEMS = 16, 200, 4
 # The ablations whose budget is in tokens, not samples.
-TOKEN_BUDGETS = ("paser_tokens", "paser_tokens_density", "paser_tokens_density_strata")
+TOKEN_BUDGETS = ("paser_tokens", "paser_tokens_density", "paser_tokens_strata", "paser_tokens_density_strata")
 
 
 @dataclass
@@ -248,15 +248,17 @@ def test_the_token_budget_spends_what_a_random_selection_of_the_sample_budget_ha
         walked = [density[i] for i in chosen["paser_tokens_density"] if cluster_of[i] == cluster]
         assert walked == sorted(walked, reverse=True), cluster
     assert chosen["paser_tokens_density"] != chosen["paser_tokens"]
-    # The strata arm walks by the same density, but inside each (cluster, response-length stratum).
+    # The strata arms walk by IES or by density, inside each (cluster, response-length stratum).
     lengths = dict(query(database, "SELECT sample_id, response_tokens FROM degradation_scores WHERE variant = ?",
                          [VARIANT]))  # fmt: skip
     ids = sorted(lengths)
     stratum = dict(zip(ids, length_strata([lengths[i] for i in ids], LENGTH_STRATA), strict=True))
-    strata = chosen["paser_tokens_density_strata"]
-    for part in {(cluster_of[i], stratum[i]) for i in strata}:
-        walked = [density[i] for i in strata if (cluster_of[i], stratum[i]) == part]
-        assert walked == sorted(walked, reverse=True), part
+    ies = dict(query(database, "SELECT sample_id, ies FROM degradation_scores WHERE variant = ?", [VARIANT]))
+    for arm, order in (("paser_tokens_strata", ies), ("paser_tokens_density_strata", density)):
+        for part in {(cluster_of[i], stratum[i]) for i in chosen[arm]}:
+            walked = [order[i] for i in chosen[arm] if (cluster_of[i], stratum[i]) == part]
+            assert walked == sorted(walked, reverse=True), (arm, part)
+    assert chosen["paser_tokens_strata"] != chosen["paser_tokens"]
 
 
 def test_instruction_divergence_is_the_mean_jsd_over_the_instruction_tokens(tmp_path: Path) -> None:
