@@ -32,9 +32,10 @@ how many seeds each arm had and which did not run. A progress line with an ETA i
 The last line is one JSON object: ``{"pool", "rows", "budget", "seeds": {arm: n}, "skipped": [arm], "arms":
 {arm: {metric: {"mean", "std", "per_seed"}}}, "references": {"original": {metric: value}, "pruned": {...}}, "seconds",
 "cpu"}``; the metrics are ``ppl:<text>``, ``acc:<task>``, ``acc_norm:<task>``, ``task_average``,
-``heldout_nll``, ``heldout_nll_macro``, ``heldout_token_nll``, ``heldout_token_nll_macro``, ``train_tokens``,
-``train_seconds`` and, for the arms that need the models' scores, ``selection_seconds`` (the wall time of the
-semantic, scores and selection groups).
+``heldout_nll``, ``heldout_nll_macro``, ``heldout_token_nll``, ``heldout_token_nll_macro``,
+``heldout_nll:length=<band>`` (the row mean over the held-out responses of 1-3, 4-12, 13-60 and 61+ tokens),
+``train_tokens``, ``train_seconds`` and, for the arms that need the models' scores, ``selection_seconds`` (the
+wall time of the semantic, scores and selection groups).
 """
 
 from __future__ import annotations
@@ -196,6 +197,12 @@ def selection_seconds(defs: Any, instance: Any, run: Any) -> float:
     return total
 
 
+def reported(metric: str) -> bool:
+    """The metrics the JSON and the table carry: the headline ones and the held-out NLL per band of response
+    length, not the per-cluster or per-label rows."""
+    return "=" not in metric or metric.startswith("heldout_nll:length=")
+
+
 def summary(values: list[float]) -> dict[str, Any]:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return {
@@ -355,9 +362,9 @@ def main() -> None:
             if tokens is not None:
                 per_arm[method]["train_tokens"], per_arm[method]["train_seconds"] = float(tokens), float(seconds)
         for reference in ("original", "pruned"):
-            references[reference] = {m: v for m, v in per_arm[reference].items() if "=" not in m}
+            references[reference] = {m: v for m, v in per_arm[reference].items() if reported(m)}
         for arm in round_arms:
-            metrics = {m: v for m, v in per_arm[arm].items() if "=" not in m}
+            metrics = {m: v for m, v in per_arm[arm].items() if reported(m)}
             if arm in SCORED_ARMS:
                 metrics["selection_seconds"] = scored_seconds
             for metric, value in metrics.items():

@@ -51,7 +51,9 @@ from paser_assets.core.baselines import (
 from paser_assets.core.consistency import SELECTED
 from paser_assets.core.efficiency import drift_per_token, individual_efficiency
 from paser_assets.core.evaluation import (
+    LENGTH_BAND_NAMES,
     TaskScore,
+    length_band,
     macro_mean,
     mean_stderr,
     recovery_ratio,
@@ -534,12 +536,14 @@ HEADLINE = ("heldout_nll", "heldout_nll_macro", "heldout_token_nll", "heldout_to
 def metric_rows(
     heldout: pd.DataFrame, texts: pd.DataFrame, tasks: pd.DataFrame, group_kind: str
 ) -> list[dict[str, Any]]:
-    """One model's metrics as (metric, value, stderr) rows: held-out NLL overall, macro and per group,
-    perplexity per corpus, acc and acc_norm per task and the task average.
+    """One model's metrics as (metric, value, stderr) rows: held-out NLL overall, macro, per group and per band
+    of response length, perplexity per corpus, acc and acc_norm per task and the task average.
 
     ``heldout_nll`` counts every held-out row once (the mean of each row's per-token NLL), so a 3-token answer
     weighs as much as a 200-token essay; ``heldout_token_nll`` counts every held-out token once (total NLL over
-    total tokens, the log of the held-out perplexity). Both have their macro average over groups."""
+    total tokens, the log of the held-out perplexity). Both have their macro average over groups. The bands
+    (``heldout_nll:length=1-3`` ...) show where a difference comes from: a one-word answer's NLL is mostly its
+    form (the word, then the end), which fine-tuning on such answers learns fast."""
     nll, groups = heldout["nll"].tolist(), heldout["group"].tolist()
     tokens = heldout["tokens"].astype("float64").tolist()
     rows = [
@@ -551,6 +555,11 @@ def metric_rows(
     for group, values in heldout.groupby("group")["nll"]:
         rows.append({"metric": f"heldout_nll:{group_kind}={group}", "value": float(values.mean()),
                      "stderr": mean_stderr(values.tolist())})  # fmt: skip
+    bands = heldout["tokens"].map(length_band)
+    for band in [name for name in LENGTH_BAND_NAMES if (bands == name).any()]:
+        values = heldout.loc[bands == band, "nll"].tolist()
+        rows.append({"metric": f"heldout_nll:length={band}", "value": float(np.mean(values)),
+                     "stderr": mean_stderr(values)})  # fmt: skip
     for row in texts.itertuples(index=False):
         rows.append({"metric": f"ppl:{row.text}", "value": float(row.perplexity), "stderr": math.nan})
     scores: dict[str, TaskScore] = {}

@@ -163,3 +163,19 @@ def weighted_mean(values: Sequence[float], weights: Sequence[float]) -> float:
     if total <= 0:
         return math.nan
     return float(np.dot(np.asarray(values, dtype=np.float64), np.asarray(weights, dtype=np.float64)) / total)
+
+
+# Bands of response length, in tokens (end of sequence included): a word or two and the end, a phrase or a
+# sentence, a paragraph, and longer. Fixed edges, so that bands compare across pools and runs.
+LENGTH_BANDS: tuple[tuple[int, int | None], ...] = ((1, 3), (4, 12), (13, 60), (61, None))
+
+
+LENGTH_BAND_NAMES = tuple(f"{low}+" if high is None else f"{low}-{high}" for low, high in LENGTH_BANDS)
+
+
+def length_band(tokens: int) -> str:
+    """The name of the band of :data:`LENGTH_BANDS` that a response of ``tokens`` tokens falls in: "1-3", "61+"."""
+    for (low, high), name in zip(LENGTH_BANDS, LENGTH_BAND_NAMES, strict=True):
+        if tokens >= low and (high is None or tokens <= high):
+            return name
+    raise ValueError(f"a response has at least one token, got {tokens}")

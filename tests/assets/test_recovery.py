@@ -344,7 +344,9 @@ def test_recovery_comparison_has_every_metric_for_every_arm(recovery: Recovery) 
         metrics = set(group["metric"])
         assert headline <= metrics, arm
         assert "acc_norm:winogrande" not in metrics  # partial evaluation has no acc_norm, as in the harness
-        assert all(m.startswith("heldout_nll:family=") for m in metrics - headline)  # the demo pool has labels
+        groups = metrics - headline  # per label (the demo pool has labels) and per band of response length
+        assert all(m.startswith(("heldout_nll:family=", "heldout_nll:length=")) for m in groups), groups
+        assert any(m.startswith("heldout_nll:length=") for m in groups)
         assert group["value"].map(math.isfinite).all()
     values = table.pivot(index="method", columns="metric", values="value")
     assert (values["ppl:tiny"] > 1).all()
@@ -495,8 +497,9 @@ def test_without_labels_or_tasks_the_comparison_groups_by_cluster_and_keeps_the_
     values = table.pivot(index="method", columns="metric", values="value")
     assert set(values.columns) == {
         "heldout_nll", "heldout_nll_macro", "heldout_token_nll", "heldout_token_nll_macro", "heldout_nll:cluster=0",
-        "heldout_nll:cluster=1", "ppl:stdlib_docs"
+        "heldout_nll:cluster=1", "heldout_nll:length=1-3", "ppl:stdlib_docs"
     }  # fmt: skip
+    assert values.at["paser", "heldout_nll:length=1-3"] == pytest.approx(3.0)  # every row has 1 to 3 tokens
     assert values.at["paser", "heldout_nll"] == pytest.approx(3.0)
     assert values.at["paser", "heldout_nll_macro"] == pytest.approx((2.0 + 5.0) / 2)  # clusters, not rows
     assert values.at["paser", "heldout_token_nll"] == pytest.approx((2 * 1 + 2 * 3 + 5 * 2) / 6)  # tokens, not rows

@@ -8,9 +8,11 @@ import math
 import pytest
 
 from paser_assets.core.evaluation import (
+    LENGTH_BAND_NAMES,
     ItemScore,
     TaskScore,
     choice_prompts,
+    length_band,
     macro_mean,
     mean_stderr,
     recovery_ratio,
@@ -116,3 +118,12 @@ def test_a_token_weighted_macro_mean_weighs_each_groups_tokens() -> None:
     assert math.isnan(weighted_mean([1.0], [0]))
     with pytest.raises(ValueError):
         macro_mean([1.0, 2.0], ["a", "b"], [1])
+
+
+def test_length_bands_cover_every_length_once() -> None:
+    assert LENGTH_BAND_NAMES == ("1-3", "4-12", "13-60", "61+")
+    assert [length_band(n) for n in (1, 3, 4, 12, 13, 60, 61, 5000)] == [
+        "1-3", "1-3", "4-12", "4-12", "13-60", "13-60", "61+", "61+"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="at least one token"):
+        length_band(0)
