@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from paser_assets import charts, storage
 from paser_assets.core.consistency import BUDGET_FULL, CONCEPT_CONFLICT, SELECTED
+from paser_assets.core.efficiency import RANKING_NAMES
 from paser_assets.models.adapters import TrainingRecord
 
 REPORT_NAME = "report.html"
@@ -42,7 +43,8 @@ class ReportData:
     cluster_spectrum. ``selection``: the variant's selection rows with instruction and input.
     ``comparison``: the variant's recovery_comparison rows. ``loss_curves``: method -> (steps, losses).
     ``token_spend``: with a token budget (``PASER_BUDGET_UNIT=tokens``), per cluster the token budget and the
-    tokens selected (``cluster, budget, spent``); None with a sample budget.
+    tokens selected (``cluster, budget, spent``); None with a sample budget. ``ranking``: what the clusters'
+    walks ranked by (``PASER_RANKING``), whose score the selection's ``score`` column holds.
     """
 
     variant: str
@@ -55,6 +57,7 @@ class ReportData:
     loss_curves: Mapping[str, tuple[Sequence[int], Sequence[float]]] = field(default_factory=dict)
     pruned: Mapping[str, object] = field(default_factory=dict)
     token_spend: pd.DataFrame | None = None
+    ranking: str = "ies"
 
     @property
     def budgets(self) -> pd.DataFrame:
@@ -70,6 +73,10 @@ class ReportData:
     def spent_budgets(self) -> pd.DataFrame:
         """Per cluster, the budget in the unit the selection spent it (``cluster, budget``)."""
         return self.budgets if self.token_spend is None else self.token_spend
+
+    @property
+    def ranking_name(self) -> str:
+        return RANKING_NAMES[self.ranking]
 
     @property
     def chosen_k(self) -> int:
@@ -355,9 +362,13 @@ def _budget_of(shares: pd.DataFrame, column: str = "budget") -> dict[int, int]:
     return dict(zip(shares["cluster"].astype(int), shares[column].astype(int), strict=True))
 
 
-def _sample_rows(rows: pd.DataFrame, names: Mapping[int, str], reasons: Mapping[str, str] | None) -> str:
-    header = ["cluster", "rank", "instruction", "input", "JSD", "IES", "decision"]
-    header += ["reason"] if reasons is not None else []
+def _sample_rows(
+    rows: pd.DataFrame, names: Mapping[int, str], reasons: Mapping[str, str] | None, ranking: str = "ies"
+) -> str:
+    """The preview table; a ranking other than the IES gets a column of its own, after the IES."""
+    scored = ranking != "ies"
+    header = ["cluster", "rank", "instruction", "input", "JSD", "IES", *([RANKING_NAMES[ranking]] * scored)]
+    header += ["decision", *(["reason"] if reasons is not None else [])]
     cells = []
     for row in rows.itertuples(index=False):
         cell = [
@@ -367,6 +378,7 @@ def _sample_rows(rows: pd.DataFrame, names: Mapping[int, str], reasons: Mapping[
             ("text", _e(_cut(row.input))),
             ("num", _number(row.jsd)),
             ("num", _number(row.ies)),
+            *([("num", _number(row.score))] * scored),
             ("text", _e(row.decision)),
         ]
         if reasons is not None:
@@ -376,7 +388,12 @@ def _sample_rows(rows: pd.DataFrame, names: Mapping[int, str], reasons: Mapping[
 
 
 def rejection_reason(
-    decision: str, pairs: Sequence[str] | None, share: float | None, budget: int | None, unit: str = "samples"
+    decision: str,
+    pairs: Sequence[str] | None,
+    share: float | None,
+    budget: int | None,
+    unit: str = "samples",
+    ranking: str = "ies",
 ) -> str:
     """Why a candidate was not selected, in words: the concept pairs it would have broken, or the full budget."""
     if decision == CONCEPT_CONFLICT:
@@ -388,33 +405,39 @@ def rejection_reason(
         return f"{whose} are in the graph of the selection but never together there: {shown}"
     if decision == BUDGET_FULL:
         of = "" if budget is None else f" of {budget}" + (" tokens" if unit == "tokens" else "")
-        return f"not reached: the cluster's budget{of} was filled by samples of higher IES"
+        return f"not reached: the cluster's budget{of} was filled by samples of higher {RANKING_NAMES[ranking]}"
     return str(decision)
 
 
 def _previews(data: ReportData, names: Mapping[int, str]) -> str:
     selection = data.selection
-    selected = selection[selection["decision"] == SELECTED].sort_values(["ies", "sample_id"], ascending=[False, True])
+    selected = selection[selection["decision"] == SELECTED]
+    selected = selected.sort_values(["score", "sample_id"], ascending=[False, True])
     rejected = selection[selection["decision"] != SELECTED].copy()
-    # Conflicts first (the interesting rejections), each kind in IES order.
+    # Conflicts first (the interesting rejections), each kind in the walks' order.
     rejected["order"] = (rejected["decision"] != CONCEPT_CONFLICT).astype(int)
-    rejected = rejected.sort_values(["order", "ies", "sample_id"], ascending=[True, False, True])
+    rejected = rejected.sort_values(["order", "score", "sample_id"], ascending=[True, False, True])
     budget_of = _budget_of(data.spent_budgets)
     shown_rejected = rejected.head(PREVIEW_ROWS)
     reasons = {
         row.sample_id: rejection_reason(
-            row.decision, row.conflict_pairs, row.conflict_share, budget_of.get(int(row.cluster)), data.budget_unit
+            row.decision,
+            row.conflict_pairs,
+            row.conflict_share,
+            budget_of.get(int(row.cluster)),
+            data.budget_unit,
+            data.ranking,
         )
         for row in shown_rejected.itertuples(index=False)
     }
     parts = [
         f'<h2 id="selected">Selected samples</h2><p class="note">{min(len(selected), PREVIEW_ROWS)} of '
-        f"{len(selected):,} selected, highest IES first (text cut to {TEXT_CHARS} characters; the export holds "
-        "every one whole).</p>",
-        _sample_rows(selected.head(PREVIEW_ROWS), names, None),
+        f"{len(selected):,} selected, highest {data.ranking_name} first (text cut to {TEXT_CHARS} characters; the "
+        "export holds every one whole).</p>",
+        _sample_rows(selected.head(PREVIEW_ROWS), names, None, data.ranking),
         f'<h2 id="rejected">Rejected samples</h2><p class="note">{len(shown_rejected)} of {len(rejected):,} not '
-        "selected, concept conflicts first, highest IES first.</p>",
-        _sample_rows(shown_rejected, names, reasons) if len(shown_rejected) else "<p>None.</p>",
+        f"selected, concept conflicts first, highest {data.ranking_name} first.</p>",
+        _sample_rows(shown_rejected, names, reasons, data.ranking) if len(shown_rejected) else "<p>None.</p>",
     ]
     return "".join(parts)
 
@@ -553,8 +576,8 @@ def load_report_data(conn: duckdb.DuckDBPyConnection, variant: str) -> ReportDat
     spectrum = _optional(conn, "cluster_spectrum", "SELECT * FROM cluster_spectrum ORDER BY k", [])
     selection = conn.execute(
         """
-        SELECT s.sample_id, s.cluster, s.rank, s.ies, s.jsd, s.decision, s.conflict_pairs, s.conflict_share,
-               s.refill_round, p.instruction, p.input
+        SELECT s.sample_id, s.cluster, s.rank, s.ies, s.jsd, coalesce(s.score, s.ies) AS score, s.decision,
+               s.conflict_pairs, s.conflict_share, s.refill_round, p.instruction, p.input
         FROM selection s JOIN recovery_pool p USING (sample_id)
         WHERE s.variant = ? ORDER BY s.cluster, s.rank
         """,
@@ -598,12 +621,17 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 
 def write_report(
-    conn: duckdb.DuckDBPyConnection, variant: str, folder: Path, token_spend: pd.DataFrame | None = None
+    conn: duckdb.DuckDBPyConnection,
+    variant: str,
+    folder: Path,
+    token_spend: pd.DataFrame | None = None,
+    ranking: str = "ies",
 ) -> Path:
     """Write ``folder / report.html`` for ``variant`` from the tables in ``conn``; returns its path.
 
-    ``token_spend``: see :class:`ReportData` (the selection's token budget, which no table holds)."""
+    ``token_spend`` and ``ranking``: see :class:`ReportData` (the selection's token budget, which no table holds,
+    and what its walks ranked by)."""
     path = Path(folder) / REPORT_NAME
-    data = replace(load_report_data(conn, variant), token_spend=token_spend)
+    data = replace(load_report_data(conn, variant), token_spend=token_spend, ranking=ranking)
     write_text_atomically(path, render_report(data))
     return path

@@ -441,6 +441,12 @@ class SelectionSettings(Stage):
         "How the budget is split across clusters: in proportion to CDS (the paper's rule), to CDS x cluster "
         "size, to cluster size, or evenly; always capped by each cluster's size.",
     )
+    ranking: Literal["ies", "drift_per_token"] = setting(  # = core.efficiency.RANKINGS
+        "ies",
+        "What each cluster's walk ranks samples by: IES = JSD / log(cost) (the paper's rule), or the drift per "
+        "training token, JSD x response tokens / training tokens (the knapsack's ratio under a token budget); "
+        "see the README's recovery section.",
+    )
     budget_unit: Literal["samples", "tokens"] = setting(
         "samples",
         "What the budget counts: samples (the paper's rule), or training tokens, as many as a random selection "

@@ -269,9 +269,10 @@ TABLES: dict[str, Table] = _declare(
             "variant": _VARIANT,
             "sample_id": ("VARCHAR", "Pool row"),
             "cluster": ("BIGINT", "Cluster id"),
-            "rank": ("BIGINT", "Position in the cluster's IES order, 1 = highest IES"),
+            "rank": ("BIGINT", "Position in the cluster's walk, 1 = the highest score (IES by default)"),
             "ies": ("DOUBLE", "Individual Efficiency Score"),
             "jsd": ("DOUBLE", "Mean JSD over the response tokens"),
+            "score": ("DOUBLE", "What the walk ranked by (PASER_RANKING): the IES, or the drift per training token"),
             "decision": ("VARCHAR", "selected, concept_conflict or budget_full (never reached)"),
             "conflict_pairs": (
                 "VARCHAR[]",

@@ -77,6 +77,7 @@ def frames(variants: int = 2, recovery: bool = True) -> ReportData:
             "ies": rng.uniform(size=24),
             "jsd": rng.uniform(0, 0.3, size=24),
             "decision": decisions,
+            "score": 0.0,  # the default ranking's score is the IES: set below
             "conflict_pairs": [["list | poem", "<i> | sort"] if d == "concept_conflict" else [] for d in decisions],
             "conflict_share": [0.5 if d == "concept_conflict" else 0.0 for d in decisions],
             "refill_round": 0,
@@ -84,6 +85,7 @@ def frames(variants: int = 2, recovery: bool = True) -> ReportData:
             "input": "",
         }
     )
+    selection["score"] = selection["ies"]
     comparison = pd.DataFrame()
     curves: dict[str, tuple[list[int], list[float]]] = {}
     if recovery:
@@ -174,6 +176,20 @@ def test_previews_show_the_highest_ies_first_and_conflicts_before_budget_full() 
     second_selected = page.index(f">{selected['instruction'].iloc[1]}<")
     assert first_selected < second_selected < page.index('id="rejected"')
     assert rejected_table.index("concept_conflict") < rejected_table.index("budget_full")
+
+
+def test_another_ranking_orders_the_previews_by_its_score_and_names_it() -> None:
+    data = frames(recovery=False)
+    # Drift per token ranks the samples the other way round from their IES.
+    data = replace(data, ranking="drift_per_token", selection=data.selection.assign(score=1 - data.selection["ies"]))
+    page = render_report(data)
+    selected = data.selection[data.selection["decision"] == "selected"].sort_values("score", ascending=False)
+    plain = selected[selected["instruction"] != SCRIPT]  # the script is shown escaped
+    first, second = (page.index(f">{text}<") for text in plain["instruction"].iloc[:2])
+    assert first < second < page.index('id="rejected"')
+    assert "selected, highest drift per token first" in page and "<th>drift per token</th>" in page
+    assert "was filled by samples of higher drift per token" in page
+    assert "<th>drift per token</th>" not in render_report(frames(recovery=False))  # the IES alone by default
 
 
 def test_cluster_names_need_profiles_of_the_current_clusters() -> None:

@@ -49,7 +49,7 @@ from paser_assets.core.baselines import (
     uniform_selection,
 )
 from paser_assets.core.consistency import SELECTED
-from paser_assets.core.efficiency import drift_per_token, individual_efficiency
+from paser_assets.core.efficiency import individual_efficiency
 from paser_assets.core.evaluation import (
     LENGTH_BAND_NAMES,
     TaskScore,
@@ -112,7 +112,7 @@ def _load_pruned(store: ModelStore, duckdb: PaserDuckDB, variant: str, where: Pl
     "PASER with one part changed (the ablations, among them a token budget and the instruction-only JSD).",
 )  # fmt: skip
 @reads(*MODEL_LOADING, *MODEL_PLACEMENT, "recovery.recovery_methods", "recovery.recovery_seed", "scoring.max_tokens",
-       "selection.conflict_tolerance", "selection.allocation", "seed")  # fmt: skip
+       "selection.conflict_tolerance", "selection.allocation", "selection.ranking", "seed")  # fmt: skip
 def baseline_selections(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -126,7 +126,7 @@ def baseline_selections(
     frame, budgets = selectable_candidates(duckdb, variant)
     budget = int(budgets["budget"].sum())
     tolerance, rule = paser.selection.conflict_tolerance, paser.selection.allocation
-    picks = baseline_picks(frame, budgets, seed, tolerance, rule)
+    picks = baseline_picks(frame, budgets, seed, tolerance, rule, paser.selection.ranking)
     if "random_tokens" in methods:
         tokens = dict(zip(frame["sample_id"], frame["tokens"].astype(int), strict=True))
         paser_tokens = sum(tokens[i] for i in method_selection(duckdb, "paser", variant)["sample_id"] if i in tokens)
@@ -167,17 +167,23 @@ def baseline_selections(
 
 
 def baseline_picks(
-    frame: pd.DataFrame, budgets: pd.DataFrame, seed: int, tolerance: float, rule: str = "cds"
+    frame: pd.DataFrame,
+    budgets: pd.DataFrame,
+    seed: int,
+    tolerance: float,
+    rule: str = "cds",
+    ranking: str = "ies",
 ) -> dict[str, list[str]]:
     """The choices that need no model: full, random, uniform, top JSD and the PASER ablations, at PASER's budget.
 
     The ablations change one part of PASER and keep the rest (its budget, its conflict ``tolerance``, its
-    allocation ``rule``): the allocation rule (uniform, proportional to size, CDS x size), the order inside a
-    cluster (JSD alone, random), the concept filter (off) or the budget's unit (``paser_tokens``: the
-    training tokens a random selection of PASER's sample budget has on average, split by the same rule;
+    allocation ``rule``, its ``ranking``): the allocation rule (uniform, proportional to size, CDS x size), the
+    order inside a cluster (JSD alone, random), the concept filter (off) or the budget's unit (``paser_tokens``:
+    the training tokens a random selection of PASER's sample budget has on average, split by the same rule;
     ``paser_tokens_density``: that token budget, each cluster in the order of drift per training token;
     ``paser_tokens_strata`` and ``paser_tokens_density_strata``: the token budget with each cluster's tokens split
-    across response-length strata in the cluster's own proportions, each stratum walked by IES or by density)."""
+    across response-length strata in the cluster's own proportions, each stratum walked by the ranking or by
+    the drift per token)."""
     budget = int(budgets["budget"].sum())
     ids = frame["sample_id"].tolist()
     sizes = frame.groupby("cluster").size().reindex(budgets["cluster"]).fillna(0).astype(int).to_numpy()
@@ -186,16 +192,15 @@ def baseline_picks(
         weights = allocation_weights(rule, budgets["cds"].to_numpy(), sizes)
         return budgets.assign(budget=allocate_budget(budget, weights, sizes))
 
-    def selected(candidates: pd.DataFrame, shares: pd.DataFrame, tau: float, unit: str = "samples") -> list[str]:
-        decisions = paser_select(candidates, shares, tolerance=tau, budget_unit=unit).decisions
+    def selected(
+        candidates: pd.DataFrame, shares: pd.DataFrame, tau: float, unit: str = "samples", order: str = ranking
+    ) -> list[str]:
+        decisions = paser_select(candidates, shares, tau, unit, order).decisions
         return [d.sample_id for d in decisions if d.decision == SELECTED]
 
     in_tokens = budgets_in_unit(frame, budgets, "tokens", rule)
-    density = [
-        drift_per_token(j, int(r), int(t))
-        for j, r, t in zip(frame["jsd"], frame["response_tokens"], frame["tokens"], strict=True)
-    ]
     random_ies = [int(hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()[:12], 16) for i in ids]
+    per_token = "drift_per_token"
     return {
         "full": sorted(ids),
         "random": random_selection(ids, budget, seed),
@@ -205,13 +210,16 @@ def baseline_picks(
         "paser_alloc_uniform": selected(frame, reallocated("uniform"), tolerance),
         "paser_alloc_size": selected(frame, reallocated("proportional"), tolerance),
         "paser_alloc_cds_size": selected(frame, reallocated("cds_size"), tolerance),
-        "paser_order_jsd": selected(frame.assign(ies=frame["jsd"]), budgets, tolerance),
-        "paser_order_random": selected(frame.assign(ies=np.asarray(random_ies, dtype=np.float64)), budgets, tolerance),
+        # The two order ablations put their order in the IES column, so their walks rank by the IES.
+        "paser_order_jsd": selected(frame.assign(ies=frame["jsd"]), budgets, tolerance, order="ies"),
+        "paser_order_random": selected(
+            frame.assign(ies=np.asarray(random_ies, dtype=np.float64)), budgets, tolerance, order="ies"
+        ),
         "paser_tokens": selected(frame, in_tokens, tolerance, "tokens"),
-        "paser_tokens_density": selected(frame.assign(ies=density), in_tokens, tolerance, "tokens"),
+        "paser_tokens_density": selected(frame, in_tokens, tolerance, "tokens", per_token),
         "paser_tokens_strata": selected(*within_length_strata(frame, in_tokens, "tokens"), tolerance, "tokens"),
         "paser_tokens_density_strata": selected(
-            *within_length_strata(frame.assign(ies=density), in_tokens, "tokens"), tolerance, "tokens"
+            *within_length_strata(frame, in_tokens, "tokens"), tolerance, "tokens", per_token
         ),
     }
 

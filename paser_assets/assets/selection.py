@@ -22,6 +22,7 @@ from paser_assets.core.allocation import (
 )
 from paser_assets.core.concepts import extract_concepts
 from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, SelectionResult, select
+from paser_assets.core.efficiency import walk_score
 from paser_assets.locations import EXPORT_FOLDER, beside
 from paser_assets.partitions import VARIANTS
 from paser_assets.resources import PaserConfig, PaserDuckDB, named_when_disk_full
@@ -90,9 +91,14 @@ def selectable_candidates(duckdb: PaserDuckDB, variant: str) -> tuple[pd.DataFra
 
 
 def paser_select(
-    frame: pd.DataFrame, budgets: pd.DataFrame, tolerance: float, budget_unit: str = "samples"
+    frame: pd.DataFrame,
+    budgets: pd.DataFrame,
+    tolerance: float,
+    budget_unit: str = "samples",
+    ranking: str = "ies",
 ) -> SelectionResult:
-    """PASER's selection of the candidate rows: per-cluster budgets, IES order, the concept filter at ``tolerance``.
+    """PASER's selection of the candidate rows: per-cluster budgets, each cluster walked in ``ranking`` order
+    (:data:`~paser_assets.core.efficiency.RANKINGS`), the concept filter at ``tolerance``.
 
     ``budget_unit`` "tokens": the budgets count training tokens (the rows' ``tokens``), not samples."""
     if budget_unit not in ("samples", "tokens"):
@@ -105,6 +111,9 @@ def paser_select(
             float(row.jsd),
             frozenset(row.concepts),
             int(row.tokens) if budget_unit == "tokens" else 1,
+            None
+            if ranking == "ies"
+            else walk_score(ranking, float(row.jsd), int(row.cost), int(row.response_tokens), int(row.tokens)),
         )
         for row in frame.itertuples(index=False)
     ]
@@ -176,6 +185,7 @@ def decision_table(result: SelectionResult, variant: str) -> pd.DataFrame:
             "rank": [d.rank for d in decisions],
             "ies": [d.ies for d in decisions],
             "jsd": [d.jsd for d in decisions],
+            "score": [d.score for d in decisions],
             "decision": [d.decision for d in decisions],
             "conflict_pairs": [[f"{a} | {b}" for a, b in d.conflict_pairs] for d in decisions],
             "conflict_share": [d.conflict_share for d in decisions],
@@ -253,7 +263,7 @@ SELECTION_PARENTS = [
             group_name=SELECTION_GROUP,
             code_version="1",
             kinds={"duckdb"},
-            description="Every candidate considered, in IES order per cluster, with its decision "
+            description="Every candidate considered, in each cluster's walk order (IES by default), with its decision "
             "(selected, concept_conflict, budget_full) and conflicting concept pairs.",
         ),
         dg.AssetSpec(
@@ -266,7 +276,7 @@ SELECTION_PARENTS = [
         ),
     ],
 )
-@reads("selection.conflict_tolerance", "selection.budget_unit", "selection.allocation")
+@reads("selection.conflict_tolerance", "selection.budget_unit", "selection.allocation", "selection.ranking")
 def selection(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> Iterator[dg.MaterializeResult]:
@@ -274,7 +284,7 @@ def selection(
     variant = context.partition_key
     frame, budgets = selectable_candidates(duckdb, variant)
     budgets = budgets_in_unit(frame, budgets, unit, paser.selection.allocation)
-    result = paser_select(frame, budgets, tolerance, unit)
+    result = paser_select(frame, budgets, tolerance, unit, paser.selection.ranking)
     table, graph = decision_table(result, variant), graph_table(result, variant)
     with duckdb.write() as conn:
         storage.replace_partition(conn, "selection", {"variant": variant}, table)
@@ -288,6 +298,7 @@ def selection(
         metadata={
             **table_metadata("selection", duckdb.schema_name, len(table)),
             "budget_unit": unit,
+            "ranking": paser.selection.ranking,
             "budget": result.budget,
             "selected": result.selected,
             "shortfall": result.shortfall,
@@ -384,7 +395,7 @@ def export_records(rows: pd.DataFrame, folder: Path, stem: str = "selection") ->
     kinds={"parquet", "json"},
     description="The selected instructions as Alpaca JSON, JSONL and a Parquet file that `datasets` loads.",
 )
-@reads("selection.export_dir", "selection.budget_unit", "selection.allocation")
+@reads("selection.export_dir", "selection.budget_unit", "selection.allocation", "selection.ranking")
 def selection_export(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -413,7 +424,7 @@ def selection_export(
         frame, budgets = selectable_candidates(duckdb, variant)
         spend = token_spend(frame, budgets, rows["sample_id"], rule)
     with named_when_disk_full(folder, "PASER_EXPORT_DIR", report_kept), duckdb.get_connection() as conn:
-        report_path = report.write_report(conn, variant, target, spend)
+        report_path = report.write_report(conn, variant, target, spend, paser.selection.ranking)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(rows)),
         metadata={

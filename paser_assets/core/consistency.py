@@ -1,4 +1,5 @@
-"""Concept-consistent selection: walk each cluster in IES order, skip samples whose concepts conflict.
+"""Concept-consistent selection: walk each cluster in IES order (or another score's), skip samples whose concepts
+conflict.
 
 A Concept Consistency Graph (CCG) holds the concepts of the samples selected so far, with an edge
 between two concepts that occurred together in one selected sample. A candidate's pair of concepts
@@ -45,15 +46,22 @@ class Candidate:
     # What the sample takes from its cluster's budget: 1 under a sample budget, its training tokens under a
     # token budget (then the budgets are in tokens, and a cluster's last sample may overshoot its budget).
     budget_units: int = 1
+    # What the cluster's walk ranks by, highest first; None: the IES (the paper's rule).
+    score: float | None = None
+
+    @property
+    def walk_score(self) -> float:
+        return self.ies if self.score is None else self.score
 
 
 @dataclass(frozen=True)
 class Decision:
     sample_id: str
     cluster: int
-    rank: int  # 1 = highest IES in its cluster
+    rank: int  # 1 = the first of its cluster's walk: the highest IES, or the highest score of the ranking
     ies: float
     jsd: float
+    score: float  # what the walk ranked by: the IES, or the ranking's score
     decision: str
     conflict_pairs: tuple[tuple[str, str], ...]
     conflict_share: float
@@ -85,12 +93,15 @@ def conflict_share(conflicts: Sequence[tuple[str, str]], concept_count: int) -> 
     return len(conflicts) / pairs if pairs else 0.0
 
 
-def ies_order(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Highest IES first; ties by higher JSD, then sample_id; NaN IES last."""
-    return sorted(
-        candidates,
-        key=lambda c: (math.isnan(c.ies), -(c.ies if not math.isnan(c.ies) else 0.0), -c.jsd, c.sample_id),
-    )
+def walk_order(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Highest walk score (the IES unless the candidate carries another score) first; ties by higher JSD, then
+    sample_id; NaN scores last."""
+
+    def key(c: Candidate) -> tuple[bool, float, float, str]:
+        score = c.walk_score
+        return math.isnan(score), -(score if not math.isnan(score) else 0.0), -c.jsd, c.sample_id
+
+    return sorted(candidates, key=key)
 
 
 @dataclass
@@ -118,7 +129,7 @@ def select(
     by_cluster: dict[int, list[Candidate]] = {}
     for candidate in candidates:
         by_cluster.setdefault(candidate.cluster, []).append(candidate)
-    queues = {cluster: ies_order(items) for cluster, items in by_cluster.items()}
+    queues = {cluster: walk_order(items) for cluster, items in by_cluster.items()}
     clusters = sorted(queues, key=lambda c: (-degradation.get(c, 0.0), c))
     quota = {c: int(budgets.get(c, 0)) for c in clusters}
     position = dict.fromkeys(clusters, 0)
@@ -146,6 +157,7 @@ def select(
                         position[cluster],
                         candidate.ies,
                         candidate.jsd,
+                        candidate.walk_score,
                         SELECTED if accepted else CONCEPT_CONFLICT,
                         () if accepted else tuple(conflicts),
                         share,
@@ -164,6 +176,17 @@ def select(
     for cluster in clusters:
         for rank, candidate in enumerate(queues[cluster][position[cluster] :], start=position[cluster] + 1):
             decisions.append(
-                Decision(candidate.sample_id, cluster, rank, candidate.ies, candidate.jsd, BUDGET_FULL, (), 0.0, -1)
+                Decision(
+                    candidate.sample_id,
+                    cluster,
+                    rank,
+                    candidate.ies,
+                    candidate.jsd,
+                    candidate.walk_score,
+                    BUDGET_FULL,
+                    (),
+                    0.0,
+                    -1,
+                )
             )
     return SelectionResult(decisions, graph, total_budget, sum(chosen.values()), refill_round)

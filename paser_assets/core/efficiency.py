@@ -25,3 +25,19 @@ def drift_per_token(jsd: float, response_tokens: int, tokens: int) -> float:
     if tokens <= 0:
         return math.nan
     return jsd * response_tokens / tokens
+
+
+# The orders a cluster's walk can rank its samples in (the setting PASER_RANKING): the paper's IES, or the drift
+# per training token.
+RANKINGS = ("ies", "drift_per_token")
+RANKING_NAMES = {"ies": "IES", "drift_per_token": "drift per token"}  # as reports and logs name them
+
+
+def walk_score(ranking: str, jsd: float, cost: int, response_tokens: int, tokens: int) -> float:
+    """What a cluster's walk ranks a sample by, highest first: IES = JSD / log(cost) ("ies") or
+    JSD x response tokens / training tokens ("drift_per_token")."""
+    if ranking == "ies":
+        return individual_efficiency(jsd, cost)
+    if ranking == "drift_per_token":
+        return drift_per_token(jsd, response_tokens, tokens)
+    raise ValueError(f"unknown ranking {ranking!r}; choose from {', '.join(RANKINGS)}")

@@ -387,8 +387,9 @@ BREAKAGES = {
         ("no_sample_selected_twice", "duplicated_samples", 1),
     ),
     "not_in_pool": (
-        "INSERT INTO selection SELECT variant, 'not-in-the-pool', cluster, 999, ies, jsd, decision, conflict_pairs, "
-        "conflict_share, refill_round FROM selection WHERE decision = 'selected' ORDER BY sample_id LIMIT 1",
+        "INSERT INTO selection SELECT variant, 'not-in-the-pool', cluster, 999, ies, jsd, score, decision, "
+        "conflict_pairs, conflict_share, refill_round FROM selection WHERE decision = 'selected' "
+        "ORDER BY sample_id LIMIT 1",
         {"selected_samples_in_pool": 1, "budget_met": None},
         ("selected_samples_in_pool", "missing_from_pool", 1),
     ),
@@ -508,3 +509,37 @@ def test_a_token_budget_selects_the_tokens_a_random_selection_has_on_average(run
     assert len(sample_run) == samples[0]
     if sum(tokens[s] for s in sample_run) < target:
         assert len(chosen) > len(sample_run)
+
+
+def test_the_drift_per_token_ranking_walks_each_cluster_by_it_and_says_so(run: Run) -> None:
+    """PASER_RANKING=drift_per_token: the selection's score is JSD x response tokens / training tokens, each cluster
+    is walked highest score first (the rank), the IES is still recorded, and the report names the ranking."""
+    database, _ = copy_database(run, "drift_ranking")
+    export = run.tmp / "drift_ranking" / "export"
+    settings = {**run.settings, "ranking": "drift_per_token", "budget_unit": "tokens", "export_dir": str(export)}
+    defs = build_definitions(PaserConfig(**settings), database)
+    instance = dg.DagsterInstance.ephemeral()
+    graph = "key:selection or key:concept_graph or key:selection_export"
+    assert materialize(defs, selection=graph, instance=instance).success
+    rows = query(
+        database,
+        """SELECT s.cluster, s.rank, s.score, s.ies, d.jsd * d.response_tokens / (d.prompt_tokens + d.response_tokens),
+        d.jsd / ln(d.cost) FROM selection s JOIN degradation_scores d USING (variant, sample_id)
+        WHERE s.rank > 0 ORDER BY s.cluster, s.rank""",
+    )
+    assert rows
+    for cluster, _, score, ies, density, expected_ies in rows:
+        assert score == pytest.approx(density) and ies == pytest.approx(expected_ies), cluster
+    for cluster in {row[0] for row in rows}:
+        walked = [row[2] for row in rows if row[0] == cluster]
+        assert walked == sorted(walked, reverse=True), cluster
+    assert any(abs(score - ies) > 1e-9 for _, _, score, ies, _, _ in rows)
+    assert selection_metadata(instance)["ranking"] == "drift_per_token"
+    checks = run_checks(defs)
+    assert checks["budget_met"].passed, checks["budget_met"].metadata
+    page = (export / VARIANT / REPORT_NAME).read_text(encoding="utf-8")
+    assert "selected, highest drift per token first" in page and "<th>drift per token</th>" in page
+    # The paper's ranking on the same scores chose differently.
+    default = {row[0] for row in query(run.database, "SELECT sample_id FROM selection WHERE decision = 'selected'")}
+    chosen = {row[0] for row in query(database, "SELECT sample_id FROM selection WHERE decision = 'selected'")}
+    assert chosen != default

@@ -19,8 +19,8 @@ from paser_assets.core.consistency import (
     Decision,
     SelectionResult,
     conflict_share,
-    ies_order,
     select,
+    walk_order,
 )
 
 
@@ -201,16 +201,31 @@ def test_rank_follows_ies_then_jsd_then_sample_id_with_nan_last() -> None:
         cand("nan-b", "n2", ies=math.nan, jsd=0.1),
     ]
     expected = ["top", "tie-jsd", "tie-a", "tie-b", "low", "nan-a", "nan-b"]
-    assert [c.sample_id for c in ies_order(candidates)] == expected
+    assert [c.sample_id for c in walk_order(candidates)] == expected
     result = run(candidates, budget=3)
     ranks = {d.sample_id: d.rank for d in result.decisions}
     assert ranks == {sample_id: rank for rank, sample_id in enumerate(expected, start=1)}
     assert [d.sample_id for d in result.decisions if d.decision == SELECTED] == expected[:3]
 
 
+def test_a_candidates_score_replaces_its_ies_in_the_walk_and_is_recorded() -> None:
+    candidates = [
+        Candidate("high-ies", 0, 0.9, 0.1, frozenset({"a"}), score=0.01),
+        Candidate("high-score", 0, 0.1, 0.1, frozenset({"b"}), score=0.5),
+        Candidate("plain", 0, 0.3, 0.1, frozenset({"c"})),  # no score: its IES ranks it
+    ]
+    assert [c.sample_id for c in walk_order(candidates)] == ["high-score", "plain", "high-ies"]
+    result = run(candidates, budget=2)
+    decisions = {d.sample_id: d for d in result.decisions}
+    assert [d.sample_id for d in result.decisions if d.decision == SELECTED] == ["high-score", "plain"]
+    assert (decisions["high-score"].ies, decisions["high-score"].score) == (0.1, 0.5)  # both recorded
+    assert decisions["plain"].score == 0.3
+    assert decisions["high-ies"].decision == BUDGET_FULL and decisions["high-ies"].score == 0.01
+
+
 def test_negative_ies_ranks_below_zero_but_above_nan() -> None:
     candidates = [cand("neg", "a", ies=-1.0), cand("nan", "b", ies=math.nan), cand("zero", "c", ies=0.0)]
-    assert [c.sample_id for c in ies_order(candidates)] == ["zero", "neg", "nan"]
+    assert [c.sample_id for c in walk_order(candidates)] == ["zero", "neg", "nan"]
 
 
 def test_ranks_are_per_cluster() -> None:
@@ -425,7 +440,7 @@ def check_invariants(
 
     # ranks: the IES order of each cluster; considered candidates come before unvisited ones
     for cluster in clusters:
-        order = [c.sample_id for c in ies_order([c for c in candidates if c.cluster == cluster])]
+        order = [c.sample_id for c in walk_order([c for c in candidates if c.cluster == cluster])]
         ranked = sorted((d for d in decisions if d.cluster == cluster), key=lambda d: d.rank)
         assert [d.sample_id for d in ranked] == order
         assert [d.rank for d in ranked] == list(range(1, len(order) + 1))

@@ -1,4 +1,4 @@
-"""Attention cost and Individual Efficiency Score (paser_assets.core.efficiency)."""
+"""Attention cost, IES, the drift per token and the rankings (paser_assets.core.efficiency)."""
 
 from __future__ import annotations
 
@@ -55,3 +55,18 @@ def test_drift_per_token_is_the_samples_total_drift_per_training_token() -> None
     # At equal JSD and length, the sample whose tokens are more response than prompt carries more drift.
     assert drift_per_token(0.2, 45, 50) > drift_per_token(0.2, 5, 50)
     assert math.isnan(drift_per_token(0.2, 0, 0))
+
+
+def test_the_ranking_setting_offers_exactly_the_rankings() -> None:
+    """The setting's Literal repeats the ranking names: it must list the same ones, each with a name and a score."""
+    import typing
+
+    from paser_assets.core.efficiency import RANKING_NAMES, RANKINGS, walk_score
+    from paser_assets.settings import SelectionSettings
+
+    assert typing.get_args(SelectionSettings.model_fields["ranking"].annotation) == RANKINGS
+    assert set(RANKING_NAMES) == set(RANKINGS)
+    assert walk_score("ies", 0.2, 100, 6, 10) == pytest.approx(0.2 / math.log(100))
+    assert walk_score("drift_per_token", 0.2, 100, 6, 10) == pytest.approx(0.2 * 6 / 10)
+    with pytest.raises(ValueError, match="unknown ranking"):
+        walk_score("longest", 0.2, 100, 6, 10)
