@@ -363,6 +363,7 @@ def main() -> None:
                 per_arm[method]["train_tokens"], per_arm[method]["train_seconds"] = float(tokens), float(seconds)
         for reference in ("original", "pruned"):
             references[reference] = {m: v for m, v in per_arm[reference].items() if reported(m)}
+        seed_metrics: dict[str, dict[str, float]] = {}
         for arm in round_arms:
             metrics = {m: v for m, v in per_arm[arm].items() if reported(m)}
             if arm in SCORED_ARMS:
@@ -370,6 +371,9 @@ def main() -> None:
             for metric, value in metrics.items():
                 values[arm].setdefault(metric, []).append(value)
             seeds_run[arm] += 1
+            seed_metrics[arm] = metrics
+        # Every seed's figures as they come, so that a run cut short still leaves what it measured.
+        log(f"seed {seed} metrics: {json.dumps({'references': references, 'arms': seed_metrics})}")
         log(progress.line())
         log(
             f"seed {seed} done: "

@@ -52,6 +52,7 @@ def selection_rows(variant: str, conflict_pairs: list[list[str]]) -> pd.DataFram
             "rank": np.arange(1, count + 1, dtype=np.int64),
             "ies": np.linspace(0.3, 0.1, count),
             "jsd": np.linspace(0.2, 0.1, count),
+            "score": np.linspace(0.3, 0.1, count),
             "decision": ["concept_conflict" if pairs else "selected" for pairs in conflict_pairs],
             "conflict_pairs": conflict_pairs,
             "conflict_share": [0.5 if pairs else 0.0 for pairs in conflict_pairs],
@@ -155,7 +156,7 @@ def test_a_null_typed_table_left_by_an_older_version_is_migrated(database: Paser
     assert stored_types(database, "selection") == TABLES["selection"].types
     after = rows_of(database, "selection")
     assert [row for row in after if row[0] == "w50"] == before
-    assert [row[7] for row in after if row[0] == "nm24"] == [["a | b"]]
+    assert [row[8] for row in after if row[0] == "nm24"] == [["a | b"]]
 
 
 # --- migrating tables of older versions ---------------------------------------------------------
@@ -266,7 +267,7 @@ def test_an_error_after_a_write_rolls_back_every_table_of_the_block(database: Pa
     ("change", "named"),
     [
         (lambda f: f.drop(columns=["conflict_share"]), "lacks ['conflict_share']"),
-        (lambda f: f.assign(score=1.0), "has undeclared ['score']"),
+        (lambda f: f.assign(weight=1.0), "has undeclared ['weight']"),
         (lambda f: f.rename(columns={"rank": "position"}), "lacks ['rank'] and has undeclared ['position']"),
     ],
 )
