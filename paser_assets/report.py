@@ -367,7 +367,9 @@ def _sample_rows(
 ) -> str:
     """The preview table; a ranking other than the IES gets a column of its own, after the IES."""
     scored = ranking != "ies"
-    header = ["cluster", "rank", "instruction", "input", "JSD", "IES", *([RANKING_NAMES[ranking]] * scored)]
+    header = ["cluster", "rank", "instruction", "input", "JSD", "IES"]
+    if scored:
+        header.append(RANKING_NAMES[ranking])
     header += ["decision", *(["reason"] if reasons is not None else [])]
     cells = []
     for row in rows.itertuples(index=False):
@@ -378,9 +380,10 @@ def _sample_rows(
             ("text", _e(_cut(row.input))),
             ("num", _number(row.jsd)),
             ("num", _number(row.ies)),
-            *([("num", _number(row.score))] * scored),
-            ("text", _e(row.decision)),
         ]
+        if scored:
+            cell.append(("num", _number(row.score)))
+        cell.append(("text", _e(row.decision)))
         if reasons is not None:
             cell.append(("text", _e(reasons.get(row.sample_id, ""))))
         cells.append(cell)

@@ -447,7 +447,7 @@ class SelectionSettings(Stage):
         "training token, JSD x response tokens / training tokens (the knapsack's ratio under a token budget); "
         "see the README's recovery section.",
     )
-    budget_unit: Literal["samples", "tokens"] = setting(
+    budget_unit: Literal["samples", "tokens"] = setting(  # = core.allocation.BUDGET_UNITS
         "samples",
         "What the budget counts: samples (the paper's rule), or training tokens, as many as a random selection "
         "of the sample budget has on average, split across clusters by the same rule. PASER's cost term prefers "

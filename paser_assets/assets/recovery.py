@@ -199,7 +199,7 @@ def baseline_picks(
         return [d.sample_id for d in decisions if d.decision == SELECTED]
 
     in_tokens = budgets_in_unit(frame, budgets, "tokens", rule)
-    random_ies = [int(hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()[:12], 16) for i in ids]
+    random_order = [int(hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()[:12], 16) for i in ids]
     per_token = "drift_per_token"
     return {
         "full": sorted(ids),
@@ -210,10 +210,10 @@ def baseline_picks(
         "paser_alloc_uniform": selected(frame, reallocated("uniform"), tolerance),
         "paser_alloc_size": selected(frame, reallocated("proportional"), tolerance),
         "paser_alloc_cds_size": selected(frame, reallocated("cds_size"), tolerance),
-        # The two order ablations put their order in the IES column, so their walks rank by the IES.
-        "paser_order_jsd": selected(frame.assign(ies=frame["jsd"]), budgets, tolerance, order="ies"),
+        # The two order ablations give the walk their own score: JSD alone, or a random order.
+        "paser_order_jsd": selected(frame.assign(score=frame["jsd"]), budgets, tolerance),
         "paser_order_random": selected(
-            frame.assign(ies=np.asarray(random_ies, dtype=np.float64)), budgets, tolerance, order="ies"
+            frame.assign(score=np.asarray(random_order, dtype=np.float64)), budgets, tolerance
         ),
         "paser_tokens": selected(frame, in_tokens, tolerance, "tokens"),
         "paser_tokens_density": selected(frame, in_tokens, tolerance, "tokens", per_token),

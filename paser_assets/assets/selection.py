@@ -8,12 +8,14 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
 import pandas as pd
 
 from paser_assets import report, storage
 from paser_assets.assets.models import CHECKPOINTS
 from paser_assets.assets.semantic import SEMANTIC_GROUP
 from paser_assets.core.allocation import (
+    BUDGET_UNITS,
     allocate_budget,
     allocation_weights,
     length_strata,
@@ -100,9 +102,17 @@ def paser_select(
     """PASER's selection of the candidate rows: per-cluster budgets, each cluster walked in ``ranking`` order
     (:data:`~paser_assets.core.efficiency.RANKINGS`), the concept filter at ``tolerance``.
 
-    ``budget_unit`` "tokens": the budgets count training tokens (the rows' ``tokens``), not samples."""
-    if budget_unit not in ("samples", "tokens"):
-        raise ValueError(f"the budget unit must be 'samples' or 'tokens', got {budget_unit!r}")
+    ``budget_unit`` "tokens": the budgets count training tokens (the rows' ``tokens``), not samples. A ``score``
+    column in ``frame``, where there is one, is the walk's order instead of the ranking's (the order ablations)."""
+    if budget_unit not in BUDGET_UNITS:
+        raise ValueError(f"the budget unit must be one of {', '.join(BUDGET_UNITS)}, got {budget_unit!r}")
+    if "score" in frame.columns:
+        scores = frame["score"].astype(np.float64).tolist()
+    else:
+        scores = [
+            walk_score(ranking, float(row.jsd), int(row.cost), int(row.response_tokens), int(row.tokens))
+            for row in frame.itertuples(index=False)
+        ]
     candidates = [
         Candidate(
             row.sample_id,
@@ -111,11 +121,9 @@ def paser_select(
             float(row.jsd),
             frozenset(row.concepts),
             int(row.tokens) if budget_unit == "tokens" else 1,
-            None
-            if ranking == "ies"
-            else walk_score(ranking, float(row.jsd), int(row.cost), int(row.response_tokens), int(row.tokens)),
+            score,
         )
-        for row in frame.itertuples(index=False)
+        for row, score in zip(frame.itertuples(index=False), scores, strict=True)
     ]
     clusters = budgets["cluster"].astype(int)
     return select(

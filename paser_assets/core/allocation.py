@@ -107,6 +107,8 @@ def split_by_strata(budget: int, stratum_sizes: Sequence[int]) -> np.ndarray:
 
 # The allocation rules of allocation_weights, in the order the settings document them.
 ALLOCATION_RULES = ("cds", "cds_size", "proportional", "uniform")
+# What a budget can count (the setting PASER_BUDGET_UNIT): samples (the paper), or training tokens.
+BUDGET_UNITS = ("samples", "tokens")
 
 
 def allocation_weights(rule: str, degradation: Sequence[float], sizes: Sequence[int]) -> np.ndarray:

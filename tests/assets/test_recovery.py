@@ -301,6 +301,39 @@ def test_longest_takes_the_longest_responses(recovery: Recovery) -> None:
     assert sum(chosen) / len(chosen) > 1.2 * sum(others) / len(others)
 
 
+def test_the_order_ablations_walk_each_cluster_by_their_own_order(recovery: Recovery) -> None:
+    """paser_order_jsd walks each cluster by JSD alone, highest first, at PASER's per-cluster budgets."""
+    database = recovery.database
+    sql = "SELECT sample_id FROM baseline_selections WHERE variant = ? AND method = ? ORDER BY rank"
+    rows = query(
+        database,
+        """SELECT d.sample_id, c.cluster, d.jsd FROM degradation_scores d JOIN clusters c USING (sample_id)
+        WHERE d.variant = ?""",
+        [VARIANT],
+    )
+    jsd, cluster_of = {i: j for i, _, j in rows}, {i: c for i, c, _ in rows}
+    by_jsd = [row[0] for row in query(database, sql, [VARIANT, "paser_order_jsd"])]
+    for cluster in set(cluster_of.values()):
+        walked = [jsd[i] for i in by_jsd if cluster_of[i] == cluster]
+        assert walked == sorted(walked, reverse=True), cluster
+    selected = "SELECT sample_id FROM selection WHERE variant = ? AND decision = 'selected'"
+    paser = [row[0] for row in query(database, selected, [VARIANT])]
+    shares = {c: sum(cluster_of[i] == c for i in paser) for c in set(cluster_of.values())}
+    for arm in ("paser_order_jsd", "paser_order_random"):
+        chosen = [row[0] for row in query(database, sql, [VARIANT, arm])]
+        assert {c: sum(cluster_of[i] == c for i in chosen) for c in shares} == shares, arm
+    # The selection table keeps the real IES of every row (the ablations do not write their order over it).
+    assert (
+        scalar(
+            database,
+            """SELECT count(*) FROM selection s JOIN degradation_scores d USING (variant, sample_id)
+        WHERE s.variant = ? AND s.ies IS DISTINCT FROM d.ies""",
+            [VARIANT],
+        )
+        == 0
+    )
+
+
 def test_methods_select_differently(recovery: Recovery) -> None:
     sql = "SELECT sample_id FROM baseline_selections WHERE method = ?"
     selections = {m: frozenset(row[0] for row in query(recovery.database, sql, [m])) for m in BASELINES}

@@ -267,6 +267,21 @@ def test_the_allocation_setting_offers_exactly_the_rules() -> None:
         assert len(allocation_weights(rule, [0.1, 0.2], [3, 4])) == 2
 
 
+def test_the_budget_unit_setting_offers_exactly_the_units() -> None:
+    """The setting's Literal repeats the units, and paser_select refuses any other."""
+    import typing
+
+    import pandas as pd
+
+    from paser_assets.assets.selection import paser_select
+    from paser_assets.core.allocation import BUDGET_UNITS
+    from paser_assets.settings import SelectionSettings
+
+    assert typing.get_args(SelectionSettings.model_fields["budget_unit"].annotation) == BUDGET_UNITS
+    with pytest.raises(ValueError, match="budget unit must be one of samples, tokens, got 'bytes'"):
+        paser_select(pd.DataFrame(), pd.DataFrame(), 0.5, "bytes")
+
+
 # -- length strata
 
 
