@@ -121,23 +121,21 @@ class Progress(threading.Thread):
 
     def counts(self) -> tuple[int, int, float, int, float]:
         """Fine-tunes and evaluations done, the seconds and sample-epochs of those trained in this run (not
-        reused from the cache), and when the first fine-tune began."""
+        reused from the cache), and the mean wall time of an evaluation (0 before the first)."""
         import dagster as dg
 
-        def records(name: str) -> list:
-            return self.instance.fetch_materializations(dg.AssetKey(name), limit=10_000).records
+        def metadata(name: str) -> list[dict[str, Any]]:
+            records = self.instance.fetch_materializations(dg.AssetKey(name), limit=10_000).records
+            return [r.asset_materialization.metadata for r in records]
 
-        trained = records("recovered_model")
-        evaluated = records("recovery_evaluation")
-        metadata = [r.asset_materialization.metadata for r in trained]
-        now = [bool(m["trained_now"].value) if "trained_now" in m else True for m in metadata]
-        seconds = [float(m["seconds"].value) if fresh else 0.0 for m, fresh in zip(metadata, now, strict=True)]
-        units = sum(
-            int(m["train_samples"].value) * self.epochs for m, fresh in zip(metadata, now, strict=True) if fresh
-        )
-        # The shared assets and the references come before the first fine-tune: not evaluation time.
-        first = min((r.timestamp - s for r, s in zip(trained, seconds, strict=True)), default=None)
-        return len(trained), len(evaluated), sum(seconds), units, first if first is not None else time.time()
+        trained, evaluated = metadata("recovered_model"), metadata("recovery_evaluation")
+        fresh = [m for m in trained if "trained_now" not in m or bool(m["trained_now"].value)]
+        seconds = sum(float(m["seconds"].value) for m in fresh)
+        units = sum(int(m["train_samples"].value) * self.epochs for m in fresh)
+        # Each evaluation records its own wall time: the time between fine-tunes also holds the selections'
+        # scoring (IFD, the instruction JSD), which is not evaluation.
+        timed = [float(m["seconds"].value) for m in evaluated if "seconds" in m]
+        return len(trained), len(evaluated), seconds, units, statistics.mean(timed) if timed else 0.0
 
     def line(self) -> str:
         counts = self.counts()
@@ -157,11 +155,9 @@ class Progress(threading.Thread):
     def rates(self, counts: tuple[int, int, float, int, float] | None = None) -> tuple[float, float]:
         """Seconds per trained sample-epoch and per evaluation, as measured so far (or the guesses), from
         ``counts`` (default: read now)."""
-        _, evaluated, train_s, units, first_start = counts or self.counts()
+        _, _, train_s, units, eval_s = counts or self.counts()
         per_unit = train_s / units if units and train_s > 0 else GUESSED_SECONDS_PER_UNIT
-        recovery_s = max(time.time() - first_start, 0.0)
-        eval_s = max(recovery_s - train_s, 0.0) / evaluated if evaluated else GUESSED_SECONDS_PER_EVALUATION
-        return per_unit, eval_s
+        return per_unit, eval_s if eval_s > 0 else GUESSED_SECONDS_PER_EVALUATION
 
     def affordable(self, arms: list[str], seed: int, units: Callable[[str], int], seconds: float) -> list[str]:
         """The longest prefix of ``arms`` whose fine-tunes and evaluations fit in ``seconds``, at the rates;

@@ -378,6 +378,7 @@ class Evaluation:
     heldout_tokens: dict[str, int]
     texts: dict[str, TextScore]
     tasks: dict[str, TaskScore]
+    seconds: float  # wall time of the whole evaluation, for the bench's and the UI's rates
 
 
 def _evaluate(
@@ -399,8 +400,9 @@ def _evaluate(
             raise dg.Failure(description=f"PASER_EVAL_TASKS {name}: {error}") from None
         tasks[name] = score_task(model, tokenizer, items, style_for(name))[0]
         log(f"{name}: acc {tasks[name].acc:.4f} on {tasks[name].items} items")
-    log(f"evaluated in {format_duration(time.monotonic() - start)}")
-    return Evaluation(per_sample, {s.sample_id: s.response_tokens for s in encoded}, texts, tasks)
+    seconds = time.monotonic() - start
+    log(f"evaluated in {format_duration(seconds)}")
+    return Evaluation(per_sample, {s.sample_id: s.response_tokens for s in encoded}, texts, tasks, seconds)
 
 
 def evaluation_texts(settings: Any) -> dict[str, str]:
@@ -449,6 +451,7 @@ def _evaluation_metadata(result: Evaluation) -> dict[str, Any]:
     metadata: dict[str, Any] = {"heldout_nll": float(np.mean(list(result.heldout.values())))}
     metadata.update({f"ppl:{name}": perplexity(score.mean_nll) for name, score in result.texts.items()})
     metadata.update({f"acc:{name}": score.acc for name, score in result.tasks.items()})
+    metadata["seconds"] = round(result.seconds, 3)
     return metadata
 
 

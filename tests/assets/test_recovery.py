@@ -151,6 +151,19 @@ def test_every_recovery_partition_materializes(recovery: Recovery) -> None:
     assert len(recovery_events) == 3 + 2 * len(RECOVERY_METHODS)
 
 
+def test_every_evaluation_records_its_wall_time(recovery: Recovery) -> None:
+    """The bench prices the evaluations left by the seconds the done ones recorded."""
+    for method in RECOVERY_METHODS:
+        records = recovery.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("recovery_evaluation"), asset_partitions=[method_key(method)]),
+            limit=1,
+        ).records
+        assert records[0].asset_materialization.metadata["seconds"].value > 0, method
+    reference = recovery.instance.fetch_materializations(dg.AssetKey("reference_evaluation"), limit=1).records
+    metadata = reference[0].asset_materialization.metadata
+    assert metadata["original seconds"].value > 0 and metadata["pruned seconds"].value > 0
+
+
 def test_the_held_out_split_never_intersects_any_selection(recovery: Recovery) -> None:
     database = recovery.database
     holdout = {row[0] for row in query(database, "SELECT sample_id FROM holdout_split")}
