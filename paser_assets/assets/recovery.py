@@ -378,7 +378,7 @@ class Evaluation:
     heldout_tokens: dict[str, int]
     texts: dict[str, TextScore]
     tasks: dict[str, TaskScore]
-    seconds: float  # wall time of the whole evaluation, for the bench's and the UI's rates
+    seconds: float  # wall time of the whole evaluation: in the metadata, and the bench prices its ETA by it
 
 
 def _evaluate(
