@@ -8,7 +8,6 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
-import numpy as np
 import pandas as pd
 
 from paser_assets import report, storage
@@ -106,13 +105,7 @@ def paser_select(
     column in ``frame``, where there is one, is the walk's order instead of the ranking's (the order ablations)."""
     if budget_unit not in BUDGET_UNITS:
         raise ValueError(f"the budget unit must be one of {', '.join(BUDGET_UNITS)}, got {budget_unit!r}")
-    if "score" in frame.columns:
-        scores = frame["score"].astype(np.float64).tolist()
-    else:
-        scores = [
-            walk_score(ranking, float(row.jsd), int(row.cost), int(row.response_tokens), int(row.tokens))
-            for row in frame.itertuples(index=False)
-        ]
+    given = "score" in frame.columns
     candidates = [
         Candidate(
             row.sample_id,
@@ -121,9 +114,11 @@ def paser_select(
             float(row.jsd),
             frozenset(row.concepts),
             int(row.tokens) if budget_unit == "tokens" else 1,
-            score,
+            float(row.score)
+            if given
+            else walk_score(ranking, float(row.jsd), int(row.cost), int(row.response_tokens), int(row.tokens)),
         )
-        for row, score in zip(frame.itertuples(index=False), scores, strict=True)
+        for row in frame.itertuples(index=False)
     ]
     clusters = budgets["cluster"].astype(int)
     return select(
