@@ -61,7 +61,7 @@ RECOVERY_METHODS = (
     "paser", "full", "random", "random_tokens", "uniform", "top_jsd", "ifd", "longest", "paser_no_concepts",
     "paser_alloc_uniform", "paser_alloc_size", "paser_alloc_cds_size", "paser_order_jsd", "paser_order_random",
     "paser_tokens", "paser_tokens_density", "paser_tokens_strata", "paser_tokens_density_strata",
-    "paser_instruction_jsd",
+    "paser_instruction_jsd", "paser_excess_nll", "paser_excess_nll_no_cost",
 )  # fmt: skip
 # The arms recovered by default: the ablations are asked for by name.
 DEFAULT_RECOVERY_METHODS = RECOVERY_METHODS[:9]

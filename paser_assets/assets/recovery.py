@@ -12,7 +12,7 @@
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from paser_assets.core.baselines import (
     uniform_selection,
 )
 from paser_assets.core.consistency import SELECTED
-from paser_assets.core.efficiency import individual_efficiency
+from paser_assets.core.efficiency import excess_nll, individual_efficiency
 from paser_assets.core.evaluation import (
     LENGTH_BAND_NAMES,
     TaskScore,
@@ -105,11 +105,12 @@ def _load_pruned(store: ModelStore, duckdb: PaserDuckDB, variant: str, where: Pl
           CHECKPOINTS, *LOADS_PRUNED, *LOADS_ORIGINAL],  # the original: for paser_instruction_jsd
     partitions_def=VARIANTS,
     group_name=RECOVERY_GROUP,
-    code_version="3",
+    code_version="4",
     kinds={"duckdb", "pytorch"},
     description="The other arms' selections: every selectable row (full), random rows at PASER's sample "
     "budget and at its training tokens, uniform across clusters, top JSD, IFD, the longest responses, and "
-    "PASER with one part changed (the ablations, among them a token budget and the instruction-only JSD).",
+    "PASER with one part changed (the ablations, among them a token budget, the instruction-only JSD and the "
+    "excess NLL in place of JSD).",
 )  # fmt: skip
 @reads(*MODEL_LOADING, *MODEL_PLACEMENT, "recovery.recovery_methods", "recovery.recovery_seed", "scoring.max_tokens",
        "selection.conflict_tolerance", "selection.allocation", "selection.ranking", "seed")  # fmt: skip
@@ -183,7 +184,9 @@ def baseline_picks(
     ``paser_tokens_density``: that token budget, each cluster in the order of drift per training token;
     ``paser_tokens_strata`` and ``paser_tokens_density_strata``: the token budget with each cluster's tokens split
     across response-length strata in the cluster's own proportions, each stratum walked by the ranking or by
-    the drift per token)."""
+    the drift per token) or the degradation signal (``paser_excess_nll``: the excess NLL of the response,
+    pruned minus original, in place of its JSD for the CDS, the allocation and the IES;
+    ``paser_excess_nll_no_cost``: the same, each cluster walked by the excess NLL alone)."""
     budget = int(budgets["budget"].sum())
     ids = frame["sample_id"].tolist()
     sizes = frame.groupby("cluster").size().reindex(budgets["cluster"]).fillna(0).astype(int).to_numpy()
@@ -201,6 +204,10 @@ def baseline_picks(
     in_tokens = budgets_in_unit(frame, budgets, "tokens", rule)
     random_order = [int(hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()[:12], 16) for i in ids]
     per_token = "drift_per_token"
+    excess = with_signal(
+        frame, [excess_nll(p, o) for p, o in zip(frame["pruned_nll"], frame["original_nll"], strict=True)]
+    )
+    excess_shares, _ = cluster_budgets(excess, budget, rule)
     return {
         "full": sorted(ids),
         "random": random_selection(ids, budget, seed),
@@ -221,6 +228,9 @@ def baseline_picks(
         "paser_tokens_density_strata": selected(
             *within_length_strata(frame, in_tokens, "tokens"), tolerance, "tokens", per_token
         ),
+        # The signal changed: excess NLL in place of JSD, for the CDS, the allocation and the walk.
+        "paser_excess_nll": selected(excess, excess_shares, tolerance),
+        "paser_excess_nll_no_cost": selected(excess.assign(score=excess["jsd"]), excess_shares, tolerance),
     }
 
 
@@ -229,12 +239,18 @@ def instruction_jsd_selection(
 ) -> list[str]:
     """PASER driven by the reference code's signal, JSD over the instruction's tokens instead of the response's:
     the same budget, allocation rule, IES = JSD / log(cost) with the sample's own cost, and concept filter."""
-    jsd = frame["sample_id"].map(divergence).astype(np.float64)
-    ies = [individual_efficiency(j, int(cost)) for j, cost in zip(jsd, frame["cost"], strict=True)]
-    scored = frame.assign(jsd=jsd, ies=ies)
+    scored = with_signal(frame, frame["sample_id"].map(divergence))
     shares, _ = cluster_budgets(scored, budget, rule)
     decisions = paser_select(scored, shares, tolerance=tolerance).decisions
     return [d.sample_id for d in decisions if d.decision == SELECTED]
+
+
+def with_signal(frame: pd.DataFrame, signal: Sequence[float] | pd.Series) -> pd.DataFrame:
+    """The candidates with another per-sample degradation signal in place of the response JSD: ``jsd`` := the
+    signal and ``ies`` := signal / log(cost), so that the CDS, the allocation and the walk all read it."""
+    values = np.asarray(signal, dtype=np.float64)
+    ies = [individual_efficiency(value, int(cost)) for value, cost in zip(values, frame["cost"], strict=True)]
+    return frame.assign(jsd=values, ies=ies)
 
 
 def response_lengths(tokenizer: Any, frame: pd.DataFrame) -> dict[str, int]:

@@ -71,7 +71,7 @@ def selectable_candidates(duckdb: PaserDuckDB, variant: str) -> tuple[pd.DataFra
     with duckdb.get_connection() as conn:
         frame = conn.execute(
             """
-            SELECT s.sample_id, c.cluster, s.ies, s.jsd, s.pruned_nll, s.cost, s.response_tokens,
+            SELECT s.sample_id, c.cluster, s.ies, s.jsd, s.original_nll, s.pruned_nll, s.cost, s.response_tokens,
                    s.prompt_tokens + s.response_tokens AS tokens, k.concepts, p.instruction, p.input, p.output
             FROM degradation_scores s
             JOIN clusters c USING (sample_id)

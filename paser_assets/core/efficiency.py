@@ -17,6 +17,16 @@ def individual_efficiency(jsd: float, cost: int) -> float:
     return jsd / math.log(cost)
 
 
+def excess_nll(pruned_nll: float, original_nll: float) -> float:
+    """Excess NLL = max(0, NLL_pruned(y | x) - NLL_original(y | x)): the loss on the reference response that the
+    pruning added, a sample's reducible loss with the original as the reference model (Mindermann et al., 2022).
+
+    Where JSD measures how far the two models' whole next-token distributions drifted, this measures what the
+    drift cost on the text the recovery trains on. A response the pruned model predicts better than the original
+    has nothing to recover: 0."""
+    return max(0.0, pruned_nll - original_nll)
+
+
 def drift_per_token(jsd: float, response_tokens: int, tokens: int) -> float:
     """E = JSD x response tokens / training tokens: the drift a sample carries per token it costs to train on.
 

@@ -17,7 +17,7 @@ import pytest
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
 from paser_assets.assets import recovery as recovery_assets
 from paser_assets.assets.selection import LENGTH_STRATA
-from paser_assets.core.allocation import length_strata
+from paser_assets.core.allocation import allocate_budget, length_strata
 from paser_assets.core.baselines import seeded_order
 from paser_assets.resources import RECOVERY_METHODS
 from paser_assets.runner import GraphRun, run_graph
@@ -345,6 +345,40 @@ def test_the_order_ablations_walk_each_cluster_by_their_own_order(recovery: Reco
         )
         == 0
     )
+
+
+def test_the_excess_nll_arms_allocate_and_walk_by_the_excess_nll(recovery: Recovery) -> None:
+    """paser_excess_nll is PASER with max(0, pruned NLL - original NLL) in place of JSD: each cluster's budget in
+    proportion to its mean excess, walked by excess / log(cost); the no-cost arm walks by the excess alone."""
+    database = recovery.database
+    rows = query(
+        database,
+        """SELECT d.sample_id, c.cluster, greatest(d.pruned_nll - d.original_nll, 0), ln(d.cost)
+        FROM degradation_scores d JOIN clusters c USING (sample_id)
+        WHERE d.variant = ? AND d.sample_id NOT IN (SELECT sample_id FROM holdout_split)""",
+        [VARIANT],
+    )
+    cluster_of = {i: c for i, c, _, _ in rows}
+    walk_keys = {
+        "paser_excess_nll": {i: excess / log_cost for i, _, excess, log_cost in rows},
+        "paser_excess_nll_no_cost": {i: excess for i, _, excess, _ in rows},
+    }
+    clusters = sorted(set(cluster_of.values()))
+    sizes = [sum(c == cluster for c in cluster_of.values()) for cluster in clusters]
+    totals = [sum(excess for _, c, excess, _ in rows if c == cluster) for cluster in clusters]
+    mean_excess = [total / size for total, size in zip(totals, sizes, strict=True)]
+    budget = scalar(database, "SELECT sum(budget) FROM capability_degradation WHERE variant = ?", [VARIANT])
+    shares = dict(zip(clusters, allocate_budget(int(budget), mean_excess, sizes), strict=True))
+    sql = "SELECT sample_id FROM baseline_selections WHERE variant = ? AND method = ? ORDER BY rank"
+    for arm, key in walk_keys.items():
+        chosen = [row[0] for row in query(database, sql, [VARIANT, arm])]
+        assert {c: sum(cluster_of[i] == c for i in chosen) for c in clusters} == shares, arm
+        for cluster in clusters:
+            walked = [key[i] for i in chosen if cluster_of[i] == cluster]
+            assert walked == sorted(walked, reverse=True), (arm, cluster)
+    assert {row[0] for row in query(database, sql, [VARIANT, "paser_excess_nll"])} != {
+        row[0] for row in query(database, sql, [VARIANT, "paser_no_concepts"])
+    }
 
 
 def test_methods_select_differently(recovery: Recovery) -> None:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from paser_assets.core.efficiency import attention_cost, drift_per_token, individual_efficiency
+from paser_assets.core.efficiency import attention_cost, drift_per_token, excess_nll, individual_efficiency
 
 
 @pytest.mark.parametrize(
@@ -55,6 +55,13 @@ def test_drift_per_token_is_the_samples_total_drift_per_training_token() -> None
     # At equal JSD and length, the sample whose tokens are more response than prompt carries more drift.
     assert drift_per_token(0.2, 45, 50) > drift_per_token(0.2, 5, 50)
     assert math.isnan(drift_per_token(0.2, 0, 0))
+
+
+def test_excess_nll_is_the_loss_the_pruning_added_and_never_negative() -> None:
+    assert excess_nll(2.75, 2.0) == pytest.approx(0.75)
+    # The pruned model predicts this response better than the original: nothing to recover.
+    assert excess_nll(1.5, 2.0) == 0.0
+    assert excess_nll(2.0, 2.0) == 0.0
 
 
 def test_the_ranking_setting_offers_exactly_the_rankings() -> None:
