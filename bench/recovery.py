@@ -248,6 +248,9 @@ def main() -> None:
     parser.add_argument("--lora-epochs", type=int, default=None)
     parser.add_argument("--lora-lr", type=float, default=None)
     parser.add_argument("--lora-r", type=int, default=None)
+    parser.add_argument(
+        "--lora-loss", choices=("response_nll", "distillation"), default=None, help="PASER_LORA_LOSS of every arm"
+    )
     parser.add_argument("--allocation", default=None, help="PASER_ALLOCATION for the paser arm")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -286,6 +289,7 @@ def main() -> None:
             "lora_epochs": args.lora_epochs,
             "lora_learning_rate": args.lora_lr,
             "lora_r": args.lora_r,
+            "lora_loss": args.lora_loss,
         }.items()
         if value is not None
     }

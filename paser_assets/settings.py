@@ -501,6 +501,12 @@ class RecoverySettings(Stage):
     lora_schedule: Literal["cosine", "linear", "constant"] = setting(
         "cosine", "Learning-rate decay after the warm-up, to 0 at the last step."
     )
+    lora_loss: Literal["response_nll", "distillation"] = setting(
+        "response_nll",
+        "What the recovery fine-tune minimises over the response tokens: the NLL of the pool's answers, or "
+        "(distillation) the KL divergence from the original model's next-token distribution, which loads the "
+        "original beside the pruned model while training.",
+    )
 
     @field_validator("recovery_methods", mode="before")
     @classmethod
@@ -529,6 +535,7 @@ class RecoverySettings(Stage):
             seed=self.seed_or(seed),
             warmup=self.lora_warmup,
             schedule=self.lora_schedule,
+            loss=self.lora_loss,
         )
 
     def seed_or(self, seed: int) -> int:

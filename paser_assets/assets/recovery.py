@@ -310,7 +310,8 @@ def method_selection(duckdb: PaserDuckDB, method: str, variant: str) -> pd.DataF
 
 
 @dg.asset(
-    deps=["selection", "baseline_selections", "recovery_pool", CHECKPOINTS, *LOADS_PRUNED],
+    # The original: the teacher when PASER_LORA_LOSS=distillation.
+    deps=["selection", "baseline_selections", "recovery_pool", CHECKPOINTS, *LOADS_PRUNED, *LOADS_ORIGINAL],
     partitions_def=METHODS,
     group_name=RECOVERY_GROUP,
     code_version="1",
@@ -341,7 +342,11 @@ def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
         model, tokenizer, _ = _load_pruned(store, duckdb, variant, where)
         return model, _encode(tokenizer, rows, max_tokens), tokenizer.pad_token_id
 
-    record, trained_now = train_or_reuse(folder, load, lora, context.log.info, where)
+    def load_teacher() -> Any:
+        context.log.info("distillation: loading the original model as the teacher")
+        return load_causal_lm(store.original, store.cache_dir, store.options, where)[0]
+
+    record, trained_now = train_or_reuse(folder, load, lora, context.log.info, where, load_teacher)
     adapter_row = pd.DataFrame(
         [
             {
@@ -368,6 +373,7 @@ def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
             "seconds": round(record.seconds, 1),
             "trained_now": trained_now,  # False: the cached adapter of the same recipe, its seconds from then
             "precision": record.precision,
+            "loss": lora.loss,  # response_nll, or distillation from the original
             "first_loss": round(losses[0], 4),
             "last_loss": round(losses[-1], 4),
             "loss_curve": dg.MetadataValue.md(

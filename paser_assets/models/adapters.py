@@ -26,8 +26,11 @@ def adapter_recipe(
     lora: LoraSettings, pruned_version: str, sample_ids: Sequence[str], max_tokens: int, precision: str
 ) -> str:
     """A hash of what an adapter's weights depend on, the compute precision of training included."""
+    fields = dict(lora.__dict__)
+    if fields["loss"] == "response_nll":  # the loss before it was a setting: those adapters keep their recipe
+        del fields["loss"]
     recipe = {
-        "lora": lora.__dict__,
+        "lora": fields,
         "pruned": pruned_version,
         "samples": list(sample_ids),
         "max_tokens": max_tokens,
@@ -64,18 +67,21 @@ def train_or_reuse(
     lora: LoraSettings,
     log: Callable[[str], None],
     placement: Placement | None = None,
+    load_teacher: Callable[[], Any] | None = None,
 ) -> tuple[TrainingRecord, bool]:
     """The adapter in ``folder``, trained now unless it is there already; returns (record, trained_now).
 
-    ``load`` gives (pruned model, encoded samples, pad id) and is called only when training is needed;
-    training runs on ``placement`` (None: where and as the model is).
+    ``load`` gives (pruned model, encoded samples, pad id) and ``load_teacher`` the original model (for
+    ``lora.loss == "distillation"``); both are called only when training is needed. Training runs on
+    ``placement`` (None: where and as the model is).
     """
     record = TrainingRecord.read(folder)
     if record is not None:
         log(f"reusing the adapter {folder} (same selection, settings and pruned model)")
         return record, False
     model, samples, pad_id = load()
-    peft_model, training = train_lora(model, samples, pad_id, lora, log, placement)
+    teacher = load_teacher() if lora.loss == "distillation" and load_teacher is not None else None
+    peft_model, training = train_lora(model, samples, pad_id, lora, log, placement, teacher)
     staging = staging_folder(folder)
     save_adapter(peft_model, staging)
     device = str(placement.device) if placement is not None else str(next(model.parameters()).device)

@@ -1,8 +1,9 @@
 """Recovery fine-tuning of a pruned model with LoRA (peft), and held-out evaluation.
 
 The loss is the mean NLL of the response tokens (prompt tokens are masked), the same positions the
-degradation scores read. Batches are length-bucketed and their order is shuffled by the seed, so a
-run is deterministic for a seed on the CPU.
+degradation scores read; or, with ``loss="distillation"``, the mean KL divergence from the original model's
+next-token distribution to the recovering model's at those positions. Batches are length-bucketed and their
+order is shuffled by the seed, so a run is deterministic for a seed on the CPU.
 
 Both run where a :class:`~paser_assets.models.device.Placement` says. In bfloat16 (or float16) the frozen
 base weights are held in that dtype, the adapter's weights stay float32 (peft keeps them so; they are the
@@ -44,6 +45,10 @@ class LoraSettings:
     seed: int = 0
     warmup: float = 0.1  # share of the steps over which the learning rate rises linearly from 0
     schedule: str = "cosine"  # after the warm-up: "cosine" or "linear" decay to 0, or "constant"
+    loss: str = "response_nll"  # or "distillation": KL(original || recovering) over the response tokens
+
+
+LOSSES = ("response_nll", "distillation")
 
 
 def learning_rate_factor(step: int, total_steps: int, warmup: float, schedule: str) -> float:
@@ -86,19 +91,40 @@ def _batch_tensors(batch: Sequence[EncodedSample], pad_id: int) -> tuple[torch.T
     return input_ids, attention_mask, labels
 
 
+def _labelled_logits(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, scored: torch.Tensor
+) -> torch.Tensor:
+    """The next-token logits at the positions that predict a labelled token, the output head applied there only:
+    over a 49k vocabulary the head is a fifth of a small model's compute."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return inner.get_output_embeddings()(hidden[:, :-1][scored])
+
+
 def response_loss(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
 ) -> torch.Tensor:
-    """Mean NLL of the labelled (response) tokens, the output head applied at their positions only.
-
-    The same loss as the model's own ``labels=`` loss, but the prompt's positions skip the output head,
-    which over a 49k vocabulary is a fifth of a small model's compute."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = inner.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    """Mean NLL of the labelled (response) tokens: the model's own ``labels=`` loss, the prompt's positions
+    skipping the output head."""
     targets = labels[:, 1:]
     scored = targets != -100
-    logits = inner.get_output_embeddings()(hidden[:, :-1][scored])
+    logits = _labelled_logits(model, input_ids, attention_mask, scored)
     return torch.nn.functional.cross_entropy(logits.float(), targets[scored])
+
+
+def distillation_loss(
+    model: Any, teacher: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """L = mean over response tokens t of KL(p_original(. | x_<t) || p_model(. | x_<t)).
+
+    Knowledge distillation (Hinton et al., 2015) with the unpruned model as the teacher: the recovery target
+    is the original's whole next-token distribution, the one whose drift PASER's JSD measures, instead of the
+    pool's reference answers, which the original model does not write either."""
+    scored = labels[:, 1:] != -100
+    with torch.no_grad():
+        target = torch.log_softmax(_labelled_logits(teacher, input_ids, attention_mask, scored).float(), dim=-1)
+    student = torch.log_softmax(_labelled_logits(model, input_ids, attention_mask, scored).float(), dim=-1)
+    return torch.nn.functional.kl_div(student, target, reduction="batchmean", log_target=True)
 
 
 def train_lora(
@@ -108,17 +134,26 @@ def train_lora(
     settings: LoraSettings,
     log: Callable[[str], None] | None = None,
     placement: Placement | None = None,
+    teacher: Any | None = None,
 ) -> tuple[Any, TrainingLog]:
     """Wrap ``model`` with LoRA adapters and train them on ``samples``; returns the peft model and its log.
 
-    ``model`` is first moved to ``placement``, in place (None: it trains where and as it is)."""
+    ``model`` (and ``teacher``, the original model that ``loss="distillation"`` needs) is first moved to
+    ``placement``, in place (None: it trains where and as it is)."""
     from peft import LoraConfig, get_peft_model
 
     if not samples:
         raise ValueError("no samples to train on")
+    if settings.loss not in LOSSES:
+        raise ValueError(f"unknown recovery loss {settings.loss!r}; choose from {', '.join(LOSSES)}")
+    if settings.loss == "distillation" and teacher is None:
+        raise ValueError("loss='distillation' needs the original model as the teacher")
     if placement is None:
         placement = Placement(next(model.parameters()).device, model_precision(model))
     place_model(model, placement)
+    if settings.loss == "distillation":
+        place_model(teacher, placement)
+        teacher.eval()
     torch.manual_seed(settings.seed)
     random.seed(settings.seed)
     np.random.seed(settings.seed)
@@ -164,7 +199,10 @@ def train_lora(
                 t.to(placement.device) for t in _batch_tensors([samples[i] for i in batches[index]], pad_id)
             )
             with autocast(placement.device, placement.precision):
-                loss = response_loss(peft_model, input_ids, attention_mask, labels)
+                if settings.loss == "distillation":
+                    loss = distillation_loss(peft_model, teacher, input_ids, attention_mask, labels)
+                else:
+                    loss = response_loss(peft_model, input_ids, attention_mask, labels)
             scaler.scale(loss).backward()
             record.learning_rates.append(optimizer.param_groups[0]["lr"])  # the rate this step used
             scaler.step(optimizer)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -109,7 +111,6 @@ def make_config(tmp_path: Path, model: Path, **settings) -> PaserConfig:
         eval_window=WINDOW,
         eval_max_tokens=TEXT_TOKENS,
         eval_task_items=TASK_ITEMS,
-        recovery_methods=list(RECOVERY_METHODS),
         demo_size=96,
         original_model=str(model),
         prune_method="magnitude",
@@ -117,7 +118,7 @@ def make_config(tmp_path: Path, model: Path, **settings) -> PaserConfig:
         lora_batch_size=8,
         model_cache_dir=str(tmp_path / "models"),
         export_dir=str(tmp_path / "export"),
-        **settings,
+        **{"recovery_methods": list(RECOVERY_METHODS), **settings},
     )
 
 
@@ -347,15 +348,14 @@ def test_the_order_ablations_walk_each_cluster_by_their_own_order(recovery: Reco
     )
 
 
-def test_the_excess_nll_arms_allocate_and_walk_by_the_excess_nll(recovery: Recovery) -> None:
-    """paser_excess_nll is PASER with max(0, pruned NLL - original NLL) in place of JSD: each cluster's budget in
-    proportion to its mean excess, walked by excess / log(cost); the no-cost arm walks by the excess alone."""
+def test_the_excess_nll_arms_walk_each_cluster_by_the_excess_nll(recovery: Recovery) -> None:
+    """paser_excess_nll walks each cluster by max(0, pruned NLL - original NLL) / log(cost), the no-cost arm by the
+    excess alone, both at PASER's sample budget."""
     database = recovery.database
     rows = query(
         database,
         """SELECT d.sample_id, c.cluster, greatest(d.pruned_nll - d.original_nll, 0), ln(d.cost)
-        FROM degradation_scores d JOIN clusters c USING (sample_id)
-        WHERE d.variant = ? AND d.sample_id NOT IN (SELECT sample_id FROM holdout_split)""",
+        FROM degradation_scores d JOIN clusters c USING (sample_id) WHERE d.variant = ?""",
         [VARIANT],
     )
     cluster_of = {i: c for i, c, _, _ in rows}
@@ -363,22 +363,42 @@ def test_the_excess_nll_arms_allocate_and_walk_by_the_excess_nll(recovery: Recov
         "paser_excess_nll": {i: excess / log_cost for i, _, excess, log_cost in rows},
         "paser_excess_nll_no_cost": {i: excess for i, _, excess, _ in rows},
     }
-    clusters = sorted(set(cluster_of.values()))
-    sizes = [sum(c == cluster for c in cluster_of.values()) for cluster in clusters]
-    totals = [sum(excess for _, c, excess, _ in rows if c == cluster) for cluster in clusters]
-    mean_excess = [total / size for total, size in zip(totals, sizes, strict=True)]
     budget = scalar(database, "SELECT sum(budget) FROM capability_degradation WHERE variant = ?", [VARIANT])
-    shares = dict(zip(clusters, allocate_budget(int(budget), mean_excess, sizes), strict=True))
     sql = "SELECT sample_id FROM baseline_selections WHERE variant = ? AND method = ? ORDER BY rank"
     for arm, key in walk_keys.items():
         chosen = [row[0] for row in query(database, sql, [VARIANT, arm])]
-        assert {c: sum(cluster_of[i] == c for i in chosen) for c in clusters} == shares, arm
-        for cluster in clusters:
+        assert len(chosen) == budget, arm
+        for cluster in set(cluster_of.values()):
             walked = [key[i] for i in chosen if cluster_of[i] == cluster]
             assert walked == sorted(walked, reverse=True), (arm, cluster)
-    assert {row[0] for row in query(database, sql, [VARIANT, "paser_excess_nll"])} != {
-        row[0] for row in query(database, sql, [VARIANT, "paser_no_concepts"])
-    }
+
+
+def test_the_excess_nll_arms_allocate_by_the_mean_excess_nll() -> None:
+    """Without concept conflicts (no refill), each cluster's share is the allocation by its mean excess NLL, not by
+    its CDS of JSD: here the JSD favours cluster 0 and the excess NLL cluster 2."""
+    clusters, per_cluster = 3, 10
+    rows = []
+    for c in range(clusters):
+        for k in range(per_cluster):
+            rows.append({
+                "sample_id": f"c{c}-{k}", "cluster": c, "jsd": 0.3 - 0.1 * c + 0.001 * k,
+                "original_nll": 2.0, "pruned_nll": 2.0 + 0.2 * (c + 1) + 0.01 * k,
+                "cost": (10 + k) ** 2, "response_tokens": 5 + k, "tokens": 10 + k, "concepts": [],
+            })  # fmt: skip
+    candidates = pd.DataFrame(rows)
+    candidates["ies"] = candidates["jsd"] / np.log(candidates["cost"])
+    cds = candidates.groupby("cluster")["jsd"].mean().to_numpy()
+    sizes = [per_cluster] * clusters
+    budgets = pd.DataFrame({"cluster": range(clusters), "cds": cds, "budget": allocate_budget(12, cds, sizes)})
+    picks = recovery_assets.baseline_picks(candidates, budgets, seed=0, tolerance=0.0)
+    mean_excess = (candidates["pruned_nll"] - candidates["original_nll"]).groupby(candidates["cluster"]).mean()
+    expected = list(allocate_budget(12, mean_excess.to_numpy(), sizes))
+    for arm in ("paser_excess_nll", "paser_excess_nll_no_cost"):
+        counts = [sum(i.startswith(f"c{c}-") for i in picks[arm]) for c in range(clusters)]
+        assert counts == expected, arm
+    assert expected[2] > expected[0] and budgets["budget"].iloc[0] > budgets["budget"].iloc[2]
+    # Inside a cluster the excess grows with k and the cost too: IES and the excess alone take different ends.
+    assert "c2-9" in picks["paser_excess_nll_no_cost"] and "c2-0" in picks["paser_excess_nll"]
 
 
 def test_methods_select_differently(recovery: Recovery) -> None:
@@ -544,6 +564,30 @@ def test_a_rerun_reuses_the_adapters_and_keeps_the_held_out_split(recovery: Reco
     pool = [row[0] for row in query(recovery.database, "SELECT sample_id FROM recovery_pool ORDER BY random()")]
     expected = sorted(seeded_order(pool, recovery.config.seed)[: len(recovery.holdout_before)])
     assert [row[0] for row in recovery.holdout_before] == expected
+
+
+def test_distillation_trains_a_new_adapter_towards_the_original(recovery: Recovery, tmp_path: Path) -> None:
+    """PASER_LORA_LOSS=distillation, on a copy of the database: the teacher is loaded, the adapter's recipe is
+    new, and its loss is the KL from the original (which starts small, since LoRA starts as the identity)."""
+    copy = PaserDuckDB(database=str(tmp_path / "paser.duckdb"))  # the file names the catalog: as the original
+    shutil.copy(recovery.database.database, copy.database)
+    model = Path(recovery.config.models.original_model)
+    config = make_config(recovery.cache.parent, model, include_recovery=True, recovery_methods=["paser"],
+                         lora_loss="distillation")  # fmt: skip
+    instance = dg.DagsterInstance.ephemeral()
+    run = run_graph(build_definitions(config, copy), instance, selection="recovered_model")
+    assert run.success, run.failures()
+    assert any("loading the original model as the teacher" in m for m in run_messages(instance, run))
+    sql = "SELECT path, recipe_hash FROM recovered_adapters WHERE variant = ? AND method = 'paser'"
+    path, recipe = query(copy, sql, [VARIANT])[0]
+    path_before, recipe_before = query(recovery.database, sql, [VARIANT])[0]
+    assert recipe != recipe_before and path != path_before and Path(path, "adapter_model.safetensors").exists()
+    records = instance.fetch_materializations(dg.AssetKey("recovered_model"), limit=1).records
+    metadata = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+    assert metadata["loss"] == "distillation" and metadata["trained_now"] is True
+    assert recovery.first_metadata["paser"]["loss"] == "response_nll"
+    # A KL starts near 0 (the pruned model against its original); a response NLL near log(vocabulary).
+    assert 0 <= metadata["first_loss"] < recovery.first_metadata["paser"]["first_loss"] / 2
 
 
 def test_recovery_is_off_by_default(recovery: Recovery) -> None:

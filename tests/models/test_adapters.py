@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 from paser_assets.models.adapters import TrainingRecord, adapter_folder, adapter_recipe, train_or_reuse
@@ -25,10 +27,41 @@ def test_the_recipe_changes_with_everything_the_weights_depend_on() -> None:
         adapter_recipe(LORA, "pruned-a", ["s2", "s1"], 512, "float32"),  # the order is the training order
         adapter_recipe(LORA, "pruned-a", ["s1", "s2"], 256, "float32"),  # samples cut differently
         adapter_recipe(LORA, "pruned-a", ["s1", "s2"], 512, "bfloat16"),  # trained in another precision
+        adapter_recipe(dataclasses.replace(LORA, loss="distillation"), "pruned-a", ["s1", "s2"], 512, "float32"),
     ]
     assert base not in others and len(set(others)) == len(others)
     folder = adapter_folder(Path("/cache"), "w50", "random", base)
     assert folder == Path("/cache/adapters/w50") / f"random-{base[:16]}"
+
+
+def test_the_default_loss_keeps_the_recipes_of_adapters_trained_before_it_was_a_setting() -> None:
+    before = {k: v for k, v in LORA.__dict__.items() if k != "loss"}  # the recipe as it was written then
+    recipe = {"lora": before, "pruned": "p", "samples": ["s1"], "max_tokens": 512, "precision": "float32"}
+    expected = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
+    assert adapter_recipe(LORA, "p", ["s1"], 512, "float32") == expected
+
+
+def test_distillation_loads_the_teacher_and_only_then(tmp_path: Path, tiny_pair, tokenizer) -> None:
+    rows = generate_demo_pool(4, seed=2)
+    samples = [
+        encode_sample(tokenizer, f"s{i}", r["instruction"], r["input"], r["output"], 64) for i, r in enumerate(rows)
+    ]
+    teachers: list[str] = []
+
+    def load():
+        return copy.deepcopy(tiny_pair[0]), samples, tokenizer.pad_token_id
+
+    def load_teacher():
+        teachers.append("original")
+        return copy.deepcopy(tiny_pair[0])
+
+    distilled = dataclasses.replace(LORA, loss="distillation")
+    train_or_reuse(tmp_path / "nll", load, LORA, lambda _: None, None, load_teacher)
+    assert teachers == []  # the response NLL needs no teacher
+    record, trained = train_or_reuse(tmp_path / "kd", load, distilled, lambda _: None, None, load_teacher)
+    assert trained and teachers == ["original"] and len(record.losses) == 1
+    # The teacher is the model being recovered before any training: nothing to distil yet.
+    assert record.losses[0] < 1e-6
 
 
 def test_an_adapter_is_trained_once_and_then_reused(tmp_path: Path, tiny_pair, tokenizer) -> None:
