@@ -61,6 +61,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from shared_data import read_file, read_records  # noqa: E402
 
+from paser_assets.models.training import LOSSES  # noqa: E402
 from paser_assets.progress import format_duration  # noqa: E402
 from paser_assets.settings import RECOVERY_METHODS, EvaluationSettings, parse_named_files  # noqa: E402
 
@@ -249,7 +250,7 @@ def main() -> None:
     parser.add_argument("--lora-lr", type=float, default=None)
     parser.add_argument("--lora-r", type=int, default=None)
     parser.add_argument(
-        "--lora-loss", choices=("response_nll", "distillation"), default=None, help="PASER_LORA_LOSS of every arm"
+        "--lora-loss", choices=LOSSES, default=None, help="PASER_LORA_LOSS of every arm (default: response_nll)"
     )
     parser.add_argument("--allocation", default=None, help="PASER_ALLOCATION for the paser arm")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")

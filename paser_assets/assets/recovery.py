@@ -317,7 +317,8 @@ def method_selection(duckdb: PaserDuckDB, method: str, variant: str) -> pd.DataF
     code_version="1",
     kinds={"pytorch", "safetensors"},
     description="A LoRA fine-tune (peft) of the pruned model on a method's selection, saved as a safetensors "
-    "adapter; the loss curve is in the metadata.",
+    "adapter; it minimises the answers' NLL or, with PASER_LORA_LOSS=distillation, the KL divergence from the "
+    "original model. The loss curve is in the metadata.",
 )
 @reads(*MODEL_LOADING, *MODEL_PLACEMENT, "recovery", "scoring.max_tokens", "seed")
 def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:

@@ -105,6 +105,17 @@ def test_distillation_brings_the_model_towards_the_teacher(sharp_pair, samples) 
     assert after < 0.5 * before
 
 
+def test_the_loss_setting_offers_exactly_the_losses() -> None:
+    import typing
+
+    from paser_assets.models.training import LOSSES
+    from paser_assets.settings import RecoverySettings
+
+    assert typing.get_args(RecoverySettings.model_fields["lora_loss"].annotation) == LOSSES
+    assert RecoverySettings(lora_loss="distillation").lora(0).loss == "distillation"
+    assert RecoverySettings().lora(0).loss == LoraSettings().loss == LOSSES[0]
+
+
 def test_distillation_needs_a_teacher_and_a_known_loss(base, samples) -> None:
     with pytest.raises(ValueError, match="teacher"):
         train_lora(copy.deepcopy(base), samples, 0, LoraSettings(loss="distillation"))
