@@ -20,7 +20,13 @@ RECOVERY = {
     "recovery_comparison",
 }
 # What each asset loads: the lineage draws an edge from a model only to the assets that read it.
-LOADS_ORIGINAL = {"pruned_model", "degradation_scores", "baseline_selections", "reference_evaluation"}
+LOADS_ORIGINAL = {
+    "pruned_model",
+    "degradation_scores",
+    "baseline_selections",
+    "recovered_model",  # the teacher, with PASER_LORA_LOSS=distillation
+    "reference_evaluation",
+}
 LOADS_PRUNED = {
     "degradation_scores",
     "baseline_selections",
