@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from paser_assets.models.adapters import TrainingRecord, adapter_folder, adapter_recipe, train_or_reuse
@@ -41,15 +42,24 @@ def test_the_default_loss_keeps_the_recipes_of_adapters_trained_before_it_was_a_
     assert adapter_recipe(LORA, "p", ["s1"], 512, "float32") == expected
 
 
-def test_distillation_loads_the_teacher_and_only_then(tmp_path: Path, tiny_pair, tokenizer) -> None:
-    rows = generate_demo_pool(4, seed=2)
+def demo_loader(tiny_pair, tokenizer, rows: int, seed: int, loads: list[int]) -> Callable[[], tuple]:
+    """What ``train_or_reuse`` loads: a fresh copy of the tiny model, ``rows`` encoded demo samples and the pad
+    id; each call appends to ``loads``, so that a test can tell whether anything was loaded."""
     samples = [
-        encode_sample(tokenizer, f"s{i}", r["instruction"], r["input"], r["output"], 64) for i, r in enumerate(rows)
+        encode_sample(tokenizer, f"s{i}", r["instruction"], r["input"], r["output"], 64)
+        for i, r in enumerate(generate_demo_pool(rows, seed=seed))
     ]
-    teachers: list[str] = []
 
-    def load():
+    def load() -> tuple:
+        loads.append(1)
         return copy.deepcopy(tiny_pair[0]), samples, tokenizer.pad_token_id
+
+    return load
+
+
+def test_distillation_loads_the_teacher_and_only_then(tmp_path: Path, tiny_pair, tokenizer) -> None:
+    load = demo_loader(tiny_pair, tokenizer, rows=4, seed=2, loads=[])
+    teachers: list[str] = []
 
     def load_teacher():
         teachers.append("original")
@@ -65,16 +75,8 @@ def test_distillation_loads_the_teacher_and_only_then(tmp_path: Path, tiny_pair,
 
 
 def test_an_adapter_is_trained_once_and_then_reused(tmp_path: Path, tiny_pair, tokenizer) -> None:
-    rows = generate_demo_pool(8, seed=1)
-    samples = [
-        encode_sample(tokenizer, f"s{i}", r["instruction"], r["input"], r["output"], 64) for i, r in enumerate(rows)
-    ]
     loads: list[int] = []
-
-    def load():
-        loads.append(1)
-        return copy.deepcopy(tiny_pair[0]), samples, tokenizer.pad_token_id
-
+    load = demo_loader(tiny_pair, tokenizer, rows=8, seed=1, loads=loads)
     folder = tmp_path / "adapters" / "v" / "paser-x"
     record, trained = train_or_reuse(folder, load, LORA, lambda _: None)
     assert trained and loads == [1]
