@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from paser_assets import storage
-
 if TYPE_CHECKING:
     from paser_assets.models.device import Placement
 
@@ -398,6 +396,8 @@ def save_checkpoint(model: Any, tokenizer: Any, target: str | Path, extra_files:
     tokenizer.save_pretrained(staging)
     for name, text in (extra_files or {}).items():
         (staging / name).write_text(text)
+    from paser_assets import storage  # here, not at the top: it imports DuckDB and Dagster
+
     storage.replace_folder(staging, target)  # the previous checkpoint or this one, never a mix
     return target
 

@@ -25,8 +25,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from paser_assets import storage
-
 _COLUMNS = ("sample_id", "tokens", "width", "dtype", "hidden")
 
 
@@ -98,6 +96,8 @@ class OriginalOutputCache:
         )
         number = len(list(self.folder.glob("part-*.parquet")))
         target = self.folder / f"part-{number:06d}-{os.getpid()}.parquet"
+        from paser_assets import storage  # here, not at the top: it imports DuckDB and Dagster
+
         storage.write_atomically(target, lambda temporary: pq.write_table(table, str(temporary)))
         for sample_id in fresh:
             self._index[sample_id] = target

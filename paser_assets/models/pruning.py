@@ -99,7 +99,7 @@ def prune_mask(scores: torch.Tensor, recipe: PruneRecipe, per_output: bool) -> t
     count = int(scores.numel() * recipe.sparsity)
     if count == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    flat = torch.zeros(scores.numel(), dtype=torch.bool)
+    flat = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
     flat[torch.topk(scores.flatten(), count, largest=False).indices] = True
     return flat.reshape(rows, columns)
 
