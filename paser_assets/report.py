@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -25,13 +25,12 @@ from matplotlib.figure import Figure
 
 from paser_assets import charts, storage
 from paser_assets.core.consistency import BUDGET_FULL, CONCEPT_CONFLICT, SELECTED
-from paser_assets.core.efficiency import RANKING_NAMES
+from paser_assets.core.recovery_metrics import REFERENCE_ARMS
 from paser_assets.models.adapters import TrainingRecord
 
 REPORT_NAME = "report.html"
 PREVIEW_ROWS = 20
 TEXT_CHARS = 240  # instruction and input are cut to this in the previews; the export holds them whole
-REFERENCE_ARMS = ("original", "pruned")  # their recovery ratios are 1 and 0 by definition: not charted
 
 
 @dataclass(frozen=True)
@@ -42,9 +41,6 @@ class ReportData:
     ``degradation``: capability_degradation of every variant (for the comparison). ``spectrum``:
     cluster_spectrum. ``selection``: the variant's selection rows with instruction and input.
     ``comparison``: the variant's recovery_comparison rows. ``loss_curves``: method -> (steps, losses).
-    ``token_spend``: with a token budget (``PASER_BUDGET_UNIT=tokens``), per cluster the token budget and the
-    tokens selected (``cluster, budget, spent``); None with a sample budget. ``ranking``: what the clusters'
-    walks ranked by (``PASER_RANKING``), whose score the selection's ``score`` column holds.
     """
 
     variant: str
@@ -56,27 +52,12 @@ class ReportData:
     comparison: pd.DataFrame = field(default_factory=pd.DataFrame)
     loss_curves: Mapping[str, tuple[Sequence[int], Sequence[float]]] = field(default_factory=dict)
     pruned: Mapping[str, object] = field(default_factory=dict)
-    token_spend: pd.DataFrame | None = None
-    ranking: str = "ies"
 
     @property
     def budgets(self) -> pd.DataFrame:
         """This variant's rows of capability_degradation, by cluster."""
         rows = self.degradation[self.degradation["variant"] == self.variant]
         return rows.sort_values("cluster").reset_index(drop=True)
-
-    @property
-    def budget_unit(self) -> str:
-        return "samples" if self.token_spend is None else "tokens"
-
-    @property
-    def spent_budgets(self) -> pd.DataFrame:
-        """Per cluster, the budget in the unit the selection spent it (``cluster, budget``)."""
-        return self.budgets if self.token_spend is None else self.token_spend
-
-    @property
-    def ranking_name(self) -> str:
-        return RANKING_NAMES[self.ranking]
 
     @property
     def chosen_k(self) -> int:
@@ -304,14 +285,7 @@ def _facts(data: ReportData) -> str:
         if not _missing(sparsity):
             spec += f" (measured sparsity {float(sparsity):.1%})"
         facts.append(("pruned model", spec))
-    if data.budget_unit == "samples":
-        spending = [("budget", f"{budget:,}"), ("selected", f"{selected:,} (shortfall {max(budget - selected, 0):,})")]
-    else:
-        tokens, spent = int(data.token_spend["budget"].sum()), int(data.token_spend["spent"].sum())
-        spending = [
-            ("budget", f"{tokens:,} training tokens (what {budget:,} samples of the pool hold on average)"),
-            ("selected", f"{selected:,} samples, {spent:,} training tokens (shortfall {max(tokens - spent, 0):,})"),
-        ]
+    spending = [("budget", f"{budget:,}"), ("selected", f"{selected:,} (shortfall {max(budget - selected, 0):,})")]
     facts += [
         ("instructions in the pool", f"{len(data.clusters):,}"),
         ("candidates (held-out split excluded)", f"{len(selection):,}"),
@@ -326,9 +300,7 @@ def _facts(data: ReportData) -> str:
 def _cluster_table(data: ReportData, names: Mapping[int, str]) -> str:
     budgets = data.budgets.assign(stderr=_stderr(data.budgets))
     chosen = data.selection[data.selection["decision"] == SELECTED].groupby("cluster").size()
-    in_tokens = data.budget_unit == "tokens"
-    budget_of = _budget_of(data.spent_budgets)
-    spent = {} if data.token_spend is None else _budget_of(data.token_spend, "spent")
+    budget_of = _budget_of(data.budgets)
     examples = {}
     if names and "examples" in data.profiles:  # only when the profiles describe these clusters
         examples = {
@@ -345,32 +317,22 @@ def _cluster_table(data: ReportData, names: Mapping[int, str]) -> str:
                 ("num", _number(int(row.size))),
                 ("num", f"{_number(row.cds)} ± {_number(row.stderr, 2)}"),
                 ("num", _number(budget_of.get(cluster, 0))),
-                (
-                    "num",
-                    _number(int(chosen.get(cluster, 0)))
-                    + (f" ({_number(spent.get(cluster, 0))})" if in_tokens else ""),
-                ),
+                ("num", _number(int(chosen.get(cluster, 0)))),
                 ("text", _e(_cut(example[0], 160)) if example else ""),
             ]
         )
-    budget, selected = ("budget (tokens)", "selected (tokens)") if in_tokens else ("budget", "selected")
-    return _table(["cluster", "candidates", "CDS ± s.e.", budget, selected, "typical instruction"], rows)
+    return _table(["cluster", "candidates", "CDS ± s.e.", "budget", "selected", "typical instruction"], rows)
 
 
-def _budget_of(shares: pd.DataFrame, column: str = "budget") -> dict[int, int]:
-    """cluster -> ``column`` of a per-cluster budget frame."""
-    return dict(zip(shares["cluster"].astype(int), shares[column].astype(int), strict=True))
+def _budget_of(shares: pd.DataFrame) -> dict[int, int]:
+    """cluster -> budget of a per-cluster budget frame."""
+    return dict(zip(shares["cluster"].astype(int), shares["budget"].astype(int), strict=True))
 
 
-def _sample_rows(
-    rows: pd.DataFrame, names: Mapping[int, str], reasons: Mapping[str, str] | None, ranking: str = "ies"
-) -> str:
-    """The preview table; a ranking other than the IES gets a column of its own, after the IES."""
-    scored = ranking != "ies"
-    header = ["cluster", "rank", "instruction", "input", "JSD", "IES"]
-    if scored:
-        header.append(RANKING_NAMES[ranking])
-    header += ["decision", *(["reason"] if reasons is not None else [])]
+def _sample_rows(rows: pd.DataFrame, names: Mapping[int, str], reasons: Mapping[str, str] | None) -> str:
+    """The preview table of samples with their scores and decisions."""
+    header = ["cluster", "rank", "instruction", "input", "JSD", "IES", "decision"]
+    header += ["reason"] if reasons is not None else []
     cells = []
     for row in rows.itertuples(index=False):
         cell = [
@@ -380,10 +342,8 @@ def _sample_rows(
             ("text", _e(_cut(row.input))),
             ("num", _number(row.jsd)),
             ("num", _number(row.ies)),
+            ("text", _e(row.decision)),
         ]
-        if scored:
-            cell.append(("num", _number(row.score)))
-        cell.append(("text", _e(row.decision)))
         if reasons is not None:
             cell.append(("text", _e(reasons.get(row.sample_id, ""))))
         cells.append(cell)
@@ -395,8 +355,6 @@ def rejection_reason(
     pairs: Sequence[str] | None,
     share: float | None,
     budget: int | None,
-    unit: str = "samples",
-    ranking: str = "ies",
 ) -> str:
     """Why a candidate was not selected, in words: the concept pairs it would have broken, or the full budget."""
     if decision == CONCEPT_CONFLICT:
@@ -407,8 +365,8 @@ def rejection_reason(
         whose = f"{float(share):.0%} of its concept pairs" if share is not None and not pd.isna(share) else "pairs"
         return f"{whose} are in the graph of the selection but never together there: {shown}"
     if decision == BUDGET_FULL:
-        of = "" if budget is None else f" of {budget}" + (" tokens" if unit == "tokens" else "")
-        return f"not reached: the cluster's budget{of} was filled by samples of higher {RANKING_NAMES[ranking]}"
+        of = "" if budget is None else f" of {budget}"
+        return f"not reached: the cluster's budget{of} was filled by samples of higher IES"
     return str(decision)
 
 
@@ -420,7 +378,7 @@ def _previews(data: ReportData, names: Mapping[int, str]) -> str:
     # Conflicts first (the interesting rejections), each kind in the walks' order.
     rejected["order"] = (rejected["decision"] != CONCEPT_CONFLICT).astype(int)
     rejected = rejected.sort_values(["order", "score", "sample_id"], ascending=[True, False, True])
-    budget_of = _budget_of(data.spent_budgets)
+    budget_of = _budget_of(data.budgets)
     shown_rejected = rejected.head(PREVIEW_ROWS)
     reasons = {
         row.sample_id: rejection_reason(
@@ -428,19 +386,17 @@ def _previews(data: ReportData, names: Mapping[int, str]) -> str:
             row.conflict_pairs,
             row.conflict_share,
             budget_of.get(int(row.cluster)),
-            data.budget_unit,
-            data.ranking,
         )
         for row in shown_rejected.itertuples(index=False)
     }
     parts = [
         f'<h2 id="selected">Selected samples</h2><p class="note">{min(len(selected), PREVIEW_ROWS)} of '
-        f"{len(selected):,} selected, highest {data.ranking_name} first (text cut to {TEXT_CHARS} characters; the "
+        f"{len(selected):,} selected, highest IES first (text cut to {TEXT_CHARS} characters; the "
         "export holds every one whole).</p>",
-        _sample_rows(selected.head(PREVIEW_ROWS), names, None, data.ranking),
+        _sample_rows(selected.head(PREVIEW_ROWS), names, None),
         f'<h2 id="rejected">Rejected samples</h2><p class="note">{len(shown_rejected)} of {len(rejected):,} not '
-        f"selected, concept conflicts first, highest {data.ranking_name} first.</p>",
-        _sample_rows(shown_rejected, names, reasons, data.ranking) if len(shown_rejected) else "<p>None.</p>",
+        f"selected, concept conflicts first, highest IES first.</p>",
+        _sample_rows(shown_rejected, names, reasons) if len(shown_rejected) else "<p>None.</p>",
     ]
     return "".join(parts)
 
@@ -515,12 +471,7 @@ def render_report(data: ReportData) -> str:
             "CDS and budget per cluster",
             "Left: the Capability Degradation Score (mean JSD between the original and the pruned model over "
             "the cluster's samples) with its standard error. Right: the samples the cluster may contribute "
-            "(orange) out of its candidates (grey)"
-            + (
-                "; the selection split its token budget by the same rule, as the table below counts it."
-                if data.budget_unit == "tokens"
-                else "."
-            ),
+            "(orange) out of its candidates (grey).",
         ),
         _cluster_table(data, names),
     ]
@@ -623,18 +574,9 @@ def write_text_atomically(path: Path, text: str) -> None:
     storage.write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"), mode=0o644)
 
 
-def write_report(
-    conn: duckdb.DuckDBPyConnection,
-    variant: str,
-    folder: Path,
-    token_spend: pd.DataFrame | None = None,
-    ranking: str = "ies",
-) -> Path:
-    """Write ``folder / report.html`` for ``variant`` from the tables in ``conn``; returns its path.
-
-    ``token_spend`` and ``ranking``: see :class:`ReportData` (the selection's token budget, which no table holds,
-    and what its walks ranked by)."""
+def write_report(conn: duckdb.DuckDBPyConnection, variant: str, folder: Path) -> Path:
+    """Write ``folder / report.html`` for ``variant`` from the tables in ``conn``; returns its path."""
     path = Path(folder) / REPORT_NAME
-    data = replace(load_report_data(conn, variant), token_spend=token_spend, ranking=ranking)
+    data = load_report_data(conn, variant)
     write_text_atomically(path, render_report(data))
     return path

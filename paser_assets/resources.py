@@ -1,7 +1,7 @@
 """Dagster resources: the PASER settings (:mod:`paser_assets.settings`) and the DuckDB database.
 
 ``PaserConfig.from_env()`` and ``PaserDuckDB.from_env()`` read the ``PASER_*`` environment variables
-documented in the README; users who write their own ``Definitions`` construct the same resources in Python.
+documented in docs/reference.md; users who write their own ``Definitions`` construct the same resources in Python.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pydantic import ValidationError, field_validator
 
 from paser_assets import storage
 from paser_assets.settings import (
-    RECOVERY_METHODS,
     PaserConfig,
     SettingError,
     SettingInfo,
@@ -33,8 +32,7 @@ DEFAULT_SCHEMA = "paser"
 # Bytes 8-11 of every DuckDB database file.
 DUCKDB_MAGIC = b"DUCK"
 
-__all__ = ["DEFAULT_DB", "DEFAULT_SCHEMA", "RECOVERY_METHODS", "PaserConfig", "PaserDuckDB", "SettingError",
-           "parse_field_map"]  # fmt: skip
+__all__ = ["DEFAULT_DB", "DEFAULT_SCHEMA", "PaserConfig", "PaserDuckDB", "SettingError", "parse_field_map"]
 
 
 class PaserDuckDB(DuckDBResource):
@@ -92,7 +90,7 @@ class PaserDuckDB(DuckDBResource):
 
     @classmethod
     def documented_settings(cls) -> dict[str, tuple[str, Any, str]]:
-        """Field -> (environment variable, default, help), for the README."""
+        """Field -> (environment variable, default, help), for `paser settings` and docs/reference.md."""
         names = cls.environment_names()
         return {name: (names[name], cls.model_fields[name].default, cls.model_fields[name].description or "")
                 for name in names}  # fmt: skip

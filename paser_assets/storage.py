@@ -66,7 +66,7 @@ def _lock_message(database: str, error: Exception, waited_s: float) -> str:
         f"the DuckDB file {database} is locked by {holder}; waited {waited_s:.0f} s. "
         "Close that connection or let that process finish (a read-only connection blocks writers too), "
         "or raise PASER_DB_LOCK_TIMEOUT to wait longer. To query while runs go on, see "
-        "'Querying while runs go on' in the README."
+        "'Querying while runs go on' in docs/sql.md."
     )
 
 

@@ -4,7 +4,7 @@ writes it and whether it holds rows per pruned variant.
 Everything else is derived from these declarations: the typed writes in :mod:`paser_assets.storage` (a table
 is created with exactly these columns and types, whatever the frame holds), the asset metadata
 (``dagster/column_schema``), the tables ``paser variants remove`` deletes a variant's rows from, and the
-README's table reference (:func:`update_readme` rewrites it). An asset's main table has the
+table reference in docs/reference.md (``scripts/reference.py`` rewrites it). An asset's main table has the
 asset's name.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 
 import dagster as dg
@@ -272,7 +271,7 @@ TABLES: dict[str, Table] = _declare(
             "rank": ("BIGINT", "Position in the cluster's walk, 1 = the highest score (IES by default)"),
             "ies": ("DOUBLE", "Individual Efficiency Score"),
             "jsd": ("DOUBLE", "Mean JSD over the response tokens"),
-            "score": ("DOUBLE", "What the walk ranked by (PASER_RANKING): the IES, or the drift per training token"),
+            "score": ("DOUBLE", "What the walk ranked by: the IES (the study's lab arms rank by other scores)"),
             "decision": ("VARCHAR", "selected, concept_conflict or budget_full (never reached)"),
             "conflict_pairs": (
                 "VARCHAR[]",
@@ -301,12 +300,12 @@ TABLES: dict[str, Table] = _declare(
         "baseline_selections",
         {
             "variant": _VARIANT,
-            "method": ("VARCHAR", "A selection method other than paser (see PASER_RECOVERY_METHODS)"),
+            "method": ("VARCHAR", "A selection method of PASER_RECOVERY_METHODS (paser included; `paser methods`)"),
             "rank": ("BIGINT", "Order in which the method picked the sample"),
             "sample_id": ("VARCHAR", "Selected pool row"),
         },
         per_variant=True,
-        description="Per variant: the baselines' selections at PASER's budget",
+        description="Per variant: every configured method's selection (PASER's too) at PASER's budget",
     ),
     Table(
         "recovered_adapters",
@@ -413,31 +412,3 @@ def table_metadata(table: str, schema: str, row_count: int) -> dict[str, object]
         "dagster/row_count": dg.MetadataValue.int(row_count),
         "dagster/table_name": dg.MetadataValue.text(f"{schema}.{table}"),
     }
-
-
-README = Path(__file__).resolve().parent.parent / "README.md"
-UPDATE_COMMAND = 'python -c "from paser_assets.tables import update_readme; update_readme()"'
-README_START = f"<!-- table reference: generated from paser_assets/tables.py by {UPDATE_COMMAND} -->"
-README_END = "<!-- end of table reference -->"
-
-
-def markdown_reference() -> str:
-    """The README's table reference: one row per declared table."""
-    lines = ["| table | written by | per variant | columns | what it holds |", "|---|---|---|---|---|"]
-    for table in TABLES.values():
-        writers = ", ".join(f"`{w}`" for w in table.writers) or "the variant registry"
-        columns = ", ".join(f"`{name}` {sql_type}" for name, sql_type in table.types.items())
-        lines.append(
-            f"| `{table.name}` | {writers} | {'yes' if table.per_variant else 'no'} | {columns} | {table.description} |"
-        )
-    return "\n".join(lines)
-
-
-def readme_with_reference(readme: str) -> str:
-    """``readme`` with the text between the reference markers replaced by :func:`markdown_reference`."""
-    start, end = readme.index(README_START) + len(README_START), readme.index(README_END)
-    return f"{readme[:start]}\n{markdown_reference()}\n{readme[end:]}"
-
-
-def update_readme(path: Path = README) -> None:
-    path.write_text(readme_with_reference(path.read_text()))

@@ -315,6 +315,7 @@ def run_cli(tmp_path: Path, dataset: Path) -> subprocess.CompletedProcess[str]:
     return run_paser(["materialize", "--select", "key:recovery_pool"], env, tmp_path, timeout=300)
 
 
+@pytest.mark.system
 def test_cli_reports_a_missing_dataset_once_without_a_traceback(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "pool.jsonl"
     result = run_cli(tmp_path, missing)
@@ -325,6 +326,7 @@ def test_cli_reports_a_missing_dataset_once_without_a_traceback(tmp_path: Path) 
     assert "materialized 0 assets" in result.stdout
 
 
+@pytest.mark.system
 def test_cli_shows_progress_and_rejections_on_success(tmp_path: Path) -> None:
     path = jsonl(tmp_path / "pool.jsonl", [*GOOD, "{broken"])
     result = run_cli(tmp_path, path)

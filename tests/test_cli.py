@@ -11,6 +11,9 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import paser_cli
+import pytest
+
+pytestmark = pytest.mark.system
 
 FAULT_INJECTION = Path(__file__).with_name("fault_injection.py")
 

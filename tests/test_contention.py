@@ -22,6 +22,8 @@ from paser_cli import PASER, run_paser
 
 from paser_assets import storage
 
+pytestmark = pytest.mark.system
+
 HOLDER_TAG = "paser_test_lock_holder.py"  # the holder's script: on its command line, which the error must show
 HOLDER = """
 import sys, time, duckdb

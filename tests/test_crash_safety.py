@@ -33,6 +33,8 @@ from paser_cli import PASER, run_paser
 
 from paser_assets.report import REPORT_NAME
 
+pytestmark = pytest.mark.system
+
 DEMO_SIZE = "300"  # 282 distinct samples; scoring them takes ~6 s here, long enough to kill it midway
 RUN_TIMEOUT_S = 600
 FAULT_INJECTION = Path(__file__).with_name("fault_injection.py")

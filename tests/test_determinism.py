@@ -14,6 +14,8 @@ from paser_cli import run_paser
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
 from paser_assets.runner import run_graph
 
+pytestmark = pytest.mark.system
+
 VARIANT = "magnitude-50"
 # Columns that legitimately differ between two runs in two folders: pruned_model.path is the folder the
 # pruned checkpoint was written to, inside each run's own model cache (tmp_path/<run>/models). Its content is

@@ -16,6 +16,8 @@ from tiny_models import save_tiny_checkpoint
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
 from paser_assets.runner import run_graph
 
+pytestmark = pytest.mark.system
+
 SHARDS = 2
 BEFORE_SCORES = " or ".join(
     f"key:{name}" for name in ("recovery_pool", "pruned_model", "original_model", "pruned_checkpoint")

@@ -1,15 +1,19 @@
-"""Every SQL block of the README, run as a user would (`duckdb runs.duckdb`, then the block) against a real
-database with two variants in a file not named paser.duckdb, and what each query returns, variant by variant.
+"""Every code block of the README and of docs/, checked: each SQL block run as a user would (`duckdb runs.duckdb`,
+then the block) against a real database with two variants in a file not named paser.duckdb, and what each query
+returns, variant by variant; the Python blocks run; the shell blocks' commands parsed (`paser` commands by the
+CLI's own parser, `make` targets against the Makefile, `PASER_*` variables against the settings), not run.
 
-A query is named by the comment line above it; every query of the README must have a check here, so a query
-added to the README without one fails the test. The expected values are computed here from the tables
-(qualified by catalog and schema, so they do not share the README's way of naming them).
+A query is named by the comment line above it; every query of the pages must have a check here, so a query
+added without one fails the test. The expected values are computed here from the tables (qualified by catalog
+and schema, so they do not share the pages' way of naming them).
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,17 +21,46 @@ import dagster as dg
 import duckdb
 import pandas as pd
 import pytest
+import tomllib
+import yaml
 from two_variants import ADDED, BUILT_IN, FILE_NAME, VARIANTS, TwoVariants
 
 from paser_assets import PaserDuckDB, storage
-from paser_assets.tables import README
+
+pytestmark = pytest.mark.system
 
 CATALOG = FILE_NAME.split(".")[0]
 QUERY_VERBS = ("SELECT", "PIVOT", "WITH", "FROM")
 
 
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+# Fenced blocks that are not code: the asset graph's drawing (no language) and formulas.
+NOT_CODE = ("", "text", "math")
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, code) of every fenced block, indented ones (inside a list item) dedented."""
+    found = re.findall(r"^([ \t]*)```([\w-]*)\n(.*?)^\1```[ \t]*$", text, flags=re.S | re.M)
+    return [(language, textwrap.dedent(code)) for _, language, code in found]
+
+
 def sql_blocks(text: str) -> list[str]:
-    return re.findall(r"^```sql\n(.*?)^```", text, flags=re.S | re.M)
+    return [code for language, code in fenced_blocks(text) if language == "sql"]
+
+
+def page_blocks(language: str) -> list[tuple[str, str]]:
+    """(page relative to the repository, code) of every block in that language, over the README and docs/."""
+    return [
+        (str(page.relative_to(ROOT)), code)
+        for page in PAGES
+        for block_language, code in fenced_blocks(page.read_text(encoding="utf-8"))
+        if block_language == language
+    ]
+
+
+SQL_BLOCKS = page_blocks("sql")
 
 
 def is_query(statement: str) -> bool:
@@ -50,7 +83,7 @@ def statements(block: str) -> list[tuple[str, str]]:
             found.append((label if is_query(statement) else "", statement))
             label = "" if is_query(statement) else label
             lines = []
-    assert not lines, f"a statement of the README does not end with ';': {lines}"
+    assert not lines, f"a statement of the pages does not end with ';': {lines}"
     return found
 
 
@@ -299,32 +332,135 @@ def data(two_variants: TwoVariants, tmp_path_factory: pytest.TempPathFactory) ->
     return copy
 
 
-def test_every_readme_query_has_a_check() -> None:
-    labels = [
-        label
-        for block in sql_blocks(README.read_text(encoding="utf-8"))
-        for label, sql in statements(block)
-        if is_query(sql)
-    ]
-    assert len(labels) == len(set(labels)), "two README queries share a comment"
+def test_every_query_has_a_check() -> None:
+    labels = [label for _, block in SQL_BLOCKS for label, sql in statements(block) if is_query(sql)]
+    assert len(labels) == len(set(labels)), "two queries of the README and docs/ share a comment"
     assert sorted(labels) == sorted(CHECKS)
 
 
-@pytest.mark.parametrize("block", range(len(sql_blocks(README.read_text(encoding="utf-8")))))
-def test_a_readme_sql_block_returns_per_variant_results(
-    data: TwoVariants, block: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("page", "block"), SQL_BLOCKS, ids=[f"{page}-{i}" for i, (page, _) in enumerate(SQL_BLOCKS)])
+def test_a_sql_block_returns_per_variant_results(
+    data: TwoVariants, page: str, block: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(data.root)  # where run_b.duckdb is, as for `duckdb runs.duckdb` started there
-    sql = sql_blocks(README.read_text(encoding="utf-8"))[block]
     with duckdb.connect(data.database.database, read_only=True) as conn:  # the shell's session: nothing USEd
         assert conn.execute("SELECT current_database()").fetchone()[0] == CATALOG != "paser"
-        for label, statement in statements(sql):
+        for label, statement in statements(block):
             if not is_query(statement):
                 conn.execute(statement)  # SET schema, ATTACH: they must just work
                 continue
             result = conn.execute(statement).df()
             assert len(result) > 0, label
             CHECKS[label](data, result)
+
+
+# -- the other blocks
+
+
+def test_every_block_is_of_a_checked_kind() -> None:
+    for page in PAGES:
+        for language, code in fenced_blocks(page.read_text(encoding="utf-8")):
+            assert language in (*NOT_CODE, "sql", "bash", "python", "yaml", "toml"), (page, language, code[:80])
+    assert SQL_BLOCKS and page_blocks("bash") and page_blocks("python")
+
+
+def makefile_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text(encoding="utf-8")
+    return {name for line in re.findall(r"^([\w .-]+):(?!=)", text, flags=re.M) for name in line.split()}
+
+
+def known_variables() -> set[str]:
+    from paser_assets.resources import PaserDuckDB
+    from paser_assets.settings import environment_names
+
+    others = {"DAGSTER_HOME", "CUDA_VISIBLE_DEVICES", "LOCAL_RANK", "TORCH_INSTALL", "PYTHONPATH", "HF_HUB_OFFLINE"}
+    return {*environment_names().values(), *PaserDuckDB.environment_names().values(), *others}
+
+
+def check_command(words: list[str]) -> None:
+    """One shell command of the pages, parsed the way its program would parse it, without running it."""
+    from paser_assets.cli import build_parser
+
+    variables = known_variables()
+    while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):  # PASER_RECOVERY=1 make ui
+        assert words.pop(0).split("=", 1)[0] in variables
+    if not words:
+        return
+    program, args = words[0], words[1:]
+    if program == "export":
+        assert args and all(arg.split("=", 1)[0] in variables for arg in args), args
+    elif program == "make":
+        targets = [arg for arg in args if "=" not in arg]
+        assert set(targets) <= makefile_targets(), targets
+    elif program == ".venv/bin/paser":
+        build_parser().parse_args(args)  # exits (SystemExit) on an unknown command or flag
+    elif program == ".venv/bin/pip":
+        assert args[0] == "install" and all((ROOT / arg).exists() for arg in args[1:] if not arg.startswith("-"))
+    elif program in (".venv/bin/python", ".venv/bin/pytest", "python3", "bash"):
+        paths = [arg for arg in args if not arg.startswith("-") and "/" in arg and not arg[0].isdigit()]
+        assert paths and all((ROOT / path).exists() for path in paths), args
+    elif program == ".venv/bin/dagster":
+        assert args[:2] in (["dev", "-w"], ["asset", "materialize"]), args
+        module = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["dagster"]["module_name"]
+        assert (args[0] == "dev" and (ROOT / args[2]).exists()) or args[args.index("-m") + 1] == module
+    else:
+        raise AssertionError(f"a command the test does not know how to check: {words}")
+
+
+@pytest.mark.parametrize(
+    ("page", "block"), page_blocks("bash"), ids=[f"{page}-{i}" for i, (page, _) in enumerate(page_blocks("bash"))]
+)
+def test_a_shell_block_names_real_commands_flags_and_settings(page: str, block: str) -> None:
+    for line in block.splitlines():
+        words = shlex.split(line, comments=True)
+        check_command(words)
+
+
+def test_the_python_blocks_run(data: TwoVariants, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each Python block runs in a folder that holds a copy of the runs' database as paser.duckdb; the copies the
+    recipes make hold the same tables."""
+    shutil.copy(data.database.database, tmp_path / "paser.duckdb")
+    monkeypatch.chdir(tmp_path)
+    blocks = page_blocks("python")
+    namespaces: dict[str, dict[str, object]] = {}
+    for page, code in blocks:
+        namespace = namespaces.setdefault(page, {})  # a page's blocks run one after another, as in a notebook
+        exec(compile(code, page, "exec"), namespace)  # the page's block, verbatim
+        if "build_definitions" in code:
+            assert isinstance(namespace["defs"], dg.Definitions)
+    copies = [path for path in tmp_path.glob("*.duckdb") if path.name != "paser.duckdb"]
+    assert len(copies) == sum("COPY FROM DATABASE" in code for _, code in blocks) > 0
+    query = "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'paser' ORDER BY ALL"
+    with duckdb.connect(str(tmp_path / "paser.duckdb"), read_only=True) as conn:
+        tables = conn.execute(query).fetchall()
+    assert tables
+    for copy in copies:
+        with duckdb.connect(str(copy), read_only=True) as conn:
+            assert conn.execute(query).fetchall() == tables, copy.name
+
+
+def test_the_component_block_is_a_valid_component() -> None:
+    from paser_assets.settings import PaserConfig, group_settings
+
+    for page, code in page_blocks("yaml"):
+        spec = yaml.safe_load(code)
+        assert spec["type"] == "paser_assets.PaserComponent", page
+        assert set(spec["attributes"]) <= {"database", "settings"}
+        PaserConfig(**group_settings(spec["attributes"]["settings"]))
+
+
+def test_the_entry_point_block_names_the_method_group() -> None:
+    from paser_assets.methods import ENTRY_POINT_GROUP
+
+    blocks = page_blocks("toml")
+    assert blocks
+    for page, code in blocks:
+        groups = tomllib.loads(code)["project"]["entry-points"]
+        assert list(groups) == [ENTRY_POINT_GROUP], page
+        example = ROOT / "examples" / "shortest" / "pyproject.toml"
+        if example.exists():  # the example package registers itself as the page says
+            declared = tomllib.loads(example.read_text())["project"]["entry-points"][ENTRY_POINT_GROUP]
+            assert groups[ENTRY_POINT_GROUP].items() <= declared.items(), (page, declared)
 
 
 def test_the_readme_export_path_names_each_variants_file(two_variants: TwoVariants) -> None:

@@ -77,7 +77,7 @@ def frames(variants: int = 2, recovery: bool = True) -> ReportData:
             "ies": rng.uniform(size=24),
             "jsd": rng.uniform(0, 0.3, size=24),
             "decision": decisions,
-            "score": 0.0,  # the default ranking's score is the IES: set below
+            "score": 0.0,  # the walk's score is the IES: set below
             "conflict_pairs": [["list | poem", "<i> | sort"] if d == "concept_conflict" else [] for d in decisions],
             "conflict_share": [0.5 if d == "concept_conflict" else 0.0 for d in decisions],
             "refill_round": 0,
@@ -178,20 +178,6 @@ def test_previews_show_the_highest_ies_first_and_conflicts_before_budget_full() 
     assert rejected_table.index("concept_conflict") < rejected_table.index("budget_full")
 
 
-def test_another_ranking_orders_the_previews_by_its_score_and_names_it() -> None:
-    data = frames(recovery=False)
-    # Drift per token ranks the samples the other way round from their IES.
-    data = replace(data, ranking="drift_per_token", selection=data.selection.assign(score=1 - data.selection["ies"]))
-    page = render_report(data)
-    selected = data.selection[data.selection["decision"] == "selected"].sort_values("score", ascending=False)
-    plain = selected[selected["instruction"] != SCRIPT]  # the script is shown escaped
-    first, second = (page.index(f">{text}<") for text in plain["instruction"].iloc[:2])
-    assert first < second < page.index('id="rejected"')
-    assert "selected, highest drift per token first" in page and "<th>drift per token</th>" in page
-    assert "was filled by samples of higher drift per token" in page
-    assert "<th>drift per token</th>" not in render_report(frames(recovery=False))  # the IES alone by default
-
-
 def test_cluster_names_need_profiles_of_the_current_clusters() -> None:
     data = frames()
     assert cluster_names(data.profiles, data.clusters)[1] == "1: poem, rhyme"
@@ -204,8 +190,8 @@ def test_cluster_names_need_profiles_of_the_current_clusters() -> None:
 def test_rejection_reason_without_pairs_or_budget() -> None:
     assert rejection_reason("concept_conflict", [], 0.0, None) == "concept conflict"
     assert rejection_reason("budget_full", None, None, None).startswith("not reached: the cluster's budget was")
-    assert rejection_reason("budget_full", None, None, 1200, "tokens").startswith(
-        "not reached: the cluster's budget of 1200 tokens was"
+    assert rejection_reason("budget_full", None, None, 12) == (
+        "not reached: the cluster's budget of 12 was filled by samples of higher IES"
     )
 
 

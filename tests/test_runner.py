@@ -21,6 +21,8 @@ from paser_assets.runner import observe, refresh, run_graph
 from paser_assets.tables import PER_VARIANT_TABLES, TABLES
 from paser_assets.variants import Variant
 
+pytestmark = pytest.mark.system
+
 SHARED = {
     "recovery_pool",
     "instruction_embeddings",

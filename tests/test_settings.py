@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import typing
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,6 @@ from paser_assets.settings import (
     all_settings,
     environment_names,
     reads,
-    settings_markdown,
 )
 
 SETTINGS = list(all_settings())
@@ -139,12 +139,36 @@ def test_flat_and_grouped_settings_agree_and_typos_are_refused() -> None:
         PaserConfig(budgett=0.1)
 
 
-def test_readme_settings_table_is_the_generated_one() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme.split("<!-- settings:start -->\n", 1)[1].split("<!-- settings:end -->", 1)[0]
-    assert block == settings_markdown(PaserDuckDB.documented_settings()), "run `paser settings` and paste it"
+def reference_script():
+    """scripts/reference.py, the development script that writes docs/reference.md (not part of the package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "reference.py"
+    spec = importlib.util.spec_from_file_location("paser_reference_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_settings_reference_is_the_generated_one() -> None:
+    script = reference_script()
+    text = script.REFERENCE.read_text(encoding="utf-8")
+    block = text.split(script.SETTINGS_START + "\n", 1)[1].split(script.SETTINGS_END, 1)[0]
+    expected = script.settings_markdown(PaserDuckDB.documented_settings())
+    assert block == expected, f"docs/reference.md's settings are out of date: run {script.UPDATE_COMMAND}"
     for variable in [*environment_names().values(), *PaserDuckDB.environment_names().values()]:
         assert f"`{variable}`" in block, variable
+
+
+def test_paser_settings_lists_every_variable_with_its_default() -> None:
+    from paser_assets.cli import settings_listing
+
+    listing = settings_listing()
+    defaults = PaserConfig()
+    for item in SETTINGS:
+        assert f"  {item.env}=" in listing, item.env
+    assert "  PASER_BUDGET=0.2  [results]" in listing and defaults.selection.budget == 0.2
+    for variable in PaserDuckDB.environment_names().values():
+        assert f"  {variable}=" in listing, variable
+    assert "|" not in listing.split("\n", 1)[0]  # plain text, not the Markdown tables
 
 
 # -- code versions follow the settings each asset reads

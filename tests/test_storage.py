@@ -348,6 +348,7 @@ def test_a_missing_table_is_a_lookup_error_naming_it(database: PaserDuckDB) -> N
 # --- the embedding fast path --------------------------------------------------------------------
 
 
+@pytest.mark.system
 def test_100k_embeddings_are_written_and_read_back_quickly(database: PaserDuckDB) -> None:
     rows, dims = 100_000, 384
     vectors = np.random.default_rng(0).standard_normal((rows, dims), dtype=np.float32)

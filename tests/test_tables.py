@@ -1,6 +1,11 @@
-"""The table declarations: consistent with DuckDB, with the asset graph and with the README."""
+"""The table declarations: consistent with DuckDB, with the asset graph and with docs/reference.md."""
 
 from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -8,13 +13,12 @@ import pytest
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
 from paser_assets.tables import (
     PER_VARIANT_TABLES,
-    README,
     TABLES,
-    UPDATE_COMMAND,
     Table,
     column_schema,
-    readme_with_reference,
 )
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reference.py"
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +90,28 @@ def test_column_schema_metadata_is_the_declaration() -> None:
         ]
 
 
-def test_the_readme_table_reference_is_up_to_date() -> None:
-    readme = README.read_text()
-    assert readme_with_reference(readme) == readme, f"the README's table reference is out of date: run {UPDATE_COMMAND}"
+def reference_script():
+    spec = importlib.util.spec_from_file_location("paser_reference_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_table_reference_is_up_to_date() -> None:
+    script = reference_script()
+    text = script.REFERENCE.read_text(encoding="utf-8")
+    block = text.split(script.TABLES_START + "\n", 1)[1].split(script.TABLES_END, 1)[0]
+    assert block == script.tables_markdown(), f"docs/reference.md's tables are out of date: run {script.UPDATE_COMMAND}"
     for name in TABLES:
-        assert f"| `{name}` |" in readme
+        assert f"| `{name}` |" in block
+
+
+def test_the_reference_script_checks_and_rewrites(tmp_path: Path) -> None:
+    script = reference_script()
+    assert script.main(["--check"]) == 0
+    stale = tmp_path / "reference.md"
+    stale.write_text(script.REFERENCE.read_text(encoding="utf-8").replace("| `recovery_pool` |", "| `pool` |", 1))
+    assert script.main(["--check", "--path", str(stale)]) == 1
+    assert script.main(["--path", str(stale)]) == 0
+    assert stale.read_text(encoding="utf-8") == script.REFERENCE.read_text(encoding="utf-8")
+    assert subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True).returncode == 0

@@ -41,7 +41,7 @@ import pytest
 from paser_cli import run_paser
 from tiny_models import save_tiny_checkpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / "ui"

@@ -11,12 +11,11 @@ import dagster as dg
 
 from paser_assets import partitions
 from paser_assets.assets.models import pruned_reference
-from paser_assets.assets.selection import selectable_candidates, token_spend
 from paser_assets.core.divergence import LN2
 from paser_assets.core.signal import SATURATION_NATS, SEPARATION_Z, UNIFORM_SHARE, assess_signal
 from paser_assets.models.vocabulary import vocabulary_size
 from paser_assets.partitions import VARIANTS, PartitionKey
-from paser_assets.resources import PaserConfig, PaserDuckDB
+from paser_assets.resources import PaserDuckDB
 
 
 def _partition(context: dg.AssetCheckExecutionContext) -> PartitionKey:
@@ -28,8 +27,8 @@ def _partition(context: dg.AssetCheckExecutionContext) -> PartitionKey:
     partitions_def=VARIANTS,
     description="The variant's budget is met exactly, or the shortfall is explained: every candidate was considered.",
 )
-def budget_met(context: dg.AssetCheckExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.AssetCheckResult:
-    variant, unit = _partition(context).variant, paser.selection.budget_unit
+def budget_met(context: dg.AssetCheckExecutionContext, duckdb: PaserDuckDB) -> dg.AssetCheckResult:
+    variant = _partition(context).variant
     with duckdb.get_connection() as conn:
         budget, candidates, selected, unvisited, conflicts = conn.execute(
             """
@@ -43,37 +42,21 @@ def budget_met(context: dg.AssetCheckExecutionContext, paser: PaserConfig, duckd
             {"variant": variant},
         ).fetchone()
     budget = int(budget or 0)
-    overshoot = 0  # a token budget: each cluster's last sample may pass its share, by less than one sample
-    if unit == "tokens" and candidates and budget:
-        frame, budgets = selectable_candidates(duckdb, variant)
-        with duckdb.get_connection() as conn:
-            chosen = conn.execute(
-                "SELECT sample_id FROM selection WHERE variant = ? AND decision = 'selected'", [variant]
-            ).df()
-        spend = token_spend(frame, budgets, chosen["sample_id"], paser.selection.allocation)
-        budget, selected = int(spend["budget"].sum()), int(spend["spent"].sum())
-        overshoot = len(spend) * int(frame["tokens"].max())
     shortfall = budget - selected
-    short = "" if unit == "samples" else f" {unit}"
     if not candidates or not budget:
         reason, passed = f"no {'selection rows' if not candidates else 'budget'} for variant {variant!r}", False
-    elif shortfall < -overshoot:
-        reason, passed = f"{-shortfall} more {unit} selected than the budget allows", False
-    elif shortfall <= 0:
-        over = f"budget met, {-shortfall} tokens over: a cluster's last sample may pass its share"
-        reason, passed = "budget met exactly" if shortfall == 0 else over, True
+    elif shortfall < 0:
+        reason, passed = f"{-shortfall} more samples selected than the budget allows", False
+    elif shortfall == 0:
+        reason, passed = "budget met exactly", True
     elif unvisited == 0:
-        reason, passed = (
-            f"{shortfall}{short} short: every candidate was considered, {conflicts} were concept conflicts",
-            True,
-        )
+        reason, passed = f"{shortfall} short: every candidate was considered, {conflicts} were concept conflicts", True
     else:
-        reason, passed = f"{shortfall}{short} short although {unvisited} candidates were never considered", False
+        reason, passed = f"{shortfall} short although {unvisited} candidates were never considered", False
     return dg.AssetCheckResult(
         passed=passed,
         metadata={
             "variant": variant,
-            "budget_unit": unit,
             "budget": budget,
             "selected": selected,
             "shortfall": shortfall,

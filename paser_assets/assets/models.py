@@ -14,6 +14,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -243,3 +244,10 @@ def pruned_reference(duckdb: PaserDuckDB, variant: str) -> ModelReference:
 
 
 MODEL_ASSETS = [original_model, pruned_checkpoint, pruned_model]
+
+
+def load_pruned(store: ModelStore, duckdb: PaserDuckDB, variant: str, where: Placement) -> tuple[Any, Any, str]:
+    """The variant's pruned model (placed), its tokenizer and its content hash."""
+    reference = pruned_reference(duckdb, variant)
+    model, tokenizer = load_causal_lm(reference, store.cache_dir, store.options, where)
+    return model, tokenizer, reference_version(reference)

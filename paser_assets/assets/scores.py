@@ -25,8 +25,8 @@ from paser_assets.assets.models import (
     placement,
     pruned_reference,
 )
-from paser_assets.core.allocation import allocate_budget, allocation_weights, resolve_budget
 from paser_assets.core.efficiency import attention_cost, individual_efficiency
+from paser_assets.core.selection import cluster_budgets
 from paser_assets.models.checkpoints import CheckpointError, reference_version
 from paser_assets.models.device import precision_key
 from paser_assets.models.original_cache import OriginalOutputCache
@@ -225,28 +225,6 @@ def _selectable_scores(duckdb: PaserDuckDB, variant: str) -> pd.DataFrame:
             "degradation_scores for this variant first"
         )
     return frame
-
-
-def cluster_budgets(frame: pd.DataFrame, budget_setting: float, rule: str = "cds") -> tuple[pd.DataFrame, int]:
-    """Per cluster: size, CDS = mean JSD of its samples, the spread, mean IES and its share of the budget
-    (largest remainder in proportion to the allocation rule's weight, CDS by default, capped by the
-    cluster's size); and the total budget."""
-    per_cluster = (
-        frame.groupby("cluster")
-        .agg(size=("jsd", "size"), cds=("jsd", "mean"), jsd_std=("jsd", "std"), mean_ies=("ies", "mean"))
-        .reset_index()
-        .sort_values("cluster")
-    )
-    budget = resolve_budget(budget_setting, int(per_cluster["size"].sum()))
-    sizes = per_cluster["size"].to_numpy()
-    allocation = allocate_budget(budget, allocation_weights(rule, per_cluster["cds"].to_numpy(), sizes), sizes)
-    table = per_cluster.assign(
-        size=per_cluster["size"].astype("int64"),
-        jsd_std=per_cluster["jsd_std"].fillna(0.0),
-        budget=allocation.astype(np.int64),
-        budget_share=allocation / budget,
-    )[["cluster", "size", "cds", "jsd_std", "mean_ies", "budget", "budget_share"]]
-    return table.reset_index(drop=True), budget
 
 
 @dg.asset(

@@ -3,7 +3,7 @@
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -13,17 +13,9 @@ import pandas as pd
 from paser_assets import report, storage
 from paser_assets.assets.models import CHECKPOINTS
 from paser_assets.assets.semantic import SEMANTIC_GROUP
-from paser_assets.core.allocation import (
-    BUDGET_UNITS,
-    allocate_budget,
-    allocation_weights,
-    length_strata,
-    split_by_strata,
-    token_budget,
-)
 from paser_assets.core.concepts import extract_concepts
-from paser_assets.core.consistency import BUDGET_FULL, SELECTED, Candidate, SelectionResult, select
-from paser_assets.core.efficiency import walk_score
+from paser_assets.core.consistency import SELECTED
+from paser_assets.core.selection import acceptance_per_cluster, decision_table, graph_table, paser_select
 from paser_assets.locations import EXPORT_FOLDER, beside
 from paser_assets.partitions import VARIANTS
 from paser_assets.resources import PaserConfig, PaserDuckDB, named_when_disk_full
@@ -91,143 +83,6 @@ def selectable_candidates(duckdb: PaserDuckDB, variant: str) -> tuple[pd.DataFra
     return frame, budgets
 
 
-def paser_select(
-    frame: pd.DataFrame,
-    budgets: pd.DataFrame,
-    tolerance: float,
-    budget_unit: str = "samples",
-    ranking: str = "ies",
-) -> SelectionResult:
-    """PASER's selection of the candidate rows: per-cluster budgets, each cluster walked in ``ranking`` order
-    (:data:`~paser_assets.core.efficiency.RANKINGS`), the concept filter at ``tolerance``.
-
-    ``budget_unit`` "tokens": the budgets count training tokens (the rows' ``tokens``), not samples. A ``score``
-    column in ``frame``, where there is one, is the walk's order instead of the ranking's (the order ablations)."""
-    if budget_unit not in BUDGET_UNITS:
-        raise ValueError(f"the budget unit must be one of {', '.join(BUDGET_UNITS)}, got {budget_unit!r}")
-    given = "score" in frame.columns
-    candidates = [
-        Candidate(
-            row.sample_id,
-            int(row.cluster),
-            float(row.ies),
-            float(row.jsd),
-            frozenset(row.concepts),
-            int(row.tokens) if budget_unit == "tokens" else 1,
-            float(row.score)
-            if given
-            else walk_score(ranking, float(row.jsd), int(row.cost), int(row.response_tokens), int(row.tokens)),
-        )
-        for row in frame.itertuples(index=False)
-    ]
-    clusters = budgets["cluster"].astype(int)
-    return select(
-        candidates,
-        dict(zip(clusters, budgets["budget"].astype(int), strict=True)),
-        dict(zip(clusters, budgets["cds"].astype(float), strict=True)),
-        tolerance,
-    )
-
-
-def budgets_in_unit(frame: pd.DataFrame, budgets: pd.DataFrame, unit: str, rule: str) -> pd.DataFrame:
-    """The per-cluster budgets of capability_degradation, in samples; or, in ``unit`` "tokens", the token budget
-    of :func:`token_budget` split by the same allocation ``rule`` and capped by the tokens each cluster has."""
-    if unit == "samples":
-        return budgets
-    clusters = budgets["cluster"]
-    sizes = frame.groupby("cluster").size().reindex(clusters).fillna(0).to_numpy(int)
-    capacity = frame.groupby("cluster")["tokens"].sum().reindex(clusters).fillna(0).to_numpy(int)
-    total = token_budget(int(budgets["budget"].sum()), float(frame["tokens"].mean()))
-    weights = allocation_weights(rule, budgets["cds"].to_numpy(), sizes)
-    return budgets.assign(budget=allocate_budget(total, weights, capacity))
-
-
-# Response-length strata inside each cluster for the stratified ablation: quintiles, fixed in advance.
-LENGTH_STRATA = 5
-
-
-def within_length_strata(
-    frame: pd.DataFrame, budgets: pd.DataFrame, unit: str, strata: int = LENGTH_STRATA
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The candidates and per-cluster budgets with each cluster split into response-length strata (quantile bins
-    of the pool's response tokens): stratum s of cluster c becomes cluster c x strata + s, with the CDS of c and
-    the part of c's budget that its share of c's samples (or tokens, in ``unit`` "tokens") gives it.
-
-    The instruction embedding does not see the form of the answer, and both IES and the drift per token favour
-    some lengths (measured: 38% of PASER's samples are answers of 12 tokens or fewer, 21% of the pool's; 2% of
-    the drift-per-token walk's), so a walk inside a stratum ranks like-sized samples only."""
-    stratum = length_strata(frame["response_tokens"].to_numpy(), strata)
-    keyed = frame.assign(cluster=frame["cluster"].astype(int) * strata + stratum)
-    units = frame["tokens"].astype(int) if unit == "tokens" else pd.Series(1, index=frame.index)
-    rows = []
-    for cluster, cds, budget in budgets[["cluster", "cds", "budget"]].itertuples(index=False):
-        in_cluster = frame["cluster"].astype(int) == int(cluster)
-        sizes = [int(units[in_cluster & (stratum == s)].sum()) for s in range(strata)]
-        for s, part in enumerate(split_by_strata(int(budget), sizes)):
-            rows.append({"cluster": int(cluster) * strata + s, "cds": float(cds), "budget": int(part)})
-    return keyed, pd.DataFrame(rows, columns=["cluster", "cds", "budget"])
-
-
-def token_spend(frame: pd.DataFrame, budgets: pd.DataFrame, selected_ids: Iterable[str], rule: str) -> pd.DataFrame:
-    """Per cluster, in training tokens: the token budget of :func:`budgets_in_unit` and what the selected
-    samples among ``frame``'s rows spent of it (``cluster, budget, spent``)."""
-    shares = budgets_in_unit(frame, budgets, "tokens", rule)
-    chosen = frame[frame["sample_id"].isin(set(selected_ids))]
-    spent = chosen.groupby("cluster")["tokens"].sum().reindex(shares["cluster"]).fillna(0).astype("int64")
-    return shares[["cluster", "budget"]].assign(spent=spent.to_numpy()).reset_index(drop=True)
-
-
-def decision_table(result: SelectionResult, variant: str) -> pd.DataFrame:
-    """The rows of the selection table: every candidate considered, with its decision."""
-    decisions = result.decisions
-    table = pd.DataFrame(
-        {
-            "variant": variant,
-            "sample_id": [d.sample_id for d in decisions],
-            "cluster": [d.cluster for d in decisions],
-            "rank": [d.rank for d in decisions],
-            "ies": [d.ies for d in decisions],
-            "jsd": [d.jsd for d in decisions],
-            "score": [d.score for d in decisions],
-            "decision": [d.decision for d in decisions],
-            "conflict_pairs": [[f"{a} | {b}" for a, b in d.conflict_pairs] for d in decisions],
-            "conflict_share": [d.conflict_share for d in decisions],
-            "refill_round": [d.refill_round for d in decisions],
-        }
-    )
-    return table.astype({"variant": str, "cluster": "int64", "rank": "int64", "refill_round": "int64"})
-
-
-def graph_table(result: SelectionResult, variant: str) -> pd.DataFrame:
-    """The rows of the concept_graph table: concept pairs of the selected samples and their co-occurrences."""
-    edges = sorted(result.graph.edges.items())
-    graph = pd.DataFrame(
-        {
-            "variant": variant,
-            "concept_a": [a for (a, _), _ in edges],
-            "concept_b": [b for (_, b), _ in edges],
-            "cooccurrences": [count for _, count in edges],
-        }
-    )
-    return graph.astype({"variant": str, "cooccurrences": "int64"})
-
-
-def acceptance_per_cluster(table: pd.DataFrame, budgets: pd.DataFrame) -> pd.DataFrame:
-    """Per cluster: candidates considered, selected and rejected as conflicts, the budget and the acceptance rate."""
-    per_cluster = (
-        table.groupby("cluster")
-        .agg(
-            considered=("decision", lambda d: int((d != BUDGET_FULL).sum())),
-            selected=("decision", lambda d: int((d == SELECTED).sum())),
-            conflicts=("decision", lambda d: int((d == "concept_conflict").sum())),
-        )
-        .reset_index()
-        .merge(budgets[["cluster", "budget"]], on="cluster")
-    )
-    per_cluster["acceptance_rate"] = (per_cluster["selected"] / per_cluster["considered"].clip(lower=1)).round(3)
-    return per_cluster
-
-
 def _create_view(conn: duckdb.DuckDBPyConnection) -> None:
     """The view of selected rows with their text and scores, in the connection's current schema.
 
@@ -279,15 +134,14 @@ SELECTION_PARENTS = [
         ),
     ],
 )
-@reads("selection.conflict_tolerance", "selection.budget_unit", "selection.allocation", "selection.ranking")
+@reads("selection.conflict_tolerance")
 def selection(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> Iterator[dg.MaterializeResult]:
-    tolerance, unit = paser.selection.conflict_tolerance, paser.selection.budget_unit
+    tolerance = paser.selection.conflict_tolerance
     variant = context.partition_key
     frame, budgets = selectable_candidates(duckdb, variant)
-    budgets = budgets_in_unit(frame, budgets, unit, paser.selection.allocation)
-    result = paser_select(frame, budgets, tolerance, unit, paser.selection.ranking)
+    result = paser_select(frame, budgets, tolerance)
     table, graph = decision_table(result, variant), graph_table(result, variant)
     with duckdb.write() as conn:
         storage.replace_partition(conn, "selection", {"variant": variant}, table)
@@ -300,8 +154,6 @@ def selection(
         data_version=dg.DataVersion(storage.content_hash(table)),
         metadata={
             **table_metadata("selection", duckdb.schema_name, len(table)),
-            "budget_unit": unit,
-            "ranking": paser.selection.ranking,
             "budget": result.budget,
             "selected": result.selected,
             "shortfall": result.shortfall,
@@ -398,7 +250,7 @@ def export_records(rows: pd.DataFrame, folder: Path, stem: str = "selection") ->
     kinds={"parquet", "json"},
     description="The selected instructions as Alpaca JSON, JSONL and a Parquet file that `datasets` loads.",
 )
-@reads("selection.export_dir", "selection.budget_unit", "selection.allocation", "selection.ranking")
+@reads("selection.export_dir")
 def selection_export(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
@@ -421,13 +273,8 @@ def selection_export(
     # After the files: the report describes the export as published. The export replaced the variant's folder
     # whole, so a full disk here leaves the new export without a report, and says so in one line.
     report_kept = f"the export of {variant} is written, without its report.html"
-    spend = None  # a token budget: the report counts it in tokens, as the selection spent it
-    rule = paser.selection.allocation  # read whatever the unit: the report depends on it under a token budget
-    if paser.selection.budget_unit == "tokens":
-        frame, budgets = selectable_candidates(duckdb, variant)
-        spend = token_spend(frame, budgets, rows["sample_id"], rule)
     with named_when_disk_full(folder, "PASER_EXPORT_DIR", report_kept), duckdb.get_connection() as conn:
-        report_path = report.write_report(conn, variant, target, spend, paser.selection.ranking)
+        report_path = report.write_report(conn, variant, target)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(storage.content_hash(rows)),
         metadata={

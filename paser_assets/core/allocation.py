@@ -79,36 +79,8 @@ def allocate_budget(budget: int, degradation: Sequence[float], capacity: Sequenc
     return allocation
 
 
-def token_budget(samples: int, mean_tokens: float) -> int:
-    """T = round(B x mean tokens per selectable sample): the tokens a random selection of B samples has on average."""
-    return round(samples * mean_tokens)
-
-
-def length_strata(lengths: Sequence[int], strata: int) -> np.ndarray:
-    """Stratum of each sample, 0 (shortest) to ``strata`` - 1: the quantile bin of its response length.
-
-    The edges are the 1/S, ..., (S-1)/S quantiles; a length on an edge goes to the upper bin, so tied lengths
-    share a bin (and bins may differ in size where many lengths tie)."""
-    if strata < 1:
-        raise ValueError(f"need at least one stratum, got {strata}")
-    lengths = np.asarray(lengths, dtype=np.float64)
-    if len(lengths) == 0:
-        return np.zeros(0, dtype=np.int64)
-    edges = np.quantile(lengths, np.arange(1, strata) / strata)
-    return np.searchsorted(edges, lengths, side="right").astype(np.int64)
-
-
-def split_by_strata(budget: int, stratum_sizes: Sequence[int]) -> np.ndarray:
-    """n_cs = B_c x |S_cs| / |C_c| (largest remainder, capped by |S_cs|): a cluster's budget keeps the cluster's
-    own mix of strata, as a random draw from it does on average. Sizes are samples, or tokens for a token budget."""
-    sizes = np.asarray(stratum_sizes, dtype=np.int64)
-    return allocate_budget(min(budget, int(sizes.sum())), sizes.astype(np.float64), sizes)
-
-
 # The allocation rules of allocation_weights, in the order the settings document them.
 ALLOCATION_RULES = ("cds", "cds_size", "proportional", "uniform")
-# What a budget can count (the setting PASER_BUDGET_UNIT): samples (the paper), or training tokens.
-BUDGET_UNITS = ("samples", "tokens")
 
 
 def allocation_weights(rule: str, degradation: Sequence[float], sizes: Sequence[int]) -> np.ndarray:

@@ -11,8 +11,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from paser_assets.core.allocation import allocate_budget
-
 
 def seeded_order(sample_ids: Sequence[str], seed: int) -> list[str]:
     """A random order that depends only on the seed and the ids (not on row order): sort by sha256(seed:id)."""
@@ -22,21 +20,6 @@ def seeded_order(sample_ids: Sequence[str], seed: int) -> list[str]:
 def random_selection(sample_ids: Sequence[str], budget: int, seed: int) -> list[str]:
     """B samples drawn uniformly without replacement."""
     return seeded_order(sample_ids, seed)[:budget]
-
-
-def uniform_selection(clusters: Mapping[str, int], budget: int, seed: int) -> list[str]:
-    """n_c = B / k per cluster (largest remainder, capped by cluster size, the excess spread evenly),
-    drawn at random inside each cluster."""
-    by_cluster: dict[int, list[str]] = {}
-    for sample_id, cluster in clusters.items():
-        by_cluster.setdefault(int(cluster), []).append(sample_id)
-    order = sorted(by_cluster)
-    sizes = np.array([len(by_cluster[c]) for c in order])
-    parts = allocate_budget(budget, np.ones(len(order)), sizes)
-    selected: list[str] = []
-    for cluster, part in zip(order, parts, strict=True):
-        selected.extend(seeded_order(by_cluster[cluster], seed)[: int(part)])
-    return selected
 
 
 def top_score_selection(scores: Mapping[str, float], budget: int) -> list[str]:

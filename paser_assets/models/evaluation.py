@@ -10,7 +10,8 @@ context + continuation after the context's), and scored by the same batched pass
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from paser_assets.core.evaluation import (
 )
 from paser_assets.models.scoring import EncodedSample
 from paser_assets.models.training import response_nll
+from paser_assets.progress import format_duration
 
 
 @dataclass(frozen=True)
@@ -127,3 +129,57 @@ def text_perplexity(model: Any, tokenizer: Any, text: str, window: int, max_toke
     predicted = sum(s.response_tokens for s in samples)
     mean = sum(nll[s.sample_id] * s.response_tokens for s in samples) / predicted
     return TextScore(len(windows), predicted, float(mean))
+
+
+STDLIB_TEXT = "stdlib_docs"  # the name of the default corpus, Python's standard-library documentation
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One model on the held-out split (NLL per sample and the response tokens it is a mean over), the text
+    corpora and the tasks."""
+
+    heldout: dict[str, float]
+    heldout_tokens: dict[str, int]
+    texts: dict[str, TextScore]
+    tasks: dict[str, TaskScore]
+    seconds: float  # wall time of the whole evaluation: in the metadata, and the lab's study prices its ETA by it
+
+
+def evaluation_texts(settings: Any) -> dict[str, str]:
+    """The corpora named in PASER_EVAL_TEXT, read; or the standard-library documentation when none is named."""
+    from paser_assets.models.general_text import general_text
+
+    named = settings.texts()
+    if not named:
+        return {STDLIB_TEXT: general_text()}
+    return {name: Path(path).read_text(encoding="utf-8", errors="replace") for name, path in named.items()}
+
+
+def evaluate_model(
+    model: Any, tokenizer: Any, heldout: Any, max_tokens: int, settings: Any, log: Callable[[str], None]
+) -> Evaluation:
+    """The held-out NLL of ``heldout``'s rows, the perplexity of every text corpus and the accuracy on every task
+    of the evaluation ``settings``. A task file that cannot be read is a ValueError naming it."""
+    from paser_assets.core.evaluation import style_for
+    from paser_assets.models.response_scores import encode_rows
+    from paser_assets.models.training import perplexity
+
+    start = time.monotonic()
+    encoded = encode_rows(tokenizer, heldout, max_tokens)
+    per_sample = response_nll(model, encoded, tokenizer.pad_token_id)
+    texts: dict[str, TextScore] = {}
+    for name, text in evaluation_texts(settings).items():
+        texts[name] = text_perplexity(model, tokenizer, text, settings.eval_window, settings.eval_max_tokens)
+        log(f"perplexity on {name}: {perplexity(texts[name].mean_nll):.3f} ({texts[name].tokens} tokens)")
+    tasks: dict[str, TaskScore] = {}
+    for name, path in settings.tasks().items():
+        try:
+            items = read_task(path, settings.eval_task_items)
+        except ValueError as error:
+            raise ValueError(f"PASER_EVAL_TASKS {name}: {error}") from None
+        tasks[name] = score_task(model, tokenizer, items, style_for(name))[0]
+        log(f"{name}: acc {tasks[name].acc:.4f} on {tasks[name].items} items")
+    seconds = time.monotonic() - start
+    log(f"evaluated in {format_duration(seconds)}")
+    return Evaluation(per_sample, {s.sample_id: s.response_tokens for s in encoded}, texts, tasks, seconds)

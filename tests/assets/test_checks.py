@@ -20,6 +20,8 @@ from paser_assets.core.signal import UNIFORM_SHARE, assess_signal
 from paser_assets.models.vocabulary import vocabulary_size
 from paser_assets.runner import COMMAND_TAG, DB_TAG, observe
 
+pytestmark = pytest.mark.system
+
 VARIANT_CHECKS = {"budget_met", "no_sample_selected_twice", "selected_samples_in_pool", "degradation_signal"}
 
 

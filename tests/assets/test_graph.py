@@ -16,6 +16,8 @@ from paser_assets.runner import run_graph as materialize
 from paser_assets.settings import READ_LOG, all_settings
 from paser_assets.tables import TABLES
 
+pytestmark = pytest.mark.system
+
 SEMANTIC_TABLES = ["recovery_pool", "recovery_pool_rejected", "instruction_embeddings", "manifold", "clusters"]
 
 

@@ -26,6 +26,8 @@ from paser_assets.assets.selection import EXPORT_FORMATS, safe_export_path
 from paser_assets.report import REPORT_NAME
 from paser_assets.runner import run_graph as materialize
 
+pytestmark = pytest.mark.system
+
 VARIANT = "magnitude-50"  # the single variant of the pruning settings below
 CHECK_NAMES = {"budget_met", "no_sample_selected_twice", "selected_samples_in_pool", "jsd_in_range"}
 ALPACA = ["instruction", "input", "output"]
@@ -468,78 +470,3 @@ def test_strict_and_tolerant_selection_on_the_same_scores(run: Run) -> None:
     assert strict["acceptance_rate"] == pytest.approx(strict_decisions["selected"] / considered, abs=1e-4)
     # a strict rejection names at least one conflicting pair
     assert all(pairs and share > 0 for pairs, share in strict_conflicts)
-
-
-def test_a_token_budget_selects_the_tokens_a_random_selection_has_on_average(run: Run) -> None:
-    """PASER_BUDGET_UNIT=tokens: B x mean tokens per candidate, split by CDS over the clusters' tokens; each
-    cluster stops at the first sample that reaches its share, and budget_met judges tokens."""
-    database, _ = copy_database(run, "token_budget")
-    export = run.tmp / "token_budget" / "export"
-    defs = build_definitions(
-        PaserConfig(**{**run.settings, "budget_unit": "tokens", "export_dir": str(export)}), database
-    )
-    instance = dg.DagsterInstance.ephemeral()
-    graph = "key:selection or key:concept_graph or key:selection_export"
-    assert materialize(defs, selection=graph, instance=instance).success
-    tokens = dict(
-        query(
-            database,
-            "SELECT s.sample_id, d.prompt_tokens + d.response_tokens FROM selection s "
-            "JOIN degradation_scores d USING (variant, sample_id)",
-        )
-    )
-    samples = query(database, "SELECT sum(budget), count(*) FROM capability_degradation")[0]
-    target = round(samples[0] * sum(tokens.values()) / len(tokens))
-    chosen = [row[0] for row in query(database, "SELECT sample_id FROM selection WHERE decision = 'selected'")]
-    spent = sum(tokens[sample_id] for sample_id in chosen)
-    assert target <= spent < target + samples[1] * max(tokens.values())
-    metadata = selection_metadata(instance)
-    assert metadata["budget_unit"] == "tokens" and metadata["budget"] == target and metadata["selected"] == spent
-    checks = run_checks(defs)
-    assert checks["budget_met"].passed, checks["budget_met"].metadata
-    assert checks["budget_met"].metadata["budget"].value == target
-    assert checks["budget_met"].metadata["budget_unit"].value == "tokens"
-    # The report counts the budget as the selection spent it, in tokens, cluster by cluster too.
-    page = (export / VARIANT / REPORT_NAME).read_text(encoding="utf-8")
-    assert f"{target:,} training tokens (what {samples[0]:,} samples of the pool hold on average)" in page
-    assert f"{len(chosen):,} samples, {spent:,} training tokens (shortfall 0)" in page
-    assert "<th>budget (tokens)</th>" in page and "<th>selected (tokens)</th>" in page
-    # The sample budget of the same scores, for comparison: PASER's short samples leave it fewer tokens.
-    sample_run = [row[0] for row in query(run.database, "SELECT sample_id FROM selection WHERE decision = 'selected'")]
-    assert len(sample_run) == samples[0]
-    if sum(tokens[s] for s in sample_run) < target:
-        assert len(chosen) > len(sample_run)
-
-
-def test_the_drift_per_token_ranking_walks_each_cluster_by_it_and_says_so(run: Run) -> None:
-    """PASER_RANKING=drift_per_token: the selection's score is JSD x response tokens / training tokens, each cluster
-    is walked highest score first (the rank), the IES is still recorded, and the report names the ranking."""
-    database, _ = copy_database(run, "drift_ranking")
-    export = run.tmp / "drift_ranking" / "export"
-    settings = {**run.settings, "ranking": "drift_per_token", "budget_unit": "tokens", "export_dir": str(export)}
-    defs = build_definitions(PaserConfig(**settings), database)
-    instance = dg.DagsterInstance.ephemeral()
-    graph = "key:selection or key:concept_graph or key:selection_export"
-    assert materialize(defs, selection=graph, instance=instance).success
-    rows = query(
-        database,
-        """SELECT s.cluster, s.rank, s.score, s.ies, d.jsd * d.response_tokens / (d.prompt_tokens + d.response_tokens),
-        d.jsd / ln(d.cost) FROM selection s JOIN degradation_scores d USING (variant, sample_id)
-        WHERE s.rank > 0 ORDER BY s.cluster, s.rank""",
-    )
-    assert rows
-    for cluster, _, score, ies, density, expected_ies in rows:
-        assert score == pytest.approx(density) and ies == pytest.approx(expected_ies), cluster
-    for cluster in {row[0] for row in rows}:
-        walked = [row[2] for row in rows if row[0] == cluster]
-        assert walked == sorted(walked, reverse=True), cluster
-    assert any(abs(score - ies) > 1e-9 for _, _, score, ies, _, _ in rows)
-    assert selection_metadata(instance)["ranking"] == "drift_per_token"
-    checks = run_checks(defs)
-    assert checks["budget_met"].passed, checks["budget_met"].metadata
-    page = (export / VARIANT / REPORT_NAME).read_text(encoding="utf-8")
-    assert "selected, highest drift per token first" in page and "<th>drift per token</th>" in page
-    # The paper's ranking on the same scores chose differently.
-    default = {row[0] for row in query(run.database, "SELECT sample_id FROM selection WHERE decision = 'selected'")}
-    chosen = {row[0] for row in query(database, "SELECT sample_id FROM selection WHERE decision = 'selected'")}
-    assert chosen != default

@@ -8,9 +8,7 @@ import pytest
 from paser_assets.core.allocation import (
     allocate_budget,
     largest_remainder,
-    length_strata,
     resolve_budget,
-    split_by_strata,
 )
 
 # -- resolve_budget
@@ -262,46 +260,18 @@ def test_the_allocation_setting_offers_exactly_the_rules() -> None:
     from paser_assets.core.allocation import ALLOCATION_RULES, allocation_weights
     from paser_assets.settings import SelectionSettings
 
-    assert typing.get_args(SelectionSettings.model_fields["allocation"].annotation) == ALLOCATION_RULES
+    # The product offers the paper's rule and CDS x size; the other two serve the study's arms (lab/).
+    offered = typing.get_args(SelectionSettings.model_fields["allocation"].annotation)
+    assert offered == ("cds", "cds_size") and set(offered) <= set(ALLOCATION_RULES)
     for rule in ALLOCATION_RULES:
         assert len(allocation_weights(rule, [0.1, 0.2], [3, 4])) == 2
 
 
-def test_the_budget_unit_setting_offers_exactly_the_units() -> None:
-    """The setting's Literal repeats the units, and paser_select refuses any other."""
-    import typing
-
+def test_paser_select_counts_samples_or_tokens_and_nothing_else() -> None:
     import pandas as pd
 
-    from paser_assets.assets.selection import paser_select
-    from paser_assets.core.allocation import BUDGET_UNITS
-    from paser_assets.settings import SelectionSettings
+    from paser_assets.core.selection import BUDGET_UNITS, paser_select
 
-    assert typing.get_args(SelectionSettings.model_fields["budget_unit"].annotation) == BUDGET_UNITS
+    assert BUDGET_UNITS == ("samples", "tokens")
     with pytest.raises(ValueError, match="budget unit must be one of samples, tokens, got 'bytes'"):
         paser_select(pd.DataFrame(), pd.DataFrame(), 0.5, "bytes")
-
-
-# -- length strata
-
-
-def test_length_strata_are_quantile_bins_with_ties_kept_together() -> None:
-    lengths = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
-    assert length_strata(lengths, 5).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
-    # Seven one-token answers tie on every low edge: they share one bin, never split across two.
-    tied = [1, 1, 1, 1, 1, 1, 1, 50, 60, 70]
-    strata = length_strata(tied, 5)
-    assert len(set(strata[:7].tolist())) == 1
-    assert strata[7:].tolist() == sorted(strata[7:].tolist()) and strata[9] > strata[0]
-    assert length_strata(lengths, 1).tolist() == [0] * 10
-    assert length_strata([], 3).tolist() == []
-    with pytest.raises(ValueError, match="at least one stratum"):
-        length_strata(lengths, 0)
-
-
-def test_a_clusters_budget_keeps_its_mix_of_strata() -> None:
-    # A token budget of 100 over strata holding 600, 300 and 100 tokens: 60, 30 and 10.
-    assert split_by_strata(100, [600, 300, 100]).tolist() == [60, 30, 10]
-    assert split_by_strata(7, [5, 5, 0]).tolist() == [4, 3, 0]  # largest remainder, an empty stratum gets none
-    assert split_by_strata(50, [10, 20]).tolist() == [10, 20]  # never more than a stratum holds
-    assert int(split_by_strata(333, [120, 400, 77, 5]).sum()) == 333

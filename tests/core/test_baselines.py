@@ -1,4 +1,4 @@
-"""Baseline selection methods (paser_assets.core.baselines): seeded order, random, uniform across clusters,
+"""Baseline selection methods (paser_assets.core.baselines): seeded order, random,
 top score and instruction-following difficulty (IFD)."""
 
 from __future__ import annotations
@@ -14,22 +14,9 @@ from paser_assets.core.baselines import (
     random_selection,
     seeded_order,
     top_score_selection,
-    uniform_selection,
 )
 
 IDS = [f"s{i:03d}" for i in range(50)]
-
-
-def clusters_of(sizes: dict[int, int]) -> dict[str, int]:
-    """sample_id -> cluster with ``sizes[c]`` samples in cluster c (ids ``c<c>-<i>``)."""
-    return {f"c{cluster}-{i:02d}": cluster for cluster, size in sizes.items() for i in range(size)}
-
-
-def per_cluster(selected: list[str], clusters: dict[str, int]) -> dict[int, int]:
-    counts = {cluster: 0 for cluster in set(clusters.values())}
-    for sample_id in selected:
-        counts[clusters[sample_id]] += 1
-    return counts
 
 
 # -- seeded_order
@@ -78,58 +65,6 @@ def test_random_selection_is_seeded_and_nested() -> None:
 
 def test_random_selection_over_the_pool_size_takes_everything() -> None:
     assert sorted(random_selection(IDS, 80, seed=0)) == IDS
-
-
-# -- uniform_selection
-
-
-def test_uniform_selection_splits_equally_across_clusters() -> None:
-    clusters = clusters_of({0: 10, 1: 10, 2: 10})
-    chosen = uniform_selection(clusters, 9, seed=0)
-    assert len(chosen) == len(set(chosen)) == 9
-    assert per_cluster(chosen, clusters) == {0: 3, 1: 3, 2: 3}
-
-
-def test_uniform_selection_spreads_the_remainder_one_each() -> None:
-    clusters = clusters_of({0: 10, 1: 10, 2: 10})
-    counts = per_cluster(uniform_selection(clusters, 11, seed=0), clusters)
-    assert sorted(counts.values()) == [3, 4, 4]
-    assert sum(counts.values()) == 11
-
-
-def test_a_small_cluster_gives_its_excess_to_the_others() -> None:
-    clusters = clusters_of({0: 1, 1: 10, 2: 10, 3: 2})
-    chosen = uniform_selection(clusters, 12, seed=1)
-    counts = per_cluster(chosen, clusters)
-    # B / k = 3 each, but cluster 0 holds 1 and cluster 3 holds 2: their excess (2 + 1) goes to clusters 1
-    # and 2, 4.5 each; the odd unit goes to the lower cluster id.
-    assert counts == {0: 1, 1: 5, 2: 4, 3: 2}
-    assert len(chosen) == len(set(chosen)) == 12
-
-
-@pytest.mark.parametrize("budget", [1, 5, 13, 22, 23])
-def test_uniform_selection_sizes_sum_to_the_budget(budget: int) -> None:
-    clusters = clusters_of({0: 1, 1: 10, 2: 7, 3: 2, 4: 3})
-    chosen = uniform_selection(clusters, budget, seed=2)
-    counts = per_cluster(chosen, clusters)
-    assert sum(counts.values()) == len(chosen) == len(set(chosen)) == budget
-    sizes = {0: 1, 1: 10, 2: 7, 3: 2, 4: 3}
-    assert all(counts[c] <= sizes[c] for c in sizes)
-    # Equal shares: an uncapped cluster never gets more than one sample over another uncapped cluster.
-    uncapped = [counts[c] for c in sizes if counts[c] < sizes[c]]
-    assert not uncapped or max(uncapped) - min(uncapped) <= 1
-    # Only a cluster no bigger than the equal share (plus a remainder unit) is taken whole.
-    assert all(counts[c] <= max(uncapped) + 1 for c in sizes if counts[c] == sizes[c] and uncapped)
-
-
-def test_uniform_selection_draws_at_random_inside_each_cluster() -> None:
-    clusters = clusters_of({0: 10, 1: 10})
-    chosen = uniform_selection(clusters, 6, seed=3)
-    for cluster in (0, 1):
-        members = sorted(s for s, c in clusters.items() if c == cluster)
-        assert [s for s in chosen if clusters[s] == cluster] == seeded_order(members, 3)[:3]
-    assert uniform_selection(clusters, 6, seed=3) == chosen
-    assert uniform_selection(clusters, 6, seed=4) != chosen
 
 
 # -- top_score_selection

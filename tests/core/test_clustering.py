@@ -287,6 +287,7 @@ def demo_embeddings():
     return embeddings, pool["family"].to_numpy()
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("automatic", [True, False], ids=["automatic-k", "k-families"])
 def test_demo_pool_clustering_recovers_families(demo_embeddings, automatic):
     embeddings, families = demo_embeddings

@@ -190,6 +190,7 @@ def test_chunked_is_exactly_the_direct_result_for_any_chunk_size():
             assert torch.equal(got, expected), size
 
 
+@pytest.mark.system
 @torch.no_grad()
 def test_chunked_with_linear_heads_matches_heads_applied_directly():
     head_p, head_q = _heads(hidden=48, vocab=3000, seed=64)
@@ -237,6 +238,7 @@ def test_chunked_with_no_positions():
     assert jsd.shape == nll_p.shape == nll_q.shape == (0,)
 
 
+@pytest.mark.system
 def test_compiled_kernel_matches_the_float64_reference_and_keeps_exact_zero():
     # torch.compile fuses the same formula; chunk sizes vary so the dynamic-shape kernel is exercised.
     logits_p = random_logits(200, 4096, 4.0, seed=71)

@@ -1,4 +1,4 @@
-"""Attention cost, IES, the drift per token and the rankings (paser_assets.core.efficiency)."""
+"""Attention cost and IES (paser_assets.core.efficiency)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from paser_assets.core.efficiency import attention_cost, drift_per_token, excess_nll, individual_efficiency
+from paser_assets.core.efficiency import attention_cost, individual_efficiency
 
 
 @pytest.mark.parametrize(
@@ -47,33 +47,3 @@ def test_smallest_defined_cost():
     # One prompt token and one response token: cost 4, log 4 > 0.
     value = individual_efficiency(0.25, attention_cost(1, 1))
     assert math.isfinite(value) and value == pytest.approx(0.25 / math.log(4))
-
-
-def test_drift_per_token_is_the_samples_total_drift_per_training_token() -> None:
-    # 0.3 nats over 40 response tokens, 10 prompt tokens: 12 nats of drift for 50 tokens.
-    assert drift_per_token(0.3, 40, 50) == pytest.approx(0.24)
-    # At equal JSD and length, the sample whose tokens are more response than prompt carries more drift.
-    assert drift_per_token(0.2, 45, 50) > drift_per_token(0.2, 5, 50)
-    assert math.isnan(drift_per_token(0.2, 0, 0))
-
-
-def test_excess_nll_is_the_loss_the_pruning_added_and_never_negative() -> None:
-    assert excess_nll(2.75, 2.0) == pytest.approx(0.75)
-    # The pruned model predicts this response better than the original: nothing to recover.
-    assert excess_nll(1.5, 2.0) == 0.0
-    assert excess_nll(2.0, 2.0) == 0.0
-
-
-def test_the_ranking_setting_offers_exactly_the_rankings() -> None:
-    """The setting's Literal repeats the ranking names: it must list the same ones, each with a name and a score."""
-    import typing
-
-    from paser_assets.core.efficiency import RANKING_NAMES, RANKINGS, walk_score
-    from paser_assets.settings import SelectionSettings
-
-    assert typing.get_args(SelectionSettings.model_fields["ranking"].annotation) == RANKINGS
-    assert set(RANKING_NAMES) == set(RANKINGS)
-    assert walk_score("ies", 0.2, 100, 6, 10) == pytest.approx(0.2 / math.log(100))
-    assert walk_score("drift_per_token", 0.2, 100, 6, 10) == pytest.approx(0.2 * 6 / 10)
-    with pytest.raises(ValueError, match="unknown ranking"):
-        walk_score("longest", 0.2, 100, 6, 10)

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from paser_assets.assets.scores import cluster_budgets
 from paser_assets.core.divergence import LN2
+from paser_assets.core.selection import cluster_budgets
 from paser_assets.core.signal import (
     SATURATION_NATS,
     SEPARATION_Z,

@@ -542,7 +542,7 @@ def test_staging_and_publish(tmp_path: Path):
 # --- GGUF ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_gguf_conversion_creates_a_safetensors_folder(smollm2_conversion):
     folder = smollm2_conversion.folder
     assert folder == gguf_cache_folder(smollm2_conversion.gguf, smollm2_conversion.cache_dir)
@@ -557,7 +557,7 @@ def test_gguf_conversion_creates_a_safetensors_folder(smollm2_conversion):
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no staging folder left behind
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_gguf_conversion_is_reused(smollm2_conversion):
     folder = smollm2_conversion.folder
     before = {p.name: p.stat().st_mtime_ns for p in [folder, *folder.iterdir()]}

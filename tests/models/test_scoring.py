@@ -330,7 +330,7 @@ def smollm2(smollm2_conversion):
     return model, pruned, tokenizer, samples
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_smollm2_pruned_pair(smollm2):
     model, pruned, tokenizer, samples = smollm2
     assert tokenizer.chat_template and tokenizer.pad_token_id is not None
@@ -342,7 +342,7 @@ def test_smollm2_pruned_pair(smollm2):
     assert statistics.mean(s.original_nll for s in scores) < statistics.mean(s.pruned_nll for s in scores)
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_smollm2_bfloat16_heads_match_float32_heads(smollm2):
     model, pruned, tokenizer, samples = smollm2
     exact = PairScorer(model, pruned, tokenizer.pad_token_id, head_precision="float32").score(samples)
@@ -353,7 +353,7 @@ def test_smollm2_bfloat16_heads_match_float32_heads(smollm2):
         assert abs(a.original_nll - b.original_nll) < 2e-2 and abs(a.pruned_nll - b.pruned_nll) < 2e-2
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_smollm2_against_itself_is_zero(smollm2):
     model, _, tokenizer, samples = smollm2
     for score in PairScorer(model, model, tokenizer.pad_token_id).score(samples):
@@ -361,7 +361,7 @@ def test_smollm2_against_itself_is_zero(smollm2):
         assert score.original_nll == score.pruned_nll and math.isfinite(score.original_nll)
 
 
-@pytest.mark.slow
+@pytest.mark.system
 def test_smollm2_bfloat16_decoder_stays_close_to_float32_and_scores_itself_zero(smollm2):
     from paser_assets.models.device import Placement, place_model
 
@@ -442,6 +442,7 @@ def test_the_jsd_kernel_is_compiled_only_for_large_vocabularies(model, tokenizer
     assert PairScorer(model, model, tokenizer.pad_token_id, compile_jsd=True).compile_jsd is True
 
 
+@pytest.mark.system
 def test_compiled_scoring_matches_eager_scoring(model, pruned, tokenizer, samples):
     eager = PairScorer(model, pruned, tokenizer.pad_token_id, compile_jsd=False).score(samples)
     compiled = PairScorer(model, pruned, tokenizer.pad_token_id, compile_jsd=True).score(samples)

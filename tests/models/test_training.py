@@ -325,6 +325,7 @@ def autocast_states(model) -> tuple[list[bool], object]:
     return seen, model.model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
+@pytest.mark.system
 def test_bfloat16_training_keeps_float32_adapters_over_a_bfloat16_base_under_autocast(base, tokenizer, samples):
     where = Placement(torch.device("cpu"), "bfloat16")
     model = copy.deepcopy(base)

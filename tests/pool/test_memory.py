@@ -23,6 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+pytestmark = pytest.mark.system
+
 MB = 1 << 20
 BIG = "x" * 200_000
 
