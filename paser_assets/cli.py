@@ -138,6 +138,13 @@ def _variants_command(args: argparse.Namespace) -> int:
         return 0
     if args.action == "add":
         variant = parse_variant_spec(validate_variant_name(args.name), args.spec, config.pruning.recipe())
+        if variant.checkpoint is not None:  # checked now, not at the next run: nothing is registered otherwise
+            from paser_assets.models.checkpoints import CheckpointError, parse_model_reference
+
+            try:
+                parse_model_reference(variant.checkpoint)
+            except CheckpointError as error:
+                raise VariantError(f"variant {variant.name!r} not registered: {error}") from None
         add_variant(instance, database, variant, replace=args.replace)
         print(f"registered variant {variant.name} ({variant.kind}: {variant.spec})")
         if args.no_materialize:
@@ -156,6 +163,31 @@ def _variants_command(args: argparse.Namespace) -> int:
         instance, database, name, export_folder(config.selection.export_dir, database.database), cache_dir
     )
     print(f"removed variant {name}: {removal.describe()}")
+    return 0
+
+
+def _observe_command(_: argparse.Namespace) -> int:
+    """Record the checkpoints' current versions in the instance, materializing nothing."""
+    from paser_assets.registry import sync_variants
+    from paser_assets.runner import observe
+
+    defs = _load_definitions()
+    config, database = defs.resources["paser"], defs.resources["duckdb"]
+    instance = _instance(database)
+    sync_variants(instance, database, config)
+    result = observe(defs, instance)
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_OBSERVATION" and event.asset_key is not None:
+            observation = event.event_specific_data.asset_observation
+            where = f"[{event.partition}]" if event.partition else ""
+            version = observation.tags.get("dagster/data_version", "")
+            print(f"observed {event.asset_key.to_user_string()}{where}: {version}")
+    if not result.success:
+        print("paser: observing the checkpoints failed; see the log above", file=sys.stderr)
+        return 1
+    print(
+        "nothing was materialized: the UI (Materialize unsynced), automation or `paser refresh` recompute what changed"
+    )
     return 0
 
 
@@ -293,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     refresh.add_argument("--dry-run", action="store_true", help="list what would be recomputed and why, run nothing")
     command("summary", "print the SQL summary of the DuckDB file", _summary_command)
+    command(
+        "observe", "record the checkpoints' current versions (what the UI's Observe does); materialize nothing",
+        _observe_command,
+    )  # fmt: skip
     command("settings", "list every setting with its environment variable, default and meaning", _settings_command)
     command("methods", "list the registered selection methods and where each comes from", _methods_command, False)
     # The flags go on the actions (`paser variants list --db x`): argparse lets a subparser's defaults

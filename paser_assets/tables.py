@@ -191,10 +191,20 @@ TABLES: dict[str, Table] = _declare(
             "variant": ("VARCHAR", "Name of the pruned variant"),
             "kind": ("VARCHAR", "recipe or checkpoint"),
             "spec": ("VARCHAR", "The variant's specification"),
-            "path": ("VARCHAR", "Folder (or .gguf file) of the checkpoint that was scored"),
+            "path": ("VARCHAR", "Folder (or .gguf or LLM-Pruner file) of the checkpoint that was scored"),
             "content_hash": ("VARCHAR", "Content hash of the checkpoint files (its data version)"),
             "original_hash": ("VARCHAR", "Content hash of the original model it was pruned from"),
-            "sparsity": ("DOUBLE", "Measured share of zero weights in the decoder linears (built-in pruning only)"),
+            "sparsity": (
+                "DOUBLE",
+                "Measured share of zero weights in the decoder linears (built-in pruning, compressed-tensors and "
+                "LLM-Pruner checkpoints; empty for other external checkpoints)",
+            ),
+            "parameters": ("BIGINT", "Parameter count of the pruned model (empty for GGUF files)"),
+            "layer_widths": (
+                "VARCHAR",
+                "JSON list, per decoder layer: mlp (intermediate width), q (query outputs) and heads; structured "
+                "pruning such as LLM-Pruner's makes them differ per layer",
+            ),
         },
         per_variant=True,
         description="The checkpoint each variant was scored with",
@@ -370,6 +380,31 @@ TABLES: dict[str, Table] = _declare(
         description="Per variant and model: zero-shot multiple-choice accuracy on each task",
     ),
     Table(
+        "harness_results",
+        _EVALUATED_BY,
+        {
+            "variant": _VARIANT,
+            "method": _METHOD,
+            "model": _MODEL,
+            "task": (
+                "VARCHAR",
+                "The lm-evaluation-harness task's name in PASER_EVAL_TASKS (a harness task name, or the name given "
+                "to a YAML file); a group's subtasks by the harness's names",
+            ),
+            "metric": (
+                "VARCHAR",
+                "The harness's metric (acc, acc_norm, exact_match, ...); 'metric,filter' for a filter other than "
+                "'none' (exact_match,strict-match)",
+            ),
+            "value": ("DOUBLE", "The metric's value as the harness computes it"),
+            "stderr": ("DOUBLE", "The harness's standard error of it (NULL where it gives none)"),
+            "items": ("BIGINT", "Documents scored (at most PASER_EVAL_TASK_ITEMS); NULL for a group's aggregate"),
+            "harness_version": ("VARCHAR", "The lm-evaluation-harness (lm_eval) version that computed it"),
+        },
+        per_variant=True,
+        description="Per variant and model: the metrics of the lm-evaluation-harness tasks in PASER_EVAL_TASKS",
+    ),
+    Table(
         "recovery_comparison",
         "recovery_comparison",
         {
@@ -378,7 +413,7 @@ TABLES: dict[str, Table] = _declare(
             "metric": (
                 "VARCHAR",
                 "heldout_nll, heldout_nll_macro, heldout_token_nll, heldout_token_nll_macro, heldout_nll:<group>, "
-                "ppl:<text>, acc:<task>, acc_norm:<task> or task_average",
+                "ppl:<text>, acc:<task>, acc_norm:<task>, task_average, or harness:<task>:<metric> (harness_results)",
             ),
             "value": ("DOUBLE", "The metric's value"),
             "stderr": ("DOUBLE", "Its standard error where one is defined (NULL otherwise)"),

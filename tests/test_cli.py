@@ -83,8 +83,22 @@ def test_reprune_with_the_documented_refresh_command(tmp_path: Path, tiny_llama_
     assert "stale or missing after observing: nothing" in unchanged.stdout
     assert "materialized 0 assets" in unchanged.stdout
 
+    def observed_versions(stdout: str) -> dict[str, str]:
+        lines = [line.removeprefix("observed ") for line in stdout.splitlines() if line.startswith("observed ")]
+        return dict(line.split(": ", 1) for line in lines)
+
+    before = run_paser(["observe"], env, tmp_path)
+    assert before.returncode == 0, before.stderr[-3000:]
     shutil.rmtree(external)
     save_tiny_checkpoint(external, seed=2)  # re-pruned in place
+    # `paser observe` records the new checkpoint in the instance and materializes nothing (what the UI's Observe does)
+    after = run_paser(["observe"], env, tmp_path)
+    assert after.returncode == 0, after.stderr[-3000:]
+    old, new = observed_versions(before.stdout), observed_versions(after.stdout)
+    assert set(old) == set(new) == {"original_model", "pruned_checkpoint[external]"}
+    assert old["original_model"] == new["original_model"]
+    assert old["pruned_checkpoint[external]"] != new["pruned_checkpoint[external]"]
+    assert "nothing was materialized" in after.stdout and "materialized 1" not in after.stdout
     expected = [
         "capability_degradation[external]",
         "concept_graph[external]",
@@ -119,6 +133,7 @@ def test_reprune_with_the_documented_refresh_command(tmp_path: Path, tiny_llama_
     assert {run.tags["paser/db"] for run in runs} == {str(Path(env["PASER_DB"]).resolve())}
     assert {run.tags["paser/command"] for run in runs} == {
         "materialize",
+        "observe",
         "refresh",
         "refresh --dry-run",
         "variants add",
@@ -132,6 +147,20 @@ def test_bad_variant_name_is_refused(tmp_path: Path) -> None:
         tmp_path,
     )
     assert result.returncode == 2 and "invalid variant name" in result.stderr
+
+
+def test_a_variant_whose_checkpoint_does_not_exist_is_refused_and_not_registered(tmp_path: Path) -> None:
+    env = {"PASER_DB": str(tmp_path / "x.duckdb"), "DAGSTER_HOME": ""}
+    missing = tmp_path / "no" / "such" / "ckpt"
+    result = run_paser(["variants", "add", "v1", str(missing), "--no-materialize"], env, tmp_path)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"paser: variant 'v1' not registered: '{missing}': no such folder or file, and not a hub id of the form "
+        "owner/name"
+    )
+    assert "Traceback" not in result.stderr and "registered variant" not in result.stdout
+    listing = run_paser(["variants", "list"], env, tmp_path)
+    assert "v1\t" not in listing.stdout
 
 
 def test_the_standard_dagster_cli_selects_any_single_asset(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@
   corpora and the tasks; ``recovery_evaluation`` (per variant and method): the recovered model on the same.
 - ``recovery_comparison`` (per variant): every metric per method with its recovery ratio
   (:mod:`paser_assets.core.recovery_metrics`).
+
+The tasks PASER_EVAL_TASKS gives lm-evaluation-harness land in ``harness_results`` beside ``task_accuracy``.
 """
 
 from dataclasses import asdict
@@ -79,10 +81,20 @@ def _write_evaluation(duckdb: PaserDuckDB, variant: str, method: str, results: d
         ],
         columns=list(TABLES["task_accuracy"].columns),
     )
+    harness = pd.DataFrame(
+        [
+            {**keys, "model": model, "task": row.task, "metric": row.metric, "value": row.value, "stderr": row.stderr,
+             "items": row.items, "harness_version": row.version}
+            for model, result in results.items()
+            for row in result.harness
+        ],
+        columns=list(TABLES["harness_results"].columns),
+    )  # fmt: skip
     with duckdb.write() as conn:
         storage.replace_partition(conn, "heldout_nll", keys, nll)
         storage.replace_partition(conn, "text_perplexity", keys, texts)
         storage.replace_partition(conn, "task_accuracy", keys, tasks)
+        storage.replace_partition(conn, "harness_results", keys, harness)
     return nll
 
 
@@ -90,6 +102,7 @@ def _evaluation_metadata(result: Evaluation) -> dict[str, Any]:
     metadata: dict[str, Any] = {"heldout_nll": float(np.mean(list(result.heldout.values())))}
     metadata.update({f"ppl:{name}": perplexity(score.mean_nll) for name, score in result.texts.items()})
     metadata.update({f"acc:{name}": score.acc for name, score in result.tasks.items()})
+    metadata.update({f"harness:{r.task}:{r.metric}": r.value for r in result.harness if r.task == r.entry})
     metadata["seconds"] = round(result.seconds, 3)
     return metadata
 
@@ -199,6 +212,11 @@ def recovery_comparison(
         ).df()
         texts = conn.execute(f"SELECT {label}, * FROM text_perplexity WHERE variant = ?", [variant]).df()
         tasks = conn.execute(f"SELECT {label}, * FROM task_accuracy WHERE variant = ?", [variant]).df()
+        harness = (
+            conn.execute(f"SELECT {label}, * FROM harness_results WHERE variant = ?", [variant]).df()
+            if storage.table_exists(conn, "harness_results")  # evaluated before the harness backend
+            else None
+        )
         training = conn.execute(
             "SELECT method AS arm, train_samples, train_tokens, train_seconds FROM recovered_adapters "
             "WHERE variant = ?",
@@ -208,7 +226,7 @@ def recovery_comparison(
     missing = [m for m in order if m not in set(heldout["arm"])]
     if missing:
         raise dg.Failure(description=f"no evaluation yet for {missing} on variant {variant!r}")
-    table = comparison_table(heldout, texts, tasks, training, order)
+    table = comparison_table(heldout, texts, tasks, training, order, harness)
     table.insert(0, "variant", variant)
     with duckdb.write() as conn:
         storage.replace_partition(conn, "recovery_comparison", {"variant": variant}, table)

@@ -28,10 +28,12 @@ from paser_assets.models.checkpoints import (
     content_hash,
     load_causal_lm,
     parse_model_reference,
+    reference_for_path,
     reference_version,
     save_checkpoint,
 )
 from paser_assets.models.device import DeviceError, Placement, resolve_device, resolve_precision
+from paser_assets.models.formats import checkpoint_facts
 from paser_assets.models.pruning import calibration_batch, measured_sparsity, prune_model
 from paser_assets.models.store import ModelStore
 from paser_assets.partitions import VARIANTS
@@ -182,10 +184,11 @@ def _build_recipe_variant(
     deps=["original_model", "pruned_checkpoint", "recovery_pool"],
     partitions_def=VARIANTS,
     group_name=MODELS_GROUP,
-    code_version="1",
+    code_version="2",
     kinds={"pytorch", "safetensors"},
     description="Each variant's pruned model: the original pruned by the variant's recipe (Wanda or magnitude), "
-    "or the variant's external checkpoint, recorded in the table pruned_model.",
+    "or the variant's external checkpoint (a folder, compressed-tensors, GGUF or LLM-Pruner file), recorded in the "
+    "table pruned_model with its measured sparsity, parameter count and per-layer widths.",
 )
 @reads(*MODEL_LOADING, "pruning", "seed")
 def pruned_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
@@ -200,6 +203,8 @@ def pruned_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: 
         else:
             reference = _external_reference(variant)
             path, original_version, sparsity = Path(reference.location), reference_version(settings.original), None
+        facts = checkpoint_facts(reference_for_path(path), settings.cache_dir, settings.options)
+        sparsity = sparsity if sparsity is not None else facts["sparsity"]
         version = content_hash(path)
     except (CheckpointError, VariantError) as error:
         raise dg.Failure(description=str(error)) from None
@@ -213,21 +218,24 @@ def pruned_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: 
                 "content_hash": version,
                 "original_hash": original_version,
                 "sparsity": sparsity,
+                "parameters": facts["parameters"],
+                "layer_widths": json.dumps(facts["layer_widths"]) if facts["layer_widths"] is not None else None,
             }
         ]
-    ).astype({"sparsity": "float64"})
+    ).astype({"sparsity": "float64", "parameters": "Int64"})
     with duckdb.write() as conn:
         storage.replace_partition(conn, PRUNED_TABLE, {"variant": variant.name}, row)
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(version),
-        metadata={
-            "variant": variant.name,
-            "spec": variant.spec,
-            "path": dg.MetadataValue.path(str(path)),
-            "content_hash": version,
-            "measured_sparsity": dg.MetadataValue.float(sparsity if sparsity is not None else float("nan")),
-        },
-    )
+    metadata = {
+        "variant": variant.name,
+        "spec": variant.spec,
+        "path": dg.MetadataValue.path(str(path)),
+        "content_hash": version,
+        "measured_sparsity": dg.MetadataValue.float(sparsity if sparsity is not None else float("nan")),
+    }
+    if facts["parameters"] is not None:
+        metadata["parameters"] = dg.MetadataValue.int(facts["parameters"])
+        metadata["layer_widths"] = dg.MetadataValue.json(facts["layer_widths"])
+    return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata=metadata)
 
 
 def pruned_reference(duckdb: PaserDuckDB, variant: str) -> ModelReference:
@@ -239,8 +247,7 @@ def pruned_reference(duckdb: PaserDuckDB, variant: str) -> ModelReference:
             rows = []
     if not rows:
         raise dg.Failure(description=f"no pruned checkpoint recorded for variant {variant!r}: materialize pruned_model")
-    path = Path(rows[0][0])
-    return ModelReference("gguf" if path.suffix.lower() == ".gguf" else "folder", str(path))
+    return reference_for_path(rows[0][0])
 
 
 MODEL_ASSETS = [original_model, pruned_checkpoint, pruned_model]

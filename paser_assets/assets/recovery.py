@@ -150,7 +150,7 @@ def method_selection(duckdb: PaserDuckDB, method: str, variant: str) -> pd.DataF
     deps=["selection", "baseline_selections", "recovery_pool", CHECKPOINTS, *LOADS_PRUNED, *LOADS_ORIGINAL],
     partitions_def=METHODS,
     group_name=RECOVERY_GROUP,
-    code_version="1",
+    code_version="2",  # 2: transformers' learning-rate schedule
     kinds={"pytorch", "safetensors"},
     description="A LoRA fine-tune (peft) of the pruned model on a method's selection, saved as a safetensors "
     "adapter; it minimises the answers' NLL or, with PASER_LORA_LOSS=distillation, the KL divergence from the "

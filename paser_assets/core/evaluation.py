@@ -95,9 +95,12 @@ class ItemScore:
 
 
 def score_item(loglikelihoods: Sequence[float], continuations: Sequence[str], label: int) -> ItemScore:
-    """acc: argmax_i ll_i; acc_norm: argmax_i ll_i / len(continuation_i) (first index on ties, as numpy)."""
+    """acc: argmax_i ll_i; acc_norm: argmax_i ll_i / len(choice_i) (first index on ties, as numpy).
+
+    The length is the choice's, in characters, without the space that joins it to the context: what
+    lm-evaluation-harness 0.4 divides by (``len(choice)``, the target delimiter not counted)."""
     lls = np.asarray(loglikelihoods, dtype=np.float64)
-    lengths = np.asarray([max(len(c), 1) for c in continuations], dtype=np.float64)
+    lengths = np.asarray([max(len(c.removeprefix(" ")), 1) for c in continuations], dtype=np.float64)
     return ItemScore(label, int(np.argmax(lls)), int(np.argmax(lls / lengths)))
 
 

@@ -1,4 +1,5 @@
-"""The recovery comparison's metrics: held-out NLL four ways, perplexity, task accuracy, recovery ratios."""
+"""The recovery comparison's metrics: held-out NLL four ways, perplexity, task accuracy, the harness's metrics,
+recovery ratios."""
 
 from __future__ import annotations
 
@@ -24,10 +25,15 @@ HEADLINE = ("heldout_nll", "heldout_nll_macro", "heldout_token_nll", "heldout_to
 
 
 def metric_rows(
-    heldout: pd.DataFrame, texts: pd.DataFrame, tasks: pd.DataFrame, group_kind: str
+    heldout: pd.DataFrame,
+    texts: pd.DataFrame,
+    tasks: pd.DataFrame,
+    group_kind: str,
+    harness: pd.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
     """One model's metrics as (metric, value, stderr) rows: held-out NLL overall, macro, per group and per band
-    of response length, perplexity per corpus, acc and acc_norm per task and the task average.
+    of response length, perplexity per corpus, acc and acc_norm per task and the task average (of the plugin's
+    own tasks), and every lm-evaluation-harness metric as ``harness:<task>:<metric>``.
 
     ``heldout_nll`` counts every held-out row once (the mean of each row's per-token NLL), so a 3-token answer
     weighs as much as a 200-token essay; ``heldout_token_nll`` counts every held-out token once (total NLL over
@@ -62,21 +68,31 @@ def metric_rows(
             rows.append({"metric": f"acc_norm:{row.task}", "value": norm, "stderr": norm_se})
     if scores:
         rows.append({"metric": "task_average", "value": task_average(scores), "stderr": math.nan})
+    for row in [] if harness is None else harness.itertuples(index=False):
+        stderr = math.nan if pd.isna(row.stderr) else float(row.stderr)
+        rows.append({"metric": f"harness:{row.task}:{row.metric}", "value": float(row.value), "stderr": stderr})
     return rows
 
 
 def comparison_table(
-    heldout: pd.DataFrame, texts: pd.DataFrame, tasks: pd.DataFrame, training: pd.DataFrame, order: list[str]
+    heldout: pd.DataFrame,
+    texts: pd.DataFrame,
+    tasks: pd.DataFrame,
+    training: pd.DataFrame,
+    order: list[str],
+    harness: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """(method, metric, value, stderr, recovery_ratio, train_*) for every arm in ``order`` (original, pruned,
-    then the methods). The held-out groups are the pool's labels when it has two or more, else the clusters."""
+    then the methods). The held-out groups are the pool's labels when it has two or more, else the clusters.
+    ``harness``: the arms' lm-evaluation-harness rows (arm, task, metric, value, stderr), if any."""
     labelled = heldout["family"].notna().all() and heldout["family"].nunique() >= 2
     group_kind = "family" if labelled else "cluster"
     heldout = heldout.assign(group=heldout[group_kind].astype(str))
     rows = []
     for arm in order:
+        arm_harness = None if harness is None else harness[harness["arm"] == arm]
         for row in metric_rows(heldout[heldout["arm"] == arm], texts[texts["arm"] == arm], tasks[tasks["arm"] == arm],
-                               group_kind):  # fmt: skip
+                               group_kind, arm_harness):  # fmt: skip
             rows.append({"method": arm, **row})
     table = pd.DataFrame(rows, columns=["method", "metric", "value", "stderr"])
     reference = table[table["method"].isin(REFERENCE_ARMS)].pivot(index="metric", columns="method", values="value")

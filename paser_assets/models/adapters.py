@@ -22,6 +22,10 @@ from paser_assets.models.training import LoraSettings, save_adapter, train_lora
 TRAINING_RECORD = "paser_training.json"
 
 
+RUNTIME_FIELDS = ("grad_accumulation", "gradient_checkpointing")
+SCHEDULER = "transformers.get_scheduler"
+
+
 def adapter_recipe(
     lora: LoraSettings, pruned_version: str, sample_ids: Sequence[str], max_tokens: int, precision: str
 ) -> str:
@@ -29,8 +33,13 @@ def adapter_recipe(
     fields = dict(lora.__dict__)
     if fields["loss"] == "response_nll":  # the loss before it was a setting: those adapters keep their recipe
         del fields["loss"]
+    for how in RUNTIME_FIELDS:  # how a step is computed, not what: an adapter is reused across these
+        fields.pop(how, None)
     recipe = {
         "lora": fields,
+        # transformers.get_scheduler's warm-up starts at 0 where the schedule before it started at 1/w: the
+        # adapters trained before it are not reused.
+        "scheduler": SCHEDULER,
         "pruned": pruned_version,
         "samples": list(sample_ids),
         "max_tokens": max_tokens,

@@ -1,8 +1,9 @@
-"""Name, hash, load and save causal-LM checkpoints: local folders, hub ids and GGUF files.
+"""Name, hash, load and save causal-LM checkpoints: local folders, hub ids, GGUF files and LLM-Pruner pickles.
 
-Loading is safe by default: weights come from safetensors only (a pickled ``.bin`` checkpoint
-loads only with ``allow_pickle=True``), and ``trust_remote_code`` stays off unless asked for.
-A GGUF file is dequantised once and cached as a safetensors folder, keyed by the file's hash.
+Loading is safe by default: weights come from safetensors only (a pickled ``.bin`` checkpoint, and an
+LLM-Pruner ``.bin``/``.pt`` file, load only with ``allow_pickle=True``), and ``trust_remote_code`` stays off
+unless asked for. A GGUF file, and a compressed-tensors folder (see ``formats``), is decompressed once and
+cached as a safetensors folder, keyed by its content hash.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class ModelReference:
-    """Where a model comes from. ``kind`` is ``folder`` (a local HF checkpoint), ``gguf`` or ``hub``."""
+    """Where a model comes from. ``kind`` is ``folder`` (a local HF checkpoint), ``gguf``, ``pickle`` (an
+    LLM-Pruner file) or ``hub``."""
 
-    kind: Literal["folder", "gguf", "hub"]
+    kind: Literal["folder", "gguf", "pickle", "hub"]
     location: str
 
     @property
@@ -75,12 +77,21 @@ def parse_model_reference(spec: str | None) -> ModelReference:
         if not path.is_file():
             raise CheckpointError(f"{path}: no such GGUF file")
         return ModelReference("gguf", str(path.resolve()))
+    if path.is_file() and path.suffix.lower() in PICKLED_SUFFIXES:
+        return ModelReference("pickle", str(path.resolve()))
     if path.exists():
-        raise CheckpointError(f"{path} is neither a checkpoint folder nor a .gguf file")
+        raise CheckpointError(f"{path} is neither a checkpoint folder nor a .gguf file (nor an LLM-Pruner .bin/.pt)")
     parts = spec.split("/")
     if len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~")):
         return ModelReference("hub", spec)
     raise CheckpointError(f"{spec!r}: no such folder or file, and not a hub id of the form owner/name")
+
+
+def reference_for_path(path: str | Path) -> ModelReference:
+    """The reference of a recorded local checkpoint path, its kind told by its suffix."""
+    suffix = Path(path).suffix.lower()
+    kind = "gguf" if suffix == ".gguf" else "pickle" if suffix in PICKLED_SUFFIXES else "folder"
+    return ModelReference(kind, str(path))
 
 
 def _hash_memo_path(path: Path) -> Path:
@@ -152,7 +163,7 @@ def content_hash(path: str | Path) -> str:
 
 def reference_version(reference: ModelReference) -> str:
     """The data version of a model: the content hash of its files (the hub snapshot for hub ids)."""
-    if reference.kind in ("folder", "gguf"):
+    if reference.kind != "hub":
         return content_hash(reference.location)
     try:
         from huggingface_hub import snapshot_download
@@ -253,10 +264,18 @@ def convert_gguf(gguf_path: str | Path, cache_dir: str | Path) -> Path:
     return target
 
 
-def local_folder(reference: ModelReference, cache_dir: str | Path) -> str:
-    """A local folder (or hub id) that ``from_pretrained`` can load for this reference."""
+def local_folder(reference: ModelReference, cache_dir: str | Path, options: LoadOptions | None = None) -> str:
+    """A local folder (or hub id) that ``from_pretrained`` can load for this reference: a GGUF file's or a
+    compressed-tensors folder's decompressed copy, else the reference itself."""
+    from paser_assets.models import formats
+
     if reference.kind == "gguf":
         return str(convert_gguf(reference.location, cache_dir))
+    if reference.kind == "pickle":
+        raise CheckpointError(f"{reference.location} is a pickled model, not a checkpoint folder")
+    if reference.kind == "folder" and formats.compression_config(reference.location) is not None:
+        refuse_pickled_weights(Path(reference.location), options or LoadOptions())
+        return str(formats.convert_compressed(reference.location, cache_dir, options))
     return reference.location
 
 
@@ -274,7 +293,15 @@ def load_causal_lm(
 
     options = options or LoadOptions()
     placement = placement or Placement()
-    location = local_folder(reference, cache_dir)
+    if reference.kind == "pickle":
+        from paser_assets.models.formats import load_pickled
+
+        model, tokenizer = load_pickled(reference.location, options)
+        model.to(device=placement.device, dtype=placement.dtype)
+        model.eval()
+        _prepare_tokenizer(tokenizer, model.config)
+        return model, tokenizer
+    location = local_folder(reference, cache_dir, options)
     if reference.kind == "folder":
         refuse_pickled_weights(Path(location), options)
     if not options.trust_remote_code and _declares_custom_code(location):
@@ -307,7 +334,11 @@ def load_tokenizer(reference: ModelReference, cache_dir: str | Path, options: Lo
     from transformers import AutoConfig, AutoTokenizer
 
     options = options or LoadOptions()
-    location = local_folder(reference, cache_dir)
+    if reference.kind == "pickle":
+        model, tokenizer = load_causal_lm(reference, cache_dir, options)
+        del model
+        return tokenizer
+    location = local_folder(reference, cache_dir, options)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=options.trust_remote_code)
         config = AutoConfig.from_pretrained(location, trust_remote_code=options.trust_remote_code)

@@ -4,7 +4,9 @@ The protocols are in :mod:`paser_assets.core.evaluation`; this module tokenizes 
 multiple-choice requests are tokenized as lm-evaluation-harness's ``HFLM`` does (no special tokens; a
 context's trailing spaces moved to the continuation; the continuation's tokens are those of
 context + continuation after the context's), and scored by the same batched pass as the held-out NLL
-(:func:`paser_assets.models.training.response_nll`), with the output head in float32.
+(:func:`paser_assets.models.training.response_nll`), with the output head in float32. The tasks PASER_EVAL_TASKS
+gives lm-evaluation-harness (a harness task's name, or a harness YAML) run through the harness itself
+(:mod:`paser_assets.models.harness`, an optional extra), on the same model.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from paser_assets.core.evaluation import (
     ItemScore,
@@ -28,6 +30,9 @@ from paser_assets.core.evaluation import (
 from paser_assets.models.scoring import EncodedSample
 from paser_assets.models.training import response_nll
 from paser_assets.progress import format_duration
+
+if TYPE_CHECKING:
+    from paser_assets.models.harness import HarnessResult
 
 
 @dataclass(frozen=True)
@@ -137,13 +142,14 @@ STDLIB_TEXT = "stdlib_docs"  # the name of the default corpus, Python's standard
 @dataclass(frozen=True)
 class Evaluation:
     """One model on the held-out split (NLL per sample and the response tokens it is a mean over), the text
-    corpora and the tasks."""
+    corpora, the tasks the plugin scores and those lm-evaluation-harness runs."""
 
     heldout: dict[str, float]
     heldout_tokens: dict[str, int]
     texts: dict[str, TextScore]
     tasks: dict[str, TaskScore]
     seconds: float  # wall time of the whole evaluation: in the metadata, and the lab's study prices its ETA by it
+    harness: tuple[HarnessResult, ...] = ()
 
 
 def evaluation_texts(settings: Any) -> dict[str, str]:
@@ -160,7 +166,8 @@ def evaluate_model(
     model: Any, tokenizer: Any, heldout: Any, max_tokens: int, settings: Any, log: Callable[[str], None]
 ) -> Evaluation:
     """The held-out NLL of ``heldout``'s rows, the perplexity of every text corpus and the accuracy on every task
-    of the evaluation ``settings``. A task file that cannot be read is a ValueError naming it."""
+    of the evaluation ``settings``, the harness's tasks through lm-evaluation-harness. A task file that cannot be
+    read, or a harness task that cannot be loaded, is a ValueError naming it."""
     from paser_assets.core.evaluation import style_for
     from paser_assets.models.response_scores import encode_rows
     from paser_assets.models.training import perplexity
@@ -180,6 +187,13 @@ def evaluate_model(
             raise ValueError(f"PASER_EVAL_TASKS {name}: {error}") from None
         tasks[name] = score_task(model, tokenizer, items, style_for(name))[0]
         log(f"{name}: acc {tasks[name].acc:.4f} on {tasks[name].items} items")
+    harness_tasks = settings.harness_tasks()
+    harness: list[HarnessResult] = []
+    if harness_tasks:
+        from paser_assets.models.harness import run_harness
+
+        harness = run_harness(model, tokenizer, harness_tasks, settings.eval_task_items, log)
     seconds = time.monotonic() - start
     log(f"evaluated in {format_duration(seconds)}")
-    return Evaluation(per_sample, {s.sample_id: s.response_tokens for s in encoded}, texts, tasks, seconds)
+    tokens = {s.sample_id: s.response_tokens for s in encoded}
+    return Evaluation(per_sample, tokens, texts, tasks, seconds, tuple(harness))

@@ -3,7 +3,10 @@
 The loss is the mean NLL of the response tokens (prompt tokens are masked), the same positions the
 degradation scores read; or, with ``loss="distillation"``, the mean KL divergence from the original model's
 next-token distribution to the recovering model's at those positions. Batches are length-bucketed and their
-order is shuffled by the seed, so a run is deterministic for a seed on the CPU.
+order is shuffled by the seed, so a run is deterministic for a seed on the CPU. The learning rate follows
+``transformers.get_scheduler`` (linear warm-up from 0, then cosine, linear or no decay), as the Hugging Face
+Trainer's does; a batch may be split into micro-batches whose gradients are accumulated, and the decoder layers'
+activations may be recomputed in the backward pass (gradient checkpointing), so that a 7B model fits one GPU.
 
 Both run where a :class:`~paser_assets.models.device.Placement` says. In bfloat16 (or float16) the frozen
 base weights are held in that dtype, the adapter's weights stay float32 (peft keeps them so; they are the
@@ -46,24 +49,40 @@ class LoraSettings:
     warmup: float = 0.1  # share of the steps over which the learning rate rises linearly from 0
     schedule: str = "cosine"  # after the warm-up: "cosine" or "linear" decay to 0, or "constant"
     loss: str = "response_nll"  # or "distillation": KL(original || recovering) over the response tokens
+    # How a step is computed, not what it computes (neither is in the adapter's recipe): the batch split into
+    # this many micro-batches whose gradients are accumulated, and activations recomputed in the backward pass.
+    grad_accumulation: int = 1
+    gradient_checkpointing: bool = False
 
 
 LOSSES = ("response_nll", "distillation")
+# PASER_LORA_SCHEDULE -> the name transformers.get_scheduler knows it by (each with a linear warm-up from 0).
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
-def learning_rate_factor(step: int, total_steps: int, warmup: float, schedule: str) -> float:
-    """lr_t / lr: t / w during the warm-up (w = ceil(warmup * T) steps), then cosine, linear or no decay to T."""
+def learning_rate_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float, schedule: str) -> Any:
+    """``transformers.get_scheduler`` for ``schedule`` over ``total_steps`` optimizer steps, the first
+    ceil(warmup * total_steps) of them a linear warm-up from 0 (step t of the warm-up runs at lr * t / w)."""
+    from transformers import get_scheduler
+
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose {', '.join(SCHEDULES)}")
     warmup_steps = math.ceil(warmup * total_steps)
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    if schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose cosine, linear or constant")
+    return get_scheduler(SCHEDULES[schedule], optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
+def micro_batches(batch: Sequence[int], parts: int) -> list[list[int]]:
+    """``batch`` split into at most ``parts`` consecutive micro-batches of nearly equal size (none empty)."""
+    if parts < 1:
+        raise ValueError(f"gradient accumulation needs at least 1 micro-batch, not {parts}")
+    size, extra = divmod(len(batch), parts)
+    pieces, start = [], 0
+    for part in range(parts):
+        end = start + size + (1 if part < extra else 0)
+        if end > start:
+            pieces.append(list(batch[start:end]))
+        start = end
+    return pieces
 
 
 @dataclass
@@ -153,9 +172,12 @@ def train_lora(
     """Wrap ``model`` with LoRA adapters and train them on ``samples``; returns the peft model and its log.
 
     ``model`` (and ``teacher``, the original model that ``loss="distillation"`` needs) is first moved to
-    ``placement``, in place (None: it trains where and as it is). ``gradient_checkpointing`` recomputes each
-    decoder layer's activations in the backward pass instead of keeping them (torch's non-reentrant checkpoint):
-    less memory for about a third more compute; it is switched off again after training."""
+    ``placement``, in place (None: it trains where and as it is). ``gradient_checkpointing`` (or the settings')
+    recomputes each decoder layer's activations in the backward pass instead of keeping them (torch's
+    non-reentrant checkpoint): less memory for about a third more compute; it is switched off again after
+    training. With ``settings.grad_accumulation`` = k, each optimizer step's batch of ``settings.batch_size``
+    samples runs as k micro-batches, each one's mean loss weighted by its share of the batch's scored tokens,
+    so the step's gradient is the whole batch's up to rounding."""
     from peft import LoraConfig, get_peft_model
 
     if not samples:
@@ -164,6 +186,11 @@ def train_lora(
         raise ValueError(f"unknown recovery loss {settings.loss!r}; choose from {', '.join(LOSSES)}")
     if settings.loss == "distillation" and teacher is None:
         raise ValueError("loss='distillation' needs the original model as the teacher")
+    if settings.schedule not in SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {settings.schedule!r}; choose {', '.join(SCHEDULES)}")
+    if settings.grad_accumulation < 1:
+        raise ValueError(f"grad_accumulation must be at least 1, not {settings.grad_accumulation}")
+    gradient_checkpointing = gradient_checkpointing or settings.gradient_checkpointing
     if placement is None:
         placement = Placement(next(model.parameters()).device, model_precision(model))
     place_model(model, placement)
@@ -200,9 +227,7 @@ def train_lora(
     )
     batches = plan_batches([len(s.input_ids) for s in samples], token_budget=1 << 30, max_batch=settings.batch_size)
     total_steps = len(batches) * settings.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda t: learning_rate_factor(t, total_steps, settings.warmup, settings.schedule)
-    )
+    scheduler = learning_rate_scheduler(optimizer, total_steps, settings.warmup, settings.schedule)
     # float16 gradients can underflow: scale the loss (disabled, the scaler calls optimizer.step() as is).
     scaler = torch.amp.GradScaler(placement.device.type, enabled=placement.precision == "float16")
     record = TrainingLog(precision=placement.precision)
@@ -213,15 +238,22 @@ def train_lora(
         order = list(range(len(batches)))
         random.Random(settings.seed * 1000 + epoch).shuffle(order)
         for index in order:
-            input_ids, attention_mask, labels = (
-                t.to(placement.device) for t in _batch_tensors([samples[i] for i in batches[index]], pad_id)
-            )
-            with autocast(placement.device, placement.precision):
-                if settings.loss == "distillation":
-                    loss = distillation_loss(peft_model, teacher, input_ids, attention_mask, labels)
-                else:
-                    loss = response_loss(peft_model, input_ids, attention_mask, labels)
-            scaler.scale(loss).backward()
+            parts = micro_batches(batches[index], settings.grad_accumulation)
+            scored = [sum(samples[i].response_tokens for i in part) for part in parts]
+            loss = 0.0
+            for part, part_scored in zip(parts, scored, strict=True):
+                input_ids, attention_mask, labels = (
+                    t.to(placement.device) for t in _batch_tensors([samples[i] for i in part], pad_id)
+                )
+                with autocast(placement.device, placement.precision):
+                    if settings.loss == "distillation":
+                        part_loss = distillation_loss(peft_model, teacher, input_ids, attention_mask, labels)
+                    else:
+                        part_loss = response_loss(peft_model, input_ids, attention_mask, labels)
+                    part_loss = part_loss * (part_scored / sum(scored))  # its share of the batch's mean
+                scaler.scale(part_loss).backward()
+                loss += float(part_loss.detach())
+                record.tokens += int(attention_mask.sum())
             record.learning_rates.append(optimizer.param_groups[0]["lr"])  # the rate this step used
             scaler.step(optimizer)
             scaler.update()
@@ -229,8 +261,7 @@ def train_lora(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             record.steps.append(step)
-            record.losses.append(float(loss.detach()))
-            record.tokens += int(attention_mask.sum())
+            record.losses.append(loss)
             now = time.monotonic()
             if log is not None and (now - last_log >= 10 or step == total_steps):
                 last_log = now

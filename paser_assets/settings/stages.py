@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -359,13 +360,34 @@ class RecoverySettings(Stage):
         1e-3, "Peak learning rate of the recovery fine-tune.", env="PASER_LORA_LR", gt=0.0, allow_inf_nan=False
     )
     lora_epochs: int = setting(2, "Epochs over the selection.", ge=1)
-    lora_batch_size: int = setting(8, "Samples per optimizer step.", ge=1)
+    lora_batch_size: int = setting(
+        8, "Samples per optimizer step, whatever PASER_LORA_GRAD_ACCUMULATION splits them into.", ge=1
+    )
+    lora_grad_accumulation: int = setting(
+        1,
+        "Micro-batches per optimizer step: each step's PASER_LORA_BATCH_SIZE samples run as this many smaller "
+        "passes whose gradients add up (each weighted by its share of the step's response tokens), so activation "
+        "memory falls with it. The step's gradient is the whole batch's up to floating-point rounding, so it counts "
+        "as runtime: an adapter trained with another value is reused.",
+        affects="runtime",
+        ge=1,
+        le=1024,
+    )
+    lora_gradient_checkpointing: bool = setting(
+        False,
+        "Recompute each decoder layer's activations in the backward pass instead of keeping them (torch's "
+        "non-reentrant checkpointing): far less activation memory for about a third more compute, the same "
+        "gradients. What a LoRA recovery of a 7B model on one 80 GB GPU needs (docs/evaluation.md).",
+        affects="runtime",
+    )
     lora_warmup: float = setting(
         0.1, "Share of the steps over which the learning rate rises linearly from 0.", ge=0.0, lt=1.0,
         allow_inf_nan=False,
     )  # fmt: skip
     lora_schedule: Literal["cosine", "linear", "constant"] = setting(
-        "cosine", "Learning-rate decay after the warm-up, to 0 at the last step."
+        "cosine",
+        "Learning-rate schedule after the warm-up, from transformers.get_scheduler: cosine or linear decay to 0 at "
+        "the last step, or constant (its constant_with_warmup).",
     )
     lora_loss: Literal["response_nll", "distillation"] = setting(
         "response_nll",
@@ -408,6 +430,8 @@ class RecoverySettings(Stage):
             warmup=self.lora_warmup,
             schedule=self.lora_schedule,
             loss=self.lora_loss,
+            grad_accumulation=self.lora_grad_accumulation,
+            gradient_checkpointing=self.lora_gradient_checkpointing,
         )
 
     def seed_or(self, seed: int) -> int:
@@ -428,23 +452,96 @@ class EvaluationSettings(Stage):
     )
     eval_tasks: str = setting(
         "",
-        "Zero-shot multiple-choice tasks, 'name=path; name=path' (JSON lines with context, choices, label); a "
-        "name starting with winogrande is scored by partial evaluation, hellaswag with its context as is, "
-        "any other as 'Question: ...\\nAnswer:'. Empty: none.",
+        "Zero-shot tasks, entries separated by ';'. 'name=path' (JSON lines with context, choices, label) is "
+        "scored by the plugin itself: a name starting with winogrande by partial evaluation, hellaswag with its "
+        "context as is, any other as 'Question: ...\\nAnswer:'. A bare name ('boolq', 'arc_challenge', 'mmlu', "
+        "'gsm8k') is an lm-evaluation-harness task, and 'name=path.yaml' (or .yml) a harness task configuration "
+        "(it may read local files through `dataset_path: json`); both run through the harness, which needs "
+        "`pip install 'paser-assets[lm-eval]'`. Empty: none.",
     )
-    eval_task_items: int = setting(250, "The first N items of every task are scored, for every model.", ge=1)
+    eval_task_items: int = setting(
+        250, "The first N items of every task are scored, for every model (the harness's `limit`).", ge=1
+    )
 
-    @field_validator("eval_text", "eval_tasks")
+    @field_validator("eval_text")
     @classmethod
     def _named_files(cls, value: str) -> str:
         parse_named_files(value)
+        return value
+
+    @field_validator("eval_tasks")
+    @classmethod
+    def _task_entries(cls, value: str) -> str:
+        entries = parse_task_entries(value)
+        harness = [entry for entry in entries.values() if entry.harness]
+        if harness and not lm_eval_installed():
+            raise ValueError(
+                f"PASER_EVAL_TASKS names the lm-evaluation-harness task {harness[0].label!r}: "
+                "pip install 'paser-assets[lm-eval]'"
+            )
         return value
 
     def texts(self) -> dict[str, str]:
         return parse_named_files(self.eval_text)
 
     def tasks(self) -> dict[str, str]:
-        return parse_named_files(self.eval_tasks)
+        """The tasks the plugin scores itself, {name: JSON-lines path} (the harness's are in harness_tasks)."""
+        return {name: entry.path for name, entry in parse_task_entries(self.eval_tasks).items() if not entry.harness}
+
+    def harness_tasks(self) -> dict[str, TaskEntry]:
+        """The tasks that run through lm-evaluation-harness: {name: entry} (a harness task name or a YAML file)."""
+        return {name: entry for name, entry in parse_task_entries(self.eval_tasks).items() if entry.harness}
+
+
+HARNESS_CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One entry of PASER_EVAL_TASKS: a JSON-lines file (``kind="jsonl"``), a harness task named by the harness
+    (``"harness"``, ``path`` empty) or a harness task configuration file (``"harness_yaml"``)."""
+
+    name: str
+    kind: Literal["jsonl", "harness", "harness_yaml"]
+    path: str = ""
+
+    @property
+    def harness(self) -> bool:
+        return self.kind != "jsonl"
+
+    @property
+    def label(self) -> str:
+        return self.name if self.kind == "harness" else f"{self.name}={self.path}"
+
+
+def lm_eval_installed() -> bool:
+    """Whether lm-evaluation-harness can be imported (found without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("lm_eval") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def parse_task_entries(value: str) -> dict[str, TaskEntry]:
+    """PASER_EVAL_TASKS as {name: entry}: 'name=path' (a YAML path is a harness configuration), or a bare
+    harness task name; every path must be a readable file, every name unique."""
+    entries: dict[str, TaskEntry] = {}
+    for part in (piece.strip() for piece in value.split(";")):
+        if not part:
+            continue
+        if "=" in part:
+            name, path = next(iter(parse_named_files(part).items()))
+            kind = "harness_yaml" if Path(path).suffix.lower() in HARNESS_CONFIG_SUFFIXES else "jsonl"
+            entry = TaskEntry(name, kind, path)
+        else:
+            _check_name(part)
+            entry = TaskEntry(part, "harness")
+        if entry.name in entries:
+            raise ValueError(f"the name {entry.name!r} is given twice")
+        entries[entry.name] = entry
+    return entries
 
 
 def parse_named_files(value: str) -> dict[str, str]:
@@ -456,14 +553,18 @@ def parse_named_files(value: str) -> dict[str, str]:
         name, separator, path = (piece.strip() for piece in entry.partition("="))
         if not separator or not name or not path:
             raise ValueError(f"{entry!r} is not 'name=path'")
-        if not all(c.isalnum() or c in "_-." for c in name):
-            raise ValueError(f"the name {name!r} may hold only letters, digits, '_', '-' and '.'")
+        _check_name(name)
         if name in named:
             raise ValueError(f"the name {name!r} is given twice")
         if not Path(path).expanduser().is_file():
             raise ValueError(f"{path} is not a file")
         named[name] = str(Path(path).expanduser())
     return named
+
+
+def _check_name(name: str) -> None:
+    if not all(c.isalnum() or c in "_-." for c in name):
+        raise ValueError(f"the name {name!r} may hold only letters, digits, '_', '-' and '.'")
 
 
 class ExecutionSettings(Stage):

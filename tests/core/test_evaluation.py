@@ -127,3 +127,12 @@ def test_length_bands_cover_every_length_once() -> None:
     ]  # fmt: skip
     with pytest.raises(ValueError, match="at least one token"):
         length_band(0)
+
+
+def test_acc_norm_divides_by_the_choice_without_the_joining_space() -> None:
+    """lm-evaluation-harness 0.4 divides by len(choice): the space that joins it to the context does not count.
+    Counted, it would turn this item round: -1.5 / 2 > -4.5 / 5, but -1.5 / 1 < -4.5 / 4."""
+    from paser_assets.core.evaluation import score_item
+
+    assert score_item([-1.5, -4.5], [" a", " abcd"], label=1).choice_norm == 1
+    assert score_item([-1.5, -4.5], ["a", "abcd"], label=1).choice_norm == 1  # no space: the same lengths

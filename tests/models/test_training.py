@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import tempfile
@@ -19,7 +20,7 @@ from paser_assets.models.training import (
     LoraSettings,
     _batch_tensors,
     distillation_loss,
-    learning_rate_factor,
+    learning_rate_scheduler,
     load_adapter,
     perplexity,
     response_loss,
@@ -123,17 +124,29 @@ def test_distillation_needs_a_teacher_and_a_known_loss(base, samples) -> None:
         train_lora(copy.deepcopy(base), samples, 0, LoraSettings(loss="mse"))
 
 
+def scheduled_factors(total: int, warmup: float, schedule: str) -> list[float]:
+    """lr_t / lr of the first ``total`` steps of learning_rate_scheduler."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = learning_rate_scheduler(optimizer, total, warmup, schedule)
+    factors = []
+    for _ in range(total):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return factors
+
+
 def test_learning_rate_warms_up_then_decays_to_zero() -> None:
-    total = 20  # warm-up of 10%: steps 0 and 1
-    cosine = [learning_rate_factor(t, total, 0.1, "cosine") for t in range(total)]
-    assert cosine[:3] == [0.5, 1.0, 1.0]
-    assert all(a >= b for a, b in itertools.pairwise(cosine[1:]))
+    total = 20  # warm-up of 10%: steps 0 and 1 (transformers' warm-up starts at 0)
+    cosine = scheduled_factors(total, 0.1, "cosine")
+    assert cosine[:3] == [0.0, 0.5, 1.0]
+    assert all(a >= b for a, b in itertools.pairwise(cosine[2:]))
     assert cosine[-1] < 0.01
-    linear = [learning_rate_factor(t, total, 0.1, "linear") for t in range(total)]
+    linear = scheduled_factors(total, 0.1, "linear")
     assert linear[2] == 1.0 and linear[-1] == pytest.approx(1 / 18)
-    assert [learning_rate_factor(t, total, 0.0, "constant") for t in range(total)] == [1.0] * total
+    assert scheduled_factors(total, 0.0, "constant") == [1.0] * total
     with pytest.raises(ValueError, match="schedule"):
-        learning_rate_factor(5, total, 0.1, "exponential")
+        scheduled_factors(total, 0.1, "exponential")
 
 
 def test_training_follows_the_schedule(trained) -> None:
@@ -142,7 +155,7 @@ def test_training_follows_the_schedule(trained) -> None:
     steps = len(record.steps)
     warmup = math.ceil(SETTINGS.warmup * steps)
     assert len(rates) == steps
-    assert rates[0] == pytest.approx(SETTINGS.learning_rate / warmup)
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(SETTINGS.learning_rate / warmup)
     assert max(rates) == pytest.approx(SETTINGS.learning_rate)
     assert rates[-1] < 0.05 * SETTINGS.learning_rate
 
@@ -377,3 +390,93 @@ def test_response_nll_in_bfloat16_runs_under_autocast_with_float32_heads(base, t
     for sample in samples[:4]:
         assert with_adapter[sample.sample_id] == pytest.approx(float32_adapter[sample.sample_id], abs=0.05)
         assert abs(with_adapter[sample.sample_id] - fast[sample.sample_id]) > 0.1
+
+
+# -- the schedule from transformers.get_scheduler, gradient accumulation and checkpointing as settings
+
+
+def test_the_learning_rate_per_step_is_transformers_warm_up_and_cosine(trained) -> None:
+    """lr_t = lr * t / w for t < w (w = ceil(0.1 * T)), then lr * (1 + cos(pi * (t - w) / (T - w))) / 2."""
+    _, record = trained
+    total = len(record.steps)
+    warmup = math.ceil(SETTINGS.warmup * total)
+    expected = [
+        SETTINGS.learning_rate * t / warmup
+        if t < warmup
+        else SETTINGS.learning_rate * 0.5 * (1.0 + math.cos(math.pi * (t - warmup) / (total - warmup)))
+        for t in range(total)
+    ]
+    assert record.learning_rates == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_each_schedule_setting_names_a_transformers_schedule() -> None:
+    import typing
+
+    from transformers import SchedulerType
+
+    from paser_assets.models.training import SCHEDULES
+    from paser_assets.settings import RecoverySettings
+
+    assert tuple(SCHEDULES) == typing.get_args(RecoverySettings.model_fields["lora_schedule"].annotation)
+    assert {SchedulerType(name).value for name in SCHEDULES.values()} == {"cosine", "linear", "constant_with_warmup"}
+    total = 10  # warm-up of 3 steps
+    assert scheduled_factors(total, 0.3, "constant") == pytest.approx([0.0, 1 / 3, 2 / 3] + [1.0] * 7)
+    assert scheduled_factors(total, 0.3, "linear") == pytest.approx([0.0, 1 / 3, 2 / 3] + [(10 - t) / 7 for t in
+                                                                                          range(3, 10)])  # fmt: skip
+
+
+def test_micro_batches_split_a_batch_in_order_and_never_empty() -> None:
+    from paser_assets.models.training import micro_batches
+
+    assert micro_batches([5, 6, 7, 8], 1) == [[5, 6, 7, 8]]
+    assert micro_batches([5, 6, 7, 8, 9], 2) == [[5, 6, 7], [8, 9]]
+    assert micro_batches([5, 6], 4) == [[5], [6]]
+    with pytest.raises(ValueError, match="at least 1"):
+        micro_batches([1], 0)
+
+
+def test_gradient_accumulation_takes_one_step_per_batch_and_the_same_losses(base, tokenizer, samples) -> None:
+    """PASER_LORA_BATCH_SIZE samples per optimizer step whatever the micro-batching: the same steps, learning
+    rates, tokens and (up to rounding) losses and adapter as without accumulation."""
+    whole = LoraSettings(learning_rate=1e-2, epochs=2, batch_size=4, seed=0)
+    model_1, one = train_lora(copy.deepcopy(base), samples, tokenizer.pad_token_id, whole)
+    split = dataclasses.replace(whole, grad_accumulation=3)  # micro-batches of 2, 1 and 1 samples
+    model_3, three = train_lora(copy.deepcopy(base), samples, tokenizer.pad_token_id, split)
+    assert len(three.steps) == len(one.steps) == 2 * math.ceil(len(samples) / 4)
+    assert three.learning_rates == one.learning_rates and three.tokens == one.tokens
+    assert three.losses == pytest.approx(one.losses, rel=1e-5)
+    # Adam divides by the root of the squared gradients, which magnifies rounding where a gradient is near 0:
+    # measured 3e-5 at most, on weights of about 0.2; the model's outputs agree to about 1e-6.
+    for (name, a), (_, b) in zip(model_1.named_parameters(), model_3.named_parameters(), strict=True):
+        if "lora_" in name:
+            assert torch.allclose(a, b, rtol=0.0, atol=2e-4), name
+    assert torch.allclose(logits(model_1, samples[0]), logits(model_3, samples[0]), rtol=0.0, atol=1e-4)
+
+
+def test_gradient_checkpointing_as_a_setting_gives_the_same_training(base, tokenizer, samples) -> None:
+    short = LoraSettings(learning_rate=1e-2, epochs=1, batch_size=4, seed=0)
+    _, plain = train_lora(copy.deepcopy(base), samples, tokenizer.pad_token_id, short)
+    model = copy.deepcopy(base)
+    _, checkpointed = train_lora(
+        model, samples, tokenizer.pad_token_id, dataclasses.replace(short, gradient_checkpointing=True)
+    )
+    assert checkpointed.losses == pytest.approx(plain.losses, rel=1e-5)
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    assert not (model.is_gradient_checkpointing if checkpointing is None else checkpointing)  # off again
+
+
+def test_accumulation_and_checkpointing_settings_reach_lora_and_keep_the_recipe() -> None:
+    from paser_assets.models.adapters import adapter_recipe
+    from paser_assets.settings import PaserConfig, RecoverySettings
+
+    env = {"PASER_LORA_GRAD_ACCUMULATION": "4", "PASER_LORA_GRADIENT_CHECKPOINTING": "1"}
+    lora = PaserConfig.from_env(env).recovery.lora(0)
+    assert lora.grad_accumulation == 4 and lora.gradient_checkpointing is True
+    assert RecoverySettings().lora(0).grad_accumulation == 1 and not RecoverySettings().lora(0).gradient_checkpointing
+    plain = RecoverySettings().lora(0)
+    assert adapter_recipe(lora, "p", ["s"], 64, "float32") == adapter_recipe(plain, "p", ["s"], 64, "float32")
+    fields = RecoverySettings.model_fields
+    runtime = ("lora_grad_accumulation", "lora_gradient_checkpointing")
+    assert all(fields[name].json_schema_extra["affects"] == "runtime" for name in runtime)
+    with pytest.raises(ValueError, match="PASER_LORA_GRAD_ACCUMULATION"):
+        PaserConfig.from_env({"PASER_LORA_GRAD_ACCUMULATION": "0"})
