@@ -23,19 +23,16 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from shared_data import EVAL_TASKS  # noqa: E402
 
 from paser_assets.core.evaluation import choice_prompts, style_for  # noqa: E402
 from paser_assets.models.checkpoints import load_causal_lm, parse_model_reference  # noqa: E402
 from paser_assets.models.evaluation import encode_request, read_task, score_task  # noqa: E402
 from paser_assets.models.training import response_nll  # noqa: E402
 
-EVAL = REPO.parent / "shared" / "eval"
-TASKS = {
-    "arc_easy": EVAL / "arc_easy_test.jsonl",
-    "piqa": EVAL / "piqa_valid.jsonl",
-    "hellaswag": EVAL / "hellaswag_val.jsonl",
-    "winogrande": EVAL / "winogrande_dev.jsonl",
-}
+TASKS = EVAL_TASKS
 
 
 def _blank(doc: dict) -> int:

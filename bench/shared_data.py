@@ -1,4 +1,5 @@
-"""What the benchmarks share: the four files of ``../shared/data`` read as Alpaca records, and a timer."""
+"""What the benchmarks share: the four files of ``../shared/data`` read as Alpaca records, the evaluation files of
+``../shared/eval``, and a timer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval"
+# The four zero-shot tasks and the text corpus of ../shared/eval (formats and protocol in its README).
+EVAL_TASKS = {
+    "arc_easy": EVAL / "arc_easy_test.jsonl",
+    "piqa": EVAL / "piqa_valid.jsonl",
+    "hellaswag": EVAL / "hellaswag_val.jsonl",
+    "winogrande": EVAL / "winogrande_dev.jsonl",
+}
+EVAL_TEXTS = {"wikitext2": EVAL / "wikitext2_test.txt"}
 DATA_FILES = ("gsm8k_train.json", "gpteacher_toolformer.json", "gpteacher_roleplay.json", "gpteacher_codegen.json")
 
 

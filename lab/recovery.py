@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))  # shared_data: the benchmarks' reader of ../shared/data
 
-from shared_data import read_file, read_records  # noqa: E402
+from shared_data import EVAL_TASKS, EVAL_TEXTS, read_file, read_records  # noqa: E402
 
 from paser_assets.methods import registry  # noqa: E402
 from paser_assets.models.training import LOSSES  # noqa: E402
@@ -68,14 +68,6 @@ from paser_assets.progress import format_duration  # noqa: E402
 from paser_assets.settings import EvaluationSettings, parse_named_files  # noqa: E402
 from paser_assets.variants import VariantError, parse_variants  # noqa: E402
 
-EVAL = REPO.parent / "shared" / "eval"
-DEFAULT_TEXTS = {"wikitext2": EVAL / "wikitext2_test.txt"}
-DEFAULT_TASKS = {
-    "arc_easy": EVAL / "arc_easy_test.jsonl",
-    "piqa": EVAL / "piqa_valid.jsonl",
-    "hellaswag": EVAL / "hellaswag_val.jsonl",
-    "winogrande": EVAL / "winogrande_dev.jsonl",
-}
 MAIN_ARMS = ("paser", "random", "random_tokens", "full")
 # Every registered method: the product's and, with the lab installed, the study's arms.
 METHODS = registry()
@@ -279,7 +271,7 @@ def main() -> None:
     unknown = sorted(set(arms) - set(METHODS))
     if unknown:
         raise SystemExit(f"unknown arms {unknown}; choose from {', '.join(METHODS)} (is the lab installed?)")
-    texts, tasks = named(args.text, DEFAULT_TEXTS), named(args.task, DEFAULT_TASKS)
+    texts, tasks = named(args.text, EVAL_TEXTS), named(args.task, EVAL_TASKS)
     variants: dict[str, str] = {}
     if args.variant:
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import typing
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import dagster as dg
 import pytest
 import torch
+from reference_script import reference_script
 
 from paser_assets import build_definitions
 from paser_assets.graph import declared_settings
@@ -137,15 +137,6 @@ def test_flat_and_grouped_settings_agree_and_typos_are_refused() -> None:
     assert PaserConfig(pool={"demo_size": 40}, holdout_max=5).pool.holdout_max == 5  # both forms merge
     with pytest.raises(SettingError, match="'budgett' \\(did you mean 'budget'\\?\\)"):
         PaserConfig(budgett=0.1)
-
-
-def reference_script():
-    """scripts/reference.py, the development script that writes docs/reference.md (not part of the package)."""
-    path = Path(__file__).resolve().parents[1] / "scripts" / "reference.py"
-    spec = importlib.util.spec_from_file_location("paser_reference_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_settings_reference_is_the_generated_one() -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import duckdb
 import pytest
+from reference_script import SCRIPT, reference_script
 
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
 from paser_assets.tables import (
@@ -17,8 +17,6 @@ from paser_assets.tables import (
     Table,
     column_schema,
 )
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reference.py"
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +86,6 @@ def test_column_schema_metadata_is_the_declaration() -> None:
         assert [(c.name, c.type, c.description) for c in schema.columns] == [
             (column, sql_type, description) for column, (sql_type, description) in table.columns.items()
         ]
-
-
-def reference_script():
-    spec = importlib.util.spec_from_file_location("paser_reference_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_table_reference_is_up_to_date() -> None:
