@@ -141,7 +141,7 @@ def synthetic_scores(database) -> None:
         }
     )
     with database.write() as conn:
-        replace_partition(conn, "degradation_scores", {"variant": VARIANT, "shard": 0}, frame)
+        replace_partition(conn, "degradation_scores", {"variant": VARIANT}, frame)  # as the asset: all shards
 
 
 def child(step: str, workdir: Path) -> None:
@@ -149,7 +149,10 @@ def child(step: str, workdir: Path) -> None:
     import dagster as dg
 
     from paser_assets import PaserConfig, PaserDuckDB, build_definitions
+    from paser_assets.models.pruning import PruneRecipe
+    from paser_assets.registry import add_variant
     from paser_assets.runner import run_graph
+    from paser_assets.variants import Variant
 
     config = PaserConfig(dataset=str(workdir / "pool.jsonl"), n_clusters=None, export_dir=str(workdir / "export"))
     database = PaserDuckDB(database=str(workdir / "paser.duckdb"))
@@ -159,12 +162,14 @@ def child(step: str, workdir: Path) -> None:
     elif step == "synthetic_scores":
         synthetic_scores(database)
     else:
-        defs = build_definitions(config, database)
+        if step in VARIANT_STEPS:
+            # The synthetic variant's assets (<variant>/<step>) exist once it is registered; its recipe is never
+            # run here (its scores are synthetic), so any recipe will do.
+            add_variant(database, Variant(VARIANT, recipe=PruneRecipe(method="magnitude", sparsity=0.5)))
+        defs = build_definitions(config, database)  # after the registration: the variant's assets are in it
         instance = dg.DagsterInstance.get()
-        if not instance.has_dynamic_partition("variant", VARIANT):
-            instance.add_dynamic_partitions("variant", [VARIANT])
-        variants = [VARIANT] if step in VARIANT_STEPS else None
-        run = run_graph(defs, instance, selection=f"key:{step}", variants=variants)
+        selection = f'key:"{VARIANT}/{step}"' if step in VARIANT_STEPS else f'key:"{step}"'
+        run = run_graph(defs, instance, selection=selection)
         if not run.success:
             raise SystemExit(f"{step} failed: {run.failures()}")
     print(json.dumps({"step": step, "seconds": time.perf_counter() - start, "peak_gb": peak_gb()}))

@@ -36,7 +36,7 @@ The last line is one JSON object: ``{"pool", "rows", "budget", "seeds": {arm: n}
 ``heldout_nll``, ``heldout_nll_macro``, ``heldout_token_nll``, ``heldout_token_nll_macro``,
 ``heldout_nll:length=<band>`` (the row mean over the held-out responses of 1-3, 4-12, 13-60 and 61+ tokens),
 ``train_tokens``, ``train_seconds`` and, for the arms that need the models' scores, ``selection_seconds`` (the
-wall time of the semantic, scores and selection groups).
+wall time of the semantic group and of the variant's scores and selection assets).
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ from paser_assets.variants import VariantError, parse_variants  # noqa: E402
 MAIN_ARMS = ("paser", "random", "random_tokens", "full")
 # Every registered method: the product's and, with the lab installed, the study's arms.
 METHODS = registry()
-SELECTION_GROUPS = ("semantic", "scores", "selection")
+SELECTION_GROUPS = ("semantic",)  # shared assets
+# The variant's assets (``<variant>/<name>``) between its pruned model and the recovery.
+SELECTION_ASSETS = ("degradation_scores", "capability_degradation", "selection", "concept_graph", "selection_export")
 # Measured on a 2-core AVX512-BF16 EPYC (2,000 Alpaca rows, SmolLM2-135M, 100 items per task, 16,384 text
 # tokens): 0.17 s per sample-epoch of LoRA, about 60 s per evaluation; rounded up, as guesses should be.
 GUESSED_SECONDS_PER_UNIT = 0.25
@@ -118,10 +120,11 @@ class Progress(threading.Thread):
     def counts(self) -> tuple[int, int, float, int, float]:
         """Fine-tunes and evaluations done, the seconds and sample-epochs of those trained in this run (not
         reused from the cache), and the mean wall time of an evaluation (0 before the first)."""
-        import dagster as dg
 
         def metadata(name: str) -> list[dict[str, Any]]:
-            records = self.instance.fetch_materializations(dg.AssetKey(name), limit=10_000).records
+            """Of every ``<variant>/<name>/<method>`` asset: one per variant and method."""
+            keys = [key for key in self.instance.get_asset_keys() if len(key.path) == 3 and key.path[1] == name]
+            records = [r for key in keys for r in self.instance.fetch_materializations(key, limit=10_000).records]
             return [r.asset_materialization.metadata for r in records]
 
         trained, evaluated = metadata("recovered_model"), metadata("recovery_evaluation")
@@ -178,13 +181,22 @@ class Progress(threading.Thread):
 
 
 def selection_seconds(defs: Any, instance: Any, run: Any) -> float:
-    """Wall seconds of the steps of the semantic, scores and selection groups in ``run``."""
+    """Wall seconds of the steps in ``run`` of the semantic group's assets and of each variant's scores and
+    selection assets (:data:`SELECTION_ASSETS`)."""
+    from paser_assets.per_variant import variant_of_key
+
     graph = defs.resolve_asset_graph()
-    group_of = {key.to_python_identifier(): graph.get(key).group_name for key in graph.materializable_asset_keys}
+
+    def counted(key: Any) -> bool:
+        if variant_of_key(key) is not None:
+            return key.path[1] in SELECTION_ASSETS
+        return graph.get(key).group_name in SELECTION_GROUPS
+
+    steps = {graph.get(key).assets_def.op.name for key in graph.materializable_asset_keys if counted(key)}
     total = 0.0
     for result in run.results:
         for stats in instance.get_run_step_stats(result.run_id):
-            if group_of.get(stats.step_key) in SELECTION_GROUPS and stats.end_time and stats.start_time:
+            if stats.step_key in steps and stats.end_time and stats.start_time:
                 total += stats.end_time - stats.start_time
     return total
 

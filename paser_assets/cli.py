@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import dagster as dg
 
-    from paser_assets.resources import PaserDuckDB
+    from paser_assets.resources import PaserConfig, PaserDuckDB
     from paser_assets.runner import GraphRun
 
 # Flags for the settings people change most, and the environment variable each one sets (a test checks
@@ -108,9 +108,9 @@ def _instance(database: PaserDuckDB) -> dg.DagsterInstance:
 
 
 def _load_definitions() -> dg.Definitions:
-    from paser_assets.definitions import defs
+    from paser_assets.graph import build_definitions
 
-    return defs
+    return build_definitions()
 
 
 def _report(run: GraphRun, elapsed: float) -> None:
@@ -122,17 +122,28 @@ def _report(run: GraphRun, elapsed: float) -> None:
         print(f"FAILED {failure}", file=sys.stderr)
 
 
+def _tell_the_ui(config: PaserConfig) -> None:
+    """Reload the running webserver's code locations, or say the one click that does it."""
+    from paser_assets.webserver import reload_code_locations
+
+    done, message = reload_code_locations(config.execution.webserver)
+    print(f"paser: {message}")
+    if not done:
+        print("paser: in an open Dagster UI, click Reload definitions (Deployment > Code locations) to show the change")
+
+
 def _variants_command(args: argparse.Namespace) -> int:
     from paser_assets.assets.selection import export_folder
+    from paser_assets.graph import build_definitions
     from paser_assets.registry import add_variant, registered_variants, remove_variant, sync_variants
     from paser_assets.runner import refresh
-    from paser_assets.variants import VariantError, parse_variant_spec, validate_variant_name
+    from paser_assets.variants import VariantError, configured_variants, parse_variant_spec, validate_variant_name
 
     defs = _load_definitions()
     config, database = defs.resources["paser"], defs.resources["duckdb"]
     instance = _instance(database)
     if args.action == "list":
-        sync_variants(instance, database, config)
+        sync_variants(database, config)
         for name, variant in sorted(registered_variants(database, config.pruning.recipe()).items()):
             print(f"{name}\t{variant.kind}\t{variant.spec}")
         return 0
@@ -145,14 +156,16 @@ def _variants_command(args: argparse.Namespace) -> int:
                 parse_model_reference(variant.checkpoint)
             except CheckpointError as error:
                 raise VariantError(f"variant {variant.name!r} not registered: {error}") from None
-        add_variant(instance, database, variant, replace=args.replace)
+        add_variant(database, variant, replace=args.replace)
         print(f"registered variant {variant.name} ({variant.kind}: {variant.spec})")
+        _tell_the_ui(config)
         if args.no_materialize:
             return 0
         start = time.monotonic()
-        run, _ = refresh(defs, instance, command="variants add")  # only the new variant's partitions are missing
+        defs = build_definitions(config, database)  # with the new variant's assets, which are all missing
+        run, _ = refresh(defs, instance, command="variants add")
         _report(run, time.monotonic() - start)
-        return 0 if run.success else 1
+        return run.exit_code
     name = validate_variant_name(args.name)
     known = registered_variants(database, config.pruning.recipe())
     if name not in known:
@@ -163,6 +176,12 @@ def _variants_command(args: argparse.Namespace) -> int:
         instance, database, name, export_folder(config.selection.export_dir, database.database), cache_dir
     )
     print(f"removed variant {name}: {removal.describe()}")
+    if name in {
+        variant.name
+        for variant in configured_variants(config.models.variants, config.models.pruned_model, config.pruning.recipe())
+    }:
+        print(f"paser: {name} is still configured (PASER_VARIANTS): remove it there too, or it comes back")
+    _tell_the_ui(config)
     return 0
 
 
@@ -174,14 +193,13 @@ def _observe_command(_: argparse.Namespace) -> int:
     defs = _load_definitions()
     config, database = defs.resources["paser"], defs.resources["duckdb"]
     instance = _instance(database)
-    sync_variants(instance, database, config)
+    sync_variants(database, config)
     result = observe(defs, instance)
     for event in result.all_events:
         if event.event_type_value == "ASSET_OBSERVATION" and event.asset_key is not None:
             observation = event.event_specific_data.asset_observation
-            where = f"[{event.partition}]" if event.partition else ""
             version = observation.tags.get("dagster/data_version", "")
-            print(f"observed {event.asset_key.to_user_string()}{where}: {version}")
+            print(f"observed {event.asset_key.to_user_string()}: {version}")
     if not result.success:
         print("paser: observing the checkpoints failed; see the log above", file=sys.stderr)
         return 1
@@ -222,7 +240,7 @@ def _graph_command(args: argparse.Namespace) -> int:
     if args.command == "demo" and graph_run.success:
         print()
         print(summary())
-    return 0 if graph_run.success else 1
+    return graph_run.exit_code
 
 
 def _plain_default(value: object) -> str:
@@ -341,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("spec", help="a recipe such as wanda:0.5 or magnitude:2:4, or a checkpoint folder")
     add.add_argument("--replace", action="store_true", help="redefine an existing variant")
     add.add_argument("--no-materialize", action="store_true", help="only register it")
-    remove = actions.add_parser("remove", help="delete a variant's rows, export files and partition", parents=[common])
+    remove = actions.add_parser(
+        "remove", help="delete a variant's rows, export files and asset history", parents=[common]
+    )
     remove.add_argument("name")
     return parser
 
@@ -366,6 +386,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except dg.Failure as error:
         print(f"paser: {error.description}", file=sys.stderr)
         return 2
+    except Exception as error:
+        # Dagster's own writes (its run history in SQLite) met a full disk: say it in one line, as for DuckDB's.
+        home = os.environ.get("DAGSTER_HOME", "the Dagster instance")
+        if not storage.disk_full(error, os.environ.get("DAGSTER_HOME")):
+            raise
+        print(f"paser: {storage.no_space_message(error, home, 'DAGSTER_HOME (or PASER_DB)', KEPT_ON_FULL_DISK)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+
+
+KEPT_ON_FULL_DISK = "the tables keep what earlier runs and the steps that finished committed"
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""The variant registry: which pruned variants exist, in DuckDB (their specs) and in Dagster (partitions).
+"""The variant registry: which pruned variants exist and what each one is, in the DuckDB table ``variants``.
 
-The ``variants`` table is the source of truth for what each variant is; the Dagster instance's
-dynamic partitions ``variant`` mirror its names. Configured variants (``PASER_VARIANTS``, or the
-single variant of ``PASER_PRUNED_MODEL`` / the pruning settings) are added by :func:`sync_variants`;
-:func:`remove_variant` deletes everything of a variant (its rows in every table declared per variant,
-its export and adapter files, its partition) and nothing of any other.
+The definitions hold one asset graph per variant (:mod:`paser_assets.per_variant`): the registered variants
+and the configured ones (``PASER_VARIANTS``, or the single variant of ``PASER_PRUNED_MODEL`` / the pruning
+settings), which :func:`sync_variants` registers. :func:`remove_variant` deletes everything of a variant (its
+rows in every table declared per variant, its export and adapter files, its assets' history in the Dagster
+instance) and nothing of any other.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pandas as pd
 
 from paser_assets import storage
 from paser_assets.models.pruning import PruneRecipe
-from paser_assets.partitions import VARIANTS
+from paser_assets.per_variant import VariantNameError, check_group_names, variant_asset_names, variant_key
 from paser_assets.resources import PaserConfig, PaserDuckDB
 from paser_assets.tables import PER_VARIANT_TABLES
 from paser_assets.variants import Variant, VariantError, configured_variants, parse_variant_spec, validate_variant_name
@@ -46,15 +46,49 @@ def registered_variants(database: PaserDuckDB, recipe_defaults: PruneRecipe | No
     }
 
 
-def variant_for(database: PaserDuckDB, recipe_defaults: PruneRecipe, name: str) -> Variant:
-    """The registered variant ``name``; a clear error when it was never registered."""
-    variants = registered_variants(database, recipe_defaults)
-    if name not in variants:
-        raise VariantError(
-            f"variant {name!r} is not registered in {database.database}: add it with "
-            f"`paser variants add {name} SPEC` or list it in PASER_VARIANTS"
-        )
-    return variants[name]
+def registered_names(database: PaserDuckDB) -> list[str]:
+    """The registered variants' names, read without writing anything (no schema is created)."""
+    try:
+        with database.get_connection(read_only=True) as conn:
+            if not storage.table_exists(conn, REGISTRY_TABLE):
+                return []
+            return [row[0] for row in conn.execute(f"SELECT variant FROM {REGISTRY_TABLE} ORDER BY variant").fetchall()]
+    except storage.SchemaNotFoundError:
+        return []
+
+
+def _configured(config: PaserConfig) -> list[Variant]:
+    return configured_variants(config.models.variants, config.models.pruned_model, config.pruning.recipe())
+
+
+def known_variant(database: PaserDuckDB, config: PaserConfig, name: str) -> Variant:
+    """The variant ``name``: registered, or configured (and then registered); a clear error when it is neither."""
+    variants = registered_variants(database, config.pruning.recipe())
+    if name in variants:
+        return variants[name]
+    configured = {variant.name: variant for variant in _configured(config)}
+    if name in configured:
+        register_variants(database, [configured[name]])
+        return configured[name]
+    raise VariantError(
+        f"variant {name!r} is not registered in {database.database}: add it with "
+        f"`paser variants add {name} SPEC` or list it in PASER_VARIANTS"
+    )
+
+
+def definition_variants(database: PaserDuckDB, config: PaserConfig) -> list[str]:
+    """The variants the definitions hold an asset graph for: the configured ones, then the registered ones.
+
+    Read without writing (a code location loads while runs may hold the database); a database that does not
+    exist yet has no registered variant."""
+    names = [variant.name for variant in _configured(config)]
+    if database.database != ":memory:" and Path(database.database).exists():  # a new in-memory one holds nothing
+        names += [name for name in registered_names(database) if name not in names]
+    try:
+        check_group_names(names)
+    except VariantNameError as error:
+        raise VariantError(str(error)) from None
+    return names
 
 
 def register_variants(database: PaserDuckDB, variants: Iterable[Variant], replace: bool = False) -> list[str]:
@@ -87,21 +121,20 @@ def register_variants(database: PaserDuckDB, variants: Iterable[Variant], replac
     return changed
 
 
-def sync_variants(instance: dg.DagsterInstance, database: PaserDuckDB, config: PaserConfig) -> list[str]:
-    """Register the configured variants and make sure each has its Dagster partition; returns all names."""
-    variants = configured_variants(config.models.variants, config.models.pruned_model, config.pruning.recipe())
+def sync_variants(database: PaserDuckDB, config: PaserConfig) -> list[str]:
+    """Register the configured variants; returns their names."""
+    variants = _configured(config)
     register_variants(database, variants)
-    names = [v.name for v in variants]
-    missing = [n for n in names if not instance.has_dynamic_partition(VARIANTS.name, n)]
-    if missing:
-        instance.add_dynamic_partitions(VARIANTS.name, missing)
-    return names
+    return [v.name for v in variants]
 
 
-def add_variant(instance: dg.DagsterInstance, database: PaserDuckDB, variant: Variant, replace: bool = False) -> None:
+def add_variant(database: PaserDuckDB, variant: Variant, replace: bool = False) -> None:
+    """Register a variant whose name can have a Dagster group of its own (see :func:`check_group_names`)."""
+    try:
+        check_group_names([*registered_variants(database), variant.name])
+    except VariantNameError as error:
+        raise VariantError(f"variant {variant.name!r} not registered: {error}") from None
     register_variants(database, [variant], replace=replace)
-    if not instance.has_dynamic_partition(VARIANTS.name, variant.name):
-        instance.add_dynamic_partitions(VARIANTS.name, [variant.name])
 
 
 @dataclass
@@ -142,7 +175,8 @@ def remove_variant(
     instance: dg.DagsterInstance, database: PaserDuckDB, name: str, export_dir: Path, model_cache_dir: Path
 ) -> VariantRemoval:
     """Delete a variant: its rows in every table declared per variant (the registry row included), its export
-    folder, its adapter files and its Dagster partition. Other variants' rows and files are not touched.
+    folder, its adapter files and its assets' history in the instance (so that a variant added again under the
+    same name starts missing, not fresh). Other variants' rows, files and history are not touched.
 
     The rows go in one transaction; the files only after it committed, so a failed delete never leaves a
     variant whose rows point at files that are gone.
@@ -154,8 +188,11 @@ def remove_variant(
                 count = conn.execute(f"SELECT count(*) FROM {table} WHERE variant = ?", [name]).fetchall()[0][0]
                 conn.execute(f"DELETE FROM {table} WHERE variant = ?", [name])
                 removal.rows[table] = int(count)
-    if instance.has_dynamic_partition(VARIANTS.name, name):
-        instance.delete_dynamic_partition(VARIANTS.name, name)
+    history = [variant_key(name, asset) for asset in ("pruned_checkpoint", *variant_asset_names())]
+    # Also every <name>/... key the instance holds: the per-method ones, and all of them when the asset modules
+    # (which fill variant_asset_names) were not imported.
+    history += [key for key in instance.all_asset_keys() if len(key.path) > 1 and key.path[0] == name]
+    instance.wipe_assets([key for key in dict.fromkeys(history) if instance.has_asset_key(key)])
     for folder in variant_folders(name, export_dir, model_cache_dir):
         if _delete_path(folder):
             removal.paths.append(folder)

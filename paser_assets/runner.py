@@ -1,34 +1,35 @@
 """Run the graph in this process: everything, a selection, or exactly what is stale (``paser refresh``).
 
-The shared assets (pool, embeddings, clusters, concepts) are not partitioned; everything that reads
-a pruned model is partitioned by variant, and degradation_scores also by shard. A graph run is
-therefore one run for the shared assets (which also observes the checkpoints), then per variant: a
-run for pruned_model, one per scoring shard, and one for the rest.
+No asset is partitioned (each variant has its own keys, see :mod:`paser_assets.per_variant`), so a graph run is
+one Dagster run that observes the checkpoints and materializes the selection in dependency order.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
-from paser_assets import partitions
+from paser_assets import storage
 from paser_assets.locations import INSTANCE_FOLDER, beside
-from paser_assets.partitions import PartitionKey
+from paser_assets.per_variant import RECOVERY_TAG, variant_of_key
 from paser_assets.registry import sync_variants
 from paser_assets.resources import PaserConfig, PaserDuckDB, SettingError
 from paser_assets.staleness import StaleSet, stale_or_missing
 
-OBSERVED = (dg.AssetKey("original_model"), dg.AssetKey("pruned_checkpoint"))
 # Tags of every run this module launches. One Dagster instance (DAGSTER_HOME) may hold the history of several
 # DuckDB files: filter the Runs page by `paser/db` for one file's runs, by `paser/command` for what started them.
 DB_TAG = "paser/db"
 COMMAND_TAG = "paser/command"
 LOG_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 EPHEMERAL_JOB = "__ephemeral_asset_job__"
+INSTANCE_LOCK = ".paser-instance.lock"
 
 
 def _is_deliberate_failure(event) -> bool:
@@ -75,21 +76,50 @@ def instance_home(database: str) -> tuple[Path, str]:
     return home, "beside the database"
 
 
+@contextmanager
+def _creation_lock(home: Path) -> Iterator[None]:
+    """An exclusive lock on the instance folder while its storages are created, which Dagster's SQLite storages
+    do not survive concurrently (two first runs at once race to create the same tables)."""
+    with open(home / INSTANCE_LOCK, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def default_instance(database: str) -> dg.DagsterInstance:
-    """The persistent instance of :func:`instance_home` (created on first use)."""
+    """The persistent instance of :func:`instance_home`, created on first use; safe when several commands start
+    at once on a fresh folder. A full disk under it is a :class:`SettingError` that says so."""
     home, source = instance_home(database)
-    home.mkdir(parents=True, exist_ok=True)
-    if source != "DAGSTER_HOME" and not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text("# Dagster's defaults: runs and events in SQLite files in this folder.\n")
-    os.environ["DAGSTER_HOME"] = str(home)  # Dagster reads it, and so do the processes a run starts
-    return dg.DagsterInstance.get()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        with _creation_lock(home):
+            if source != "DAGSTER_HOME" and not (home / "dagster.yaml").exists():
+                (home / "dagster.yaml").write_text(
+                    "# Dagster's defaults: runs and events in SQLite files in this folder.\n"
+                )
+            os.environ["DAGSTER_HOME"] = str(home)  # Dagster reads it, and so do the processes a run starts
+            instance = dg.DagsterInstance.get()
+            instance.get_runs(limit=1)  # the run, event-log and schedule storages exist before the lock goes
+            instance.get_asset_keys()
+            return instance
+    except Exception as error:
+        if storage.disk_full(error, home):
+            raise SettingError(
+                f"no space left on the device of the Dagster instance {home} ({source}): free some space there, "
+                "or point DAGSTER_HOME at another disk; nothing was run"
+            ) from None
+        raise
 
 
 @dataclass
 class GraphRun:
-    """What a graph run did: its Dagster runs and the asset (partitions) it materialized."""
+    """What a graph run did: its Dagster runs and the assets it materialized."""
 
     results: list[dg.ExecuteInProcessResult] = field(default_factory=list)
+    # The assets each step computes, as the UI names them: a step is named after its op (`wanda_50__selection`).
+    step_assets: dict[str, str] = field(default_factory=dict)
 
     @property
     def success(self) -> bool:
@@ -97,18 +127,17 @@ class GraphRun:
 
     @property
     def materialized(self) -> list[str]:
-        names = []
-        for result in self.results:
-            for event in result.get_asset_materialization_events():
-                suffix = f"[{event.partition}]" if event.partition else ""
-                names.append(f"{event.asset_key.to_user_string()}{suffix}")
-        return sorted(names)
+        return sorted(
+            event.asset_key.to_user_string()
+            for result in self.results
+            for event in result.get_asset_materialization_events()
+        )
 
     @property
     def observed(self) -> list[str]:
         return sorted(
             {
-                f"{event.asset_key.to_user_string()}" + (f"[{event.partition}]" if event.partition else "")
+                event.asset_key.to_user_string()
                 for result in self.results
                 for event in result.all_events
                 if event.event_type_value == "ASSET_OBSERVATION" and event.asset_key is not None
@@ -127,18 +156,27 @@ class GraphRun:
 
     def check_problems(self) -> list[str]:
         """One line per asset check that did not pass: ``WARNING`` or ``CHECK FAILED``, the check and its
-        partition, and what it found (the check's description of its result, else its metadata)."""
+        asset, and what it found (the check's description of its result, else its metadata)."""
         lines = []
         for evaluation in self.get_asset_check_evaluations():
             if evaluation.passed:
                 continue
             label = "WARNING" if evaluation.severity == dg.AssetCheckSeverity.WARN else "CHECK FAILED"
-            suffix = f"[{evaluation.partition}]" if evaluation.partition else ""
             found = evaluation.description or ", ".join(
                 f"{key}={value.value}" for key, value in evaluation.metadata.items() if key != "variant"
             )
-            lines.append(f"{label} {evaluation.check_name} on {evaluation.asset_key.to_user_string()}{suffix}: {found}")
+            lines.append(f"{label} {evaluation.check_name} on {evaluation.asset_key.to_user_string()}: {found}")
         return lines
+
+    @property
+    def exit_code(self) -> int:
+        """0 on success; 2 when every failure is one our code raised on purpose (a bad input file, setting or
+        checkpoint, a full disk: the user's to fix, said in one line); 1 for anything unexpected."""
+        if self.success:
+            return 0
+        failed = [event for event in self.all_events if event.is_step_failure or event.is_run_failure]
+        steps = [event for event in failed if event.is_step_failure]
+        return 2 if steps and all(_is_deliberate_failure(event) for event in steps) else 1
 
     def failures(self) -> list[str]:
         messages = []
@@ -153,7 +191,7 @@ class GraphRun:
                         message = ": ".join(error.message.strip() for error in causes)
                     else:
                         message = "unknown error"
-                    messages.append(f"{event.step_key}: {message}")
+                    messages.append(f"{self.step_assets.get(event.step_key, event.step_key)}: {message}")
         return messages
 
 
@@ -173,7 +211,6 @@ def _execute(
     keys: set[dg.AssetKey],
     instance: dg.DagsterInstance,
     command: str,
-    partition_key: str | None = None,
 ) -> dg.ExecuteInProcessResult:
     # What dg.materialize does, plus our console logger (materialize takes no loggers).
     job_defs = dg.Definitions(
@@ -186,75 +223,33 @@ def _execute(
     return job_defs.resolve_job_def(EPHEMERAL_JOB).execute_in_process(
         run_config=LOG_CONFIG,
         instance=instance,
-        partition_key=partition_key,
         raise_on_error=False,
         tags=run_tags(database, command),
     )
 
 
-@dataclass
-class Plan:
-    """Asset keys in the order they run: the shared ones, then per variant a list of stages, each one kind
-    of partitioning (variant, shard or method) in topological order."""
-
-    shared: set[dg.AssetKey] = field(default_factory=set)
-    stages: list[tuple[str, set[dg.AssetKey]]] = field(default_factory=list)
-
-    @property
-    def per_variant(self) -> bool:
-        return bool(self.stages)
+def step_assets(defs: dg.Definitions) -> dict[str, str]:
+    """Step name -> the asset keys it computes (``wanda-50/selection + wanda-50/concept_graph``)."""
+    named = {}
+    for asset in defs.assets or []:
+        if isinstance(asset, dg.AssetsDefinition) and asset.is_executable:
+            named[asset.node_def.name] = " + ".join(key.to_user_string() for key in asset.keys)
+    return named
 
 
-def _plan(defs: dg.Definitions, keys: set[dg.AssetKey]) -> Plan:
+def observed_keys(defs: dg.Definitions) -> set[dg.AssetKey]:
+    """The observed checkpoints: the original model and every variant's pruned checkpoint."""
     graph = defs.resolve_asset_graph()
-    plan = Plan()
-    for key in graph.toposorted_asset_keys:
-        if key not in keys:
-            continue
-        kind = "shared" if key in OBSERVED else partitions.kind(graph.get(key).partitions_def)
-        if kind == "shared":
-            plan.shared.add(key)
-        elif plan.stages and plan.stages[-1][0] == kind:
-            plan.stages[-1][1].add(key)
-        else:
-            plan.stages.append((kind, {key}))
-    return plan
-
-
-def _stage_keys(defs: dg.Definitions, keys: set[dg.AssetKey], variant: str) -> list[str | dg.MultiPartitionKey]:
-    """The partition keys a stage (assets partitioned alike) runs for one variant."""
-    config, _ = _resources(defs)
-    partitions_def = defs.resolve_asset_graph().get(next(iter(keys))).partitions_def
-    found = partitions.keys_for_variant(partitions_def, variant, config.recovery.recovery_methods)
-    return [key.dagster_key for key in found]
-
-
-def _run_variant(
-    defs: dg.Definitions,
-    instance: dg.DagsterInstance,
-    variant: str,
-    plan: Plan,
-    run: GraphRun,
-    command: str,
-    only: set[str] | None = None,
-) -> None:
-    """Every stage of the plan for one variant, in order; ``only`` limits the partition keys; stops at a failure."""
-    for _, keys in plan.stages:
-        for partition_key in _stage_keys(defs, keys, variant):
-            if only is not None and str(partition_key) not in only:
-                continue
-            run.results.append(_execute(defs, keys, instance, command, partition_key=partition_key))
-            if not run.success:
-                return
+    return {key for key in graph.get_all_asset_keys() if graph.get(key).is_observable}
 
 
 def default_selection(defs: dg.Definitions) -> set[dg.AssetKey]:
     """Everything, observations included, but the recovery group unless PASER_RECOVERY is set."""
     config, _ = _resources(defs)
     graph = defs.resolve_asset_graph()
-    keys = set(graph.materializable_asset_keys) | set(OBSERVED)
+    keys = set(graph.materializable_asset_keys) | observed_keys(defs)
     if not config.execution.include_recovery:
-        keys = {key for key in keys if graph.get(key).group_name != "recovery"}
+        keys = {key for key in keys if RECOVERY_TAG not in graph.get(key).tags}
     return keys
 
 
@@ -280,42 +275,24 @@ def run_graph(
     variants: list[str] | None = None,
     command: str = "materialize",
 ) -> GraphRun:
-    """Observe the checkpoints and materialize the selection (default: everything) for every variant; the runs
-    are tagged with the database and ``command`` (see :func:`run_tags`)."""
+    """Observe the checkpoints and materialize the selection (default: everything; ``variants``: the shared
+    assets and those variants' only) in one run, tagged with the database and ``command`` (see :func:`run_tags`)."""
     config, database = _resources(defs)
-    names = sync_variants(instance, database, config)
-    if variants is not None:
-        names = variants
+    sync_variants(database, config)
     wanted = resolve_selection(defs, selection) if selection else default_selection(defs)
-    plan = _plan(defs, set(wanted))
-    run = GraphRun()
-    if plan.shared:
-        run.results.append(_execute(defs, plan.shared, instance, command))
-    for name in names if plan.per_variant else []:
-        if run.success:
-            _run_variant(defs, instance, name, plan, run, command)
-    return run
+    if variants is not None:
+        wanted = {key for key in wanted if variant_of_key(key) in (None, *variants)}
+    return GraphRun(results=[_execute(defs, wanted, instance, command)], step_assets=step_assets(defs))
 
 
 def observe(defs: dg.Definitions, instance: dg.DagsterInstance, command: str = "observe") -> dg.ExecuteInProcessResult:
     """Record the checkpoints' current content hashes (original and every variant)."""
-    return _execute(defs, set(OBSERVED), instance, command)
+    return _execute(defs, observed_keys(defs), instance, command)
 
 
 def _stale_in_scope(defs: dg.Definitions, instance: dg.DagsterInstance) -> StaleSet:
     """What is stale or missing within the default selection (recovery only when asked for)."""
-    config, _ = _resources(defs)
-    scope = default_selection(defs)
-    stale: StaleSet = stale_or_missing(defs, instance)
-    stale.unpartitioned &= scope
-    stale.by_partition = {
-        partition: keys & scope
-        for partition, keys in stale.by_partition.items()
-        if keys & scope and _in_scope(PartitionKey.parse(partition), config.recovery.recovery_methods)
-    }
-    listed = set(stale.describe())
-    stale.reasons = {name: reason for name, reason in stale.reasons.items() if name in listed}
-    return stale
+    return stale_or_missing(defs, instance).within(default_selection(defs))
 
 
 def plan_refresh(
@@ -323,7 +300,7 @@ def plan_refresh(
 ) -> tuple[dg.ExecuteInProcessResult, StaleSet]:
     """Observe the checkpoints and say what :func:`refresh` would recompute first, and why; nothing is run."""
     config, database = _resources(defs)
-    sync_variants(instance, database, config)
+    sync_variants(database, config)
     observation = observe(defs, instance, command)
     return observation, _stale_in_scope(defs, instance)
 
@@ -333,33 +310,17 @@ def refresh(
 ) -> tuple[GraphRun, list[str]]:
     """Observe the checkpoints, then materialize exactly the stale or missing assets until none is left.
 
-    Each wave materializes what Dagster reports stale or missing (within the default selection);
+    Each wave materializes what Dagster reports stale or missing (within the default selection), in one run;
     materializing can make further assets stale (a changed result), so the next wave looks again.
     Returns the runs and the stale set found by the first look.
     """
     observation, stale = plan_refresh(defs, instance, command)
-    run = GraphRun(results=[observation])
+    run = GraphRun(results=[observation], step_assets=step_assets(defs))
     first = stale.describe()
     for wave in range(max_waves):
         if wave:
             stale = _stale_in_scope(defs, instance)
         if not stale or not run.success:
             break
-        if stale.unpartitioned:
-            run.results.append(_execute(defs, stale.unpartitioned, instance, command))
-            continue  # shared assets changed: look again before running variants
-        variants = sorted({PartitionKey.parse(p).variant for p in stale.by_partition})
-        for variant in variants:
-            mine = {p: keys for p, keys in stale.by_partition.items() if PartitionKey.parse(p).variant == variant}
-            plan = _plan(defs, set().union(*mine.values()))
-            _run_variant(defs, instance, variant, plan, run, command, only=set(mine))
+        run.results.append(_execute(defs, stale.keys, instance, command))
     return run, first
-
-
-def _in_scope(key: PartitionKey, methods: list[str]) -> bool:
-    """Method partitions of methods that are not configured are never run."""
-    return key.method is None or key.method in methods
-
-
-def registered_variant_names(instance: dg.DagsterInstance) -> list[str]:
-    return list(instance.get_dynamic_partitions(partitions.VARIANTS.name))

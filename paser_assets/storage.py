@@ -72,12 +72,13 @@ def _lock_message(database: str, error: Exception, waited_s: float) -> str:
 
 # How a full disk reads when the error is not an OSError with errno ENOSPC: DuckDB ('Could not write file
 # "x.wal": No space left on device'), Arrow ('[errno 28] No space left on device'), safetensors ('os error 28').
-_NO_SPACE = ("no space left on device", "errno 28", "os error 28")
+_NO_SPACE = ("no space left on device", "errno 28", "os error 28", "database or disk is full")
 _QUOTED_PATH = re.compile(r'\\?"(/[^"\\]+)\\?"')  # DuckDB quotes the file, inside JSON: \"/x/y.wal\"
 
 
-def disk_full(error: BaseException) -> bool:
-    """Whether ``error``, or an error it was raised from or while handling, is a full disk."""
+def disk_full(error: BaseException, place: str | Path | None = None) -> bool:
+    """Whether ``error``, or an error it was raised from or while handling, is a full disk. SQLite reports some as
+    a bare 'disk I/O error' (its journal could not be written): that counts when the disk of ``place`` is full."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
@@ -86,10 +87,23 @@ def disk_full(error: BaseException) -> bool:
             return True
         if any(text in str(current).lower() for text in _NO_SPACE):
             return True
+        if place is not None and "disk i/o error" in str(current).lower() and _nearly_full(place):
+            return True
         # The chain Python prints: the cause, else the error being handled unless `from None` hid it (an
         # error that already said what it is, such as a dg.Failure naming the full disk, ends the search).
         current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return False
+
+
+def _nearly_full(place: str | Path) -> bool:
+    """Less than 1 MiB free on the disk of ``place`` (or of its nearest existing parent)."""
+    path = Path(place)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free < 1 << 20
+    except OSError:
+        return False
 
 
 def no_space_message(error: BaseException, place: str | Path, setting: str, outcome: str) -> str:
@@ -413,6 +427,9 @@ def read_table(conn: duckdb.DuckDBPyConnection, table: str, columns: str = "*") 
     return conn.execute(f"SELECT {columns} FROM {_quoted(table)}").df()
 
 
+HASH_SLICE = 1 << 16
+
+
 def content_hash(frame: pd.DataFrame) -> str:
     """A hash of a table's column names and values, stable across processes (the Dagster data version)."""
     digest = hashlib.sha256()
@@ -426,8 +443,10 @@ def content_hash(frame: pd.DataFrame) -> str:
         elif isinstance(first, (list, tuple, np.ndarray)):
             plain = [None if value is None else [str(item) for item in value] for value in column]
             digest.update(json.dumps(plain).encode())
-        else:
-            digest.update(pd.util.hash_pandas_object(column, index=False).to_numpy().tobytes())
+        else:  # in slices: the same digest (each value hashes alone), without a hash array of the whole column
+            for start in range(0, len(column), HASH_SLICE):
+                piece = column.iloc[start : start + HASH_SLICE]
+                digest.update(pd.util.hash_pandas_object(piece, index=False).to_numpy().tobytes())
     return digest.hexdigest()[:24]
 
 

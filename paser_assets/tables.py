@@ -176,7 +176,7 @@ TABLES: dict[str, Table] = _declare(
         "variants",
         None,
         {
-            "variant": ("VARCHAR", "Name of the pruned variant (a Dagster partition key)"),
+            "variant": ("VARCHAR", "Name of the pruned variant (the first part of its assets' keys)"),
             "kind": ("VARCHAR", "recipe (built-in pruning) or checkpoint (external)"),
             "spec": ("VARCHAR", "Recipe such as wanda:0.5 or magnitude:2:4, or the checkpoint path"),
             "fingerprint": ("VARCHAR", "Hash of the specification"),

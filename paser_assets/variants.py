@@ -1,8 +1,8 @@
 """Pruned variants: named pruned models whose scores and selections sit side by side in the same tables.
 
 A variant is either a built-in pruning recipe (``wanda:0.5``, ``magnitude:0.6``, ``wanda:2:4``) or
-an external checkpoint (a folder or ``.gguf`` file). Variant names become Dagster partition keys,
-file names of the export and values in SQL tables, so they are restricted to letters, digits, ``_``
+an external checkpoint (a folder or ``.gguf`` file). Variant names become the first part of asset keys,
+Dagster groups, file names of the export and values in SQL tables, so they are restricted to letters, digits, ``_``
 and ``-``.
 """
 

@@ -319,7 +319,7 @@ def run_cli(tmp_path: Path, dataset: Path) -> subprocess.CompletedProcess[str]:
 def test_cli_reports_a_missing_dataset_once_without_a_traceback(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "pool.jsonl"
     result = run_cli(tmp_path, missing)
-    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.returncode == 2, result.stderr[-3000:]  # the user's to fix (see GraphRun.exit_code)
     assert "Traceback" not in result.stderr and "Stack Trace" not in result.stderr, result.stderr[-3000:]
     assert f"FAILED recovery_pool: {missing}: no such file or folder" in result.stderr
     assert result.stderr.count(str(missing)) == 1  # reported once, not again in Dagster's log lines

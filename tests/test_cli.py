@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -18,8 +24,31 @@ pytestmark = pytest.mark.system
 FAULT_INJECTION = Path(__file__).with_name("fault_injection.py")
 
 
+RELOAD_HINT = "click Reload definitions (Deployment > Code locations)"
+# What Python prints for a warning: "path:line: SomeWarning: text", then the source line, indented.
+PYTHON_WARNING = re.compile(r"^\S+:\d+: \w*Warning: ")
+
+
 def run_paser(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return paser_cli.run_paser(args, {**os.environ, **env}, cwd)
+
+
+def closed_port_url() -> str:
+    """The URL of a local port nothing listens on (so that no test reloads a webserver someone is running)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def messages(stderr: str) -> list[str]:
+    """The lines of stderr that are not Python warnings (a warning's line and the source line after it)."""
+    lines, kept = stderr.strip().splitlines(), []
+    for number, line in enumerate(lines):
+        after_warning = number > 0 and PYTHON_WARNING.match(lines[number - 1]) and line.startswith(" ")
+        if not (PYTHON_WARNING.match(line) or after_warning):
+            kept.append(line)
+    return kept
 
 
 def test_demo_materializes_and_prints_sql_summary(tmp_path: Path, tiny_llama_dir: Path) -> None:
@@ -34,11 +63,11 @@ def test_demo_materializes_and_prints_sql_summary(tmp_path: Path, tiny_llama_dir
     result = run_paser(["demo"], env, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "materialized 13 assets" in result.stdout
-    assert "selection[magnitude-50]" in result.stdout
+    assert "magnitude-50/selection" in result.stdout
     # a random tiny model is a near-uniform guesser: the signal check says so, and the run still succeeds
     warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING ")]
     assert len(warnings) == 1, result.stderr[-3000:]
-    assert warnings[0].startswith("WARNING degradation_signal on capability_degradation[magnitude-50]: ")
+    assert warnings[0].startswith("WARNING degradation_signal on magnitude-50/capability_degradation: ")
     assert "predicts about as well as chance" in warnings[0]
     assert "Clusters" in result.stdout and "SQL: SELECT cluster, size" in result.stdout
     with duckdb.connect(env["PASER_DB"], read_only=True) as conn:
@@ -68,6 +97,7 @@ def test_reprune_with_the_documented_refresh_command(tmp_path: Path, tiny_llama_
         "PASER_ORIGINAL_MODEL": str(tiny_llama_dir),
         "PASER_PRUNED_MODEL": str(external),
         "PASER_MODEL_CACHE": str(tmp_path / "models"),
+        "PASER_WEBSERVER": closed_port_url(),  # `variants add/remove` find no UI to reload
         "DAGSTER_HOME": "",
     }
     first = run_paser(["materialize"], env, tmp_path)
@@ -95,41 +125,45 @@ def test_reprune_with_the_documented_refresh_command(tmp_path: Path, tiny_llama_
     after = run_paser(["observe"], env, tmp_path)
     assert after.returncode == 0, after.stderr[-3000:]
     old, new = observed_versions(before.stdout), observed_versions(after.stdout)
-    assert set(old) == set(new) == {"original_model", "pruned_checkpoint[external]"}
+    assert set(old) == set(new) == {"original_model", "external/pruned_checkpoint"}
     assert old["original_model"] == new["original_model"]
-    assert old["pruned_checkpoint[external]"] != new["pruned_checkpoint[external]"]
+    assert old["external/pruned_checkpoint"] != new["external/pruned_checkpoint"]
     assert "nothing was materialized" in after.stdout and "materialized 1" not in after.stdout
     expected = [
-        "capability_degradation[external]",
-        "concept_graph[external]",
-        "degradation_scores[0|external]",
-        "pruned_model[external]",
-        "selection[external]",
-        "selection_export[external]",
+        "external/capability_degradation",
+        "external/concept_graph",
+        "external/degradation_scores",
+        "external/pruned_model",
+        "external/selection",
+        "external/selection_export",
     ]
     dry = run_paser(["refresh", "--dry-run"], env, tmp_path)
     assert dry.returncode == 0, dry.stderr[-3000:]
     listed = [line.strip() for line in dry.stdout.splitlines() if line.startswith("  ")]
     assert [line.split(": ", 1)[0] for line in listed] == expected
-    assert "pruned_checkpoint[external]" in listed[expected.index("pruned_model[external]")]  # the reason
+    assert "external/pruned_checkpoint" in listed[expected.index("external/pruned_model")]  # the reason
     result = run_paser(["refresh"], env, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "materialized 6 assets" in result.stdout and ", ".join(expected) in result.stdout
 
     added = run_paser(["variants", "add", "nm24", "magnitude:2:4"], env, tmp_path)
     assert added.returncode == 0, added.stderr[-3000:]
-    assert "materialized 6 assets" in added.stdout and "selection[nm24]" in added.stdout
+    assert "materialized 6 assets" in added.stdout and "nm24/selection" in added.stdout
+    assert RELOAD_HINT in added.stdout  # no UI answered: the one click to do there
     listing = run_paser(["variants", "list"], env, tmp_path)
     assert "external\tcheckpoint" in listing.stdout and "nm24\trecipe\tmagnitude:2:4" in listing.stdout
 
     removed = run_paser(["variants", "remove", "nm24"], env, tmp_path)
     assert removed.returncode == 0 and "removed variant nm24" in removed.stdout
+    assert RELOAD_HINT in removed.stdout
     with duckdb.connect(env["PASER_DB"], read_only=True) as conn:
         variants = conn.execute("SELECT DISTINCT variant FROM paser.paser.selection").fetchall()
     assert variants == [("external",)]
     assert home.is_dir() and not (tmp_path / ".dagster_home").exists()
     # every run the commands launched is tagged with the database and the command that launched it
-    runs = dg.DagsterInstance.from_config(str(home)).get_runs()
+    instance = dg.DagsterInstance.from_config(str(home))
+    assert not [key for key in instance.get_asset_keys() if key.path[0] == "nm24"]  # its history is wiped too
+    runs = instance.get_runs()
     assert {run.tags["paser/db"] for run in runs} == {str(Path(env["PASER_DB"]).resolve())}
     assert {run.tags["paser/command"] for run in runs} == {
         "materialize",
@@ -150,17 +184,96 @@ def test_bad_variant_name_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_variant_whose_checkpoint_does_not_exist_is_refused_and_not_registered(tmp_path: Path) -> None:
-    env = {"PASER_DB": str(tmp_path / "x.duckdb"), "DAGSTER_HOME": ""}
+    env = {"PASER_DB": str(tmp_path / "x.duckdb"), "PASER_WEBSERVER": closed_port_url(), "DAGSTER_HOME": ""}
     missing = tmp_path / "no" / "such" / "ckpt"
     result = run_paser(["variants", "add", "v1", str(missing), "--no-materialize"], env, tmp_path)
     assert result.returncode == 2, result.stdout
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert messages(result.stderr) == [
         f"paser: variant 'v1' not registered: '{missing}': no such folder or file, and not a hub id of the form "
         "owner/name"
-    )
-    assert "Traceback" not in result.stderr and "registered variant" not in result.stdout
+    ]  # one line, no traceback
+    assert "registered variant" not in result.stdout and "webserver" not in result.stdout  # nothing to tell the UI
     listing = run_paser(["variants", "list"], env, tmp_path)
+    assert listing.returncode == 0, listing.stderr[-2000:]
     assert "v1\t" not in listing.stdout
+    with duckdb.connect(env["PASER_DB"], read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM x.paser.variants WHERE variant = 'v1'").fetchone() == (0,)
+
+
+def test_adding_a_variant_without_a_running_ui_says_the_one_click_to_do_there(tmp_path: Path) -> None:
+    env = {"PASER_DB": str(tmp_path / "x.duckdb"), "PASER_WEBSERVER": closed_port_url(), "DAGSTER_HOME": ""}
+    result = run_paser(["variants", "add", "v1", "magnitude:0.3", "--no-materialize"], env, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert "registered variant v1 (recipe: magnitude:0.3)" in lines
+    assert f"paser: no Dagster webserver answered at {env['PASER_WEBSERVER']} (PASER_WEBSERVER)" in result.stdout
+    assert any(line.startswith("paser: in an open Dagster UI") and RELOAD_HINT in line for line in lines)
+    assert "v1\trecipe\tmagnitude:0.3" in run_paser(["variants", "list"], env, tmp_path).stdout
+
+
+class FakeWebserver(ThreadingHTTPServer):
+    """A Dagster webserver as far as `paser variants` sees it: answers POST /graphql as reloadWorkspace does."""
+
+    ANSWER = json.dumps(
+        {
+            "data": {
+                "reloadWorkspace": {
+                    "__typename": "Workspace",
+                    "locationEntries": [{"name": "x", "loadStatus": "LOADED"}],
+                }
+            }
+        }
+    ).encode()
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict]] = []  # (path, JSON body) of every POST
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                server.received.append((self.path, json.loads(body)))
+                answer = FakeWebserver.ANSWER
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *_: object) -> None:  # quiet
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def webserver() -> Iterator[FakeWebserver]:
+    server = FakeWebserver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def test_adding_and_removing_a_variant_reloads_a_running_ui(tmp_path: Path, webserver: FakeWebserver) -> None:
+    env = {"PASER_DB": str(tmp_path / "x.duckdb"), "PASER_WEBSERVER": webserver.url + "/", "DAGSTER_HOME": ""}
+    added = run_paser(["variants", "add", "v1", "magnitude:0.3", "--no-materialize"], env, tmp_path)
+    assert added.returncode == 0, added.stderr[-2000:]
+    reloaded = f"paser: reloaded the code locations of the Dagster webserver at {webserver.url}/: x"
+    assert reloaded in added.stdout.splitlines() and RELOAD_HINT not in added.stdout
+    [(path, body)] = webserver.received
+    assert path == "/graphql" and "reloadWorkspace" in body["query"] and body["query"].startswith("mutation")
+
+    removed = run_paser(["variants", "remove", "v1"], env, tmp_path)
+    assert removed.returncode == 0, removed.stderr[-2000:]
+    assert "removed variant v1" in removed.stdout and reloaded in removed.stdout.splitlines()
+    assert len(webserver.received) == 2 and webserver.received[1] == webserver.received[0]
 
 
 def test_the_standard_dagster_cli_selects_any_single_asset(tmp_path: Path) -> None:
@@ -181,6 +294,64 @@ def test_the_standard_dagster_cli_selects_any_single_asset(tmp_path: Path) -> No
         rejected = conn.execute("SELECT count(*) FROM std.paser.recovery_pool_rejected").fetchall()[0][0]
         profiles = conn.execute("SELECT count(*) FROM std.paser.cluster_profiles").fetchall()[0][0]
     assert rejected >= 0 and profiles >= 2
+
+
+def materialized_keys(instance: dg.DagsterInstance) -> dict[str, int]:
+    """How many times each asset was materialized in the instance, by its name in the UI."""
+    return {
+        key.to_user_string(): len(instance.fetch_materializations(key, limit=100).records)
+        for key in instance.get_asset_keys()
+        if instance.fetch_materializations(key, limit=1).records
+    }
+
+
+ONE_VARIANT = 'key:"mag50/*"'  # every asset of variant mag50, as the UI's lineage and the docs name them
+
+
+@pytest.mark.parametrize("selection", [ONE_VARIANT, f'{ONE_VARIANT} and not tag:"paser/recovery"'])
+def test_the_standard_dagster_cli_materializes_one_variant(
+    selection: str, tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """`dagster asset materialize --select 'key:"<variant>/*"'` materializes that variant's assets, in one run,
+    once the shared ones exist, and nothing of another variant."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PASER_")},
+        "PASER_DB": str(tmp_path / "std.duckdb"),
+        "PASER_DEMO_SIZE": "48",
+        "PASER_ORIGINAL_MODEL": str(tiny_llama_dir),
+        "PASER_VARIANTS": "mag50=magnitude:0.5;nm24=magnitude:2:4",
+        "PASER_MODEL_CACHE": str(tmp_path / "models"),
+        "PASER_EXPORT_DIR": str(tmp_path / "export"),
+        "DAGSTER_HOME": str(home),
+    }
+    dagster = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "paser_assets.definitions", "--select"]
+    shared = subprocess.run([*dagster, "group:pool or group:semantic"], env=env, cwd=tmp_path, capture_output=True,
+                            text=True)  # fmt: skip
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    shared_assets = {
+        "recovery_pool", "holdout_split", "instruction_embeddings", "manifold", "clusters", "cluster_profiles",
+        "sample_concepts",
+    }  # fmt: skip
+    assert materialized_keys(dg.DagsterInstance.from_config(str(home))) == dict.fromkeys(shared_assets, 1)
+
+    result = subprocess.run([*dagster, selection], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("RUN_SUCCESS") == 1  # one run
+    variant = {"pruned_model", "degradation_scores", "capability_degradation", "selection", "concept_graph",
+               "selection_export"}  # fmt: skip
+    # the variant's assets, once each; the shared ones not again; nothing of nm24
+    assert materialized_keys(dg.DagsterInstance.from_config(str(home))) == {
+        **dict.fromkeys(shared_assets, 1),
+        **{f"mag50/{name}": 1 for name in variant},
+    }
+    with duckdb.connect(env["PASER_DB"], read_only=True) as conn:
+        selected = conn.execute("SELECT DISTINCT variant FROM std.paser.selection").fetchall()
+    assert selected == [("mag50",)]
+    assert (tmp_path / "export" / "mag50" / "selection.parquet").is_file()
+    assert not (tmp_path / "export" / "nm24").exists()
 
 
 def test_help_loads_no_heavy_package_and_names_the_settings(tmp_path: Path) -> None:
@@ -265,7 +436,7 @@ def test_a_full_disk_under_the_database_is_one_line_and_the_next_run_succeeds(tm
     arguments = ["materialize", "--select", "recovery_pool"]
     command = [sys.executable, str(FAULT_INJECTION), "nospace:recovery_pool", *arguments]
     full = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert full.returncode == 1
+    assert full.returncode == 2  # a failure the user can fix (see GraphRun.exit_code)
     [failure] = [line for line in full.stderr.splitlines() if line.startswith("FAILED")]
     assert failure.startswith(f"FAILED recovery_pool: no space left on {tmp_path / 'paser.duckdb'} (writing /dev/full)")
     assert "Traceback" not in full.stderr and "Current transaction is aborted" not in full.stderr

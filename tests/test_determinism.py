@@ -43,7 +43,7 @@ def run_in_process(root: Path, tiny_llama_dir: Path) -> Path:
     defs = build_definitions(PaserConfig.from_env(env), PaserDuckDB.from_env(env))
     result = run_graph(defs, dg.DagsterInstance.ephemeral())
     assert result.success, result.failures()
-    assert f"selection_export[{VARIANT}]" in result.materialized
+    assert f"{VARIANT}/selection_export" in result.materialized
     return root
 
 
@@ -56,7 +56,7 @@ def run_in_subprocess(root: Path, tiny_llama_dir: Path) -> Path:
     env.update(settings(root, tiny_llama_dir), DAGSTER_HOME="", PYTHONHASHSEED=hash_seed)
     result = run_paser(["materialize"], env, root)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"selection_export[{VARIANT}]" in result.stdout
+    assert f"{VARIANT}/selection_export" in result.stdout
     return root
 
 

@@ -15,12 +15,22 @@ import pytest
 from declared_rows import example_rows
 
 from paser_assets import storage
-from paser_assets.partitions import VARIANT as VARIANT_PARTITIONS
+from paser_assets.per_variant import variant_key
 from paser_assets.registry import remove_variant
 from paser_assets.resources import PaserDuckDB
 from paser_assets.tables import PER_VARIANT_TABLES, TABLES
 
 VARIANTS = ("gone", "kept")
+# Each variant's history in the instance: an observed checkpoint, a per-variant asset, a per-method one.
+HISTORY = (("pruned_checkpoint",), ("selection",), ("recovered_model", "lora"))
+
+
+def history_keys(variant: str) -> set[dg.AssetKey]:
+    return {variant_key(variant, *names) for names in HISTORY}
+
+
+def keys_with_history(instance: dg.DagsterInstance) -> set[dg.AssetKey]:
+    return set(instance.get_asset_keys())
 
 
 def variant_rows(database: PaserDuckDB, variant: str, skip: tuple[str, ...] = ()) -> dict[str, list[tuple]]:
@@ -55,7 +65,11 @@ class Layout:
             adapter.mkdir(parents=True)
             (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 16)
         self.instance = dg.DagsterInstance.ephemeral()
-        self.instance.add_dynamic_partitions(VARIANT_PARTITIONS, list(VARIANTS))
+        for variant in VARIANTS:
+            for key in history_keys(variant):
+                event = dg.AssetObservation(key) if key.path[1] == "pruned_checkpoint" else dg.AssetMaterialization(key)
+                self.instance.report_runless_asset_event(event)
+        self.instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey("selection")))  # not a variant
 
 
 @pytest.fixture
@@ -76,7 +90,7 @@ def test_removing_a_variant_deletes_its_rows_everywhere_and_its_files(layout: La
     assert removal.paths == [layout.export / "gone", layout.models / "adapters" / "gone"]
     assert not [p for p in layout.export.parent.rglob("*") if "gone" in p.parts]
     assert files_under(layout.export / "kept") | files_under(layout.models / "adapters" / "kept") == kept_files
-    assert layout.instance.get_dynamic_partitions(VARIANT_PARTITIONS) == ["kept"]
+    assert keys_with_history(layout.instance) == history_keys("kept") | {dg.AssetKey("selection")}
     assert "3 rows" in removal.describe() and str(layout.export / "gone") in removal.describe()
 
     again = remove_variant(layout.instance, layout.database, "gone", layout.export, layout.models)
@@ -135,4 +149,4 @@ def test_files_are_deleted_only_after_the_rows_were(layout: Layout) -> None:
     assert variant_rows(layout.database, "gone", skip=("recovered_adapters",)) == rows_before  # all rolled back
     assert (layout.export / "gone" / "selection.parquet").exists()
     assert (layout.models / "adapters" / "gone").is_dir()
-    assert "gone" in layout.instance.get_dynamic_partitions(VARIANT_PARTITIONS)
+    assert history_keys("gone") <= keys_with_history(layout.instance)  # nor is its history wiped

@@ -14,8 +14,8 @@ import pytest
 from declared_rows import example_rows
 
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions, storage
-from paser_assets.assets.recovery import RECOVERY_ASSETS
 from paser_assets.models.pruning import PruneRecipe
+from paser_assets.per_variant import variant_asset_names
 from paser_assets.registry import add_variant, remove_variant
 from paser_assets.runner import observe, refresh, run_graph
 from paser_assets.tables import PER_VARIANT_TABLES, TABLES
@@ -43,14 +43,8 @@ PER_VARIANT = {
 
 
 def per_variant(variant: str) -> set[str]:
-    """The per-variant asset partitions of one variant; degradation_scores is also keyed by shard (one here)."""
-    return {
-        f"{asset}[0|{variant}]" if asset == "degradation_scores" else f"{asset}[{variant}]" for asset in PER_VARIANT
-    }
-
-
-def partition_of(asset: str, variant: str) -> str:
-    return f"0|{variant}" if asset == "degradation_scores" else variant
+    """The assets of one variant, as the UI names them."""
+    return {f"{variant}/{asset}" for asset in PER_VARIANT}
 
 
 def save_checkpoint(folder: Path, seed: int) -> Path:
@@ -62,15 +56,13 @@ def save_checkpoint(folder: Path, seed: int) -> Path:
 
 
 def materialized_since(instance: dg.DagsterInstance, after_storage_id: int) -> list[str]:
-    """Asset (partition) materializations recorded in the instance's event log after a storage id."""
+    """Asset materializations recorded in the instance's event log after a storage id."""
     names = []
     for key in instance.get_asset_keys():
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=key, after_storage_id=after_storage_id), limit=1000
         ).records
-        for record in records:
-            partition = record.partition_key
-            names.append(key.to_user_string() + (f"[{partition}]" if partition else ""))
+        names.extend(key.to_user_string() for _ in records)
     return sorted(names)
 
 
@@ -95,7 +87,7 @@ def variant_rows(database: PaserDuckDB, variant: str) -> dict[str, list[tuple]]:
 
 # The recovery group is not materialized here (LoRA on a CPU is slow): its tables get rows made from their
 # declarations instead, and each variant an adapter file where recovered_model would save it.
-RECOVERY_WRITERS = {key.to_user_string() for assets in RECOVERY_ASSETS for key in assets.keys}
+RECOVERY_WRITERS = set(variant_asset_names(recovery=True))
 RECOVERY_TABLES = [name for name in PER_VARIANT_TABLES if set(TABLES[name].writers) & RECOVERY_WRITERS]
 
 
@@ -163,7 +155,7 @@ def test_reprune_recomputes_exactly_the_model_dependent_assets(two_variants, hom
     run, stale = refresh(setup.defs, home)
     assert run.success and stale == []
     assert materialized_since(home, before) == []
-    assert "pruned_checkpoint[ext]" in run.observed
+    assert "ext/pruned_checkpoint" in run.observed
 
 
 def test_adding_a_variant_computes_only_it_and_keeps_the_others_byte_for_byte(tiny_llama_dir: Path, tmp_path: Path):
@@ -176,8 +168,10 @@ def test_adding_a_variant_computes_only_it_and_keeps_the_others_byte_for_byte(ti
         assert set(first) == set(PER_VARIANT_TABLES) and all(first.values())
         before = last_storage_id(instance)
 
-        add_variant(instance, setup.database, Variant("nm24", recipe=PruneRecipe(method="magnitude", n_m=(2, 4))))
-        run, missing = refresh(setup.defs, instance)  # what `paser variants add` runs
+        add_variant(setup.database, Variant("nm24", recipe=PruneRecipe(method="magnitude", n_m=(2, 4))))
+        defs = build_definitions(setup.config, setup.database)  # the new variant's assets, from the registry
+        assert dg.AssetKey(["nm24", "selection"]) in defs.resolve_asset_graph().materializable_asset_keys
+        run, missing = refresh(defs, instance)  # what `paser variants add` runs
 
         assert run.success, run.failures()
         expected = sorted(per_variant("nm24"))
@@ -185,7 +179,7 @@ def test_adding_a_variant_computes_only_it_and_keeps_the_others_byte_for_byte(ti
         assert materialized_since(instance, before) == expected
         # The new variant was scored from the original's cached outputs: only its pruned model ran.
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("degradation_scores"), asset_partitions=["0|nm24"]), limit=1
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(["nm24", "degradation_scores"])), limit=1
         ).records
         metadata = records[0].asset_materialization.metadata
         assert int(metadata["scored_from_cached_original_outputs"].value) == int(metadata["scored_now"].value) > 0
@@ -204,7 +198,9 @@ def test_adding_a_variant_computes_only_it_and_keeps_the_others_byte_for_byte(ti
         assert not [path for path in tmp_path.rglob("*") if "nm24" in path.name]
         assert (tmp_path / "export" / "mag50" / "selection.parquet").exists()
         assert (tmp_path / "models" / "adapters" / "mag50" / "paser-0123456789abcdef").is_dir()
-        assert "nm24" not in instance.get_dynamic_partitions("variant")
+        assert not [key for key in instance.get_asset_keys() if key.path[0] == "nm24"]  # its history is wiped
+        graph = build_definitions(setup.config, setup.database).resolve_asset_graph()
+        assert {key.path[0] for key in graph.get_all_asset_keys() if len(key.path) > 1} == {"mag50"}
 
 
 def test_automation_requests_the_changed_variant_only(tiny_llama_dir: Path, tmp_path: Path) -> None:
@@ -214,21 +210,44 @@ def test_automation_requests_the_changed_variant_only(tiny_llama_dir: Path, tmp_
         setup = Setup(tmp_path, tiny_llama_dir, {"mag50": "magnitude:0.5", "ext": str(external)})
         assert run_graph(setup.defs, instance).success
         first = dg.evaluate_automation_conditions(defs=setup.defs, instance=instance)
-        requested = {
-            (key.to_user_string(), partition)
-            for key in (dg.AssetKey(a) for a in PER_VARIANT)
-            for partition in first.get_requested_partitions(key)
-        }
-        assert requested == set()  # everything is up to date
+        assert requested_names(first, setup.defs) == set()  # everything is up to date
 
         save_checkpoint(external, seed=11)
         assert observe(setup.defs, instance).success
         second = dg.evaluate_automation_conditions(defs=setup.defs, instance=instance, cursor=first.cursor)
-        requested = {
-            (key.to_user_string(), partition)
-            for key in (dg.AssetKey(a) for a in PER_VARIANT)
-            for partition in second.get_requested_partitions(key)
-        }
-        assert requested == {(asset, partition_of(asset, "ext")) for asset in PER_VARIANT}
-        for asset in SHARED:
-            assert not second.get_requested_partitions(dg.AssetKey(asset))
+        assert requested_names(second, setup.defs) == per_variant("ext")  # nothing of mag50, nothing shared
+
+
+def requested_names(result: dg.EvaluateAutomationConditionsResult, defs: dg.Definitions) -> set[str]:
+    """The materializable assets one evaluation requested (not the checkpoint observations)."""
+    graph = defs.resolve_asset_graph()
+    return {key.to_user_string() for key in graph.materializable_asset_keys if result.get_num_requested(key)}
+
+
+FIRST_RUN = """
+import sys
+from paser_assets.runner import default_instance
+default_instance(sys.argv[1]).get_runs(limit=1)
+"""
+
+
+def test_commands_started_together_on_a_fresh_folder_create_one_instance(tmp_path: Path) -> None:
+    """Four first runs at once: without the creation lock 6 tries in 6 failed (SQLite's 'table ... already exists',
+    alembic's 'more than one head')."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    for attempt in range(3):
+        database = tmp_path / f"try{attempt}" / "paser.duckdb"
+        database.parent.mkdir()
+        started = [
+            subprocess.Popen(
+                [sys.executable, "-c", FIRST_RUN, str(database)], env=env, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(4)
+        ]
+        errors = [process.communicate()[1] for process in started]
+        assert [process.returncode for process in started] == [0] * 4, errors
+        assert (database.parent / ".dagster_home" / "history" / "runs.db").exists()

@@ -18,6 +18,7 @@ import pytest
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions, storage
 from paser_assets.assets.selection import export_records, safe_export_path
 from paser_assets.models.pruning import PruneRecipe
+from paser_assets.per_variant import variant_key
 from paser_assets.registry import register_variants, remove_variant
 from paser_assets.resources import SettingError
 from paser_assets.variants import Variant, VariantError, parse_variant_spec, parse_variants, validate_variant_name
@@ -171,7 +172,10 @@ def test_removing_an_injected_variant_name_touches_no_other_variant(tmp_path: Pa
     outside.mkdir()
     (outside / "precious.txt").write_text("keep me")
     instance = dg.DagsterInstance.ephemeral()
-    for name in ["keep' OR '1'='1", "../outside", "..", ".", "../export"]:
+    kept_history = {variant_key("keep", "selection"), variant_key("keep", "recovered_model", "paser")}
+    for key in kept_history:
+        instance.report_runless_asset_event(dg.AssetMaterialization(key))
+    for name in ["keep' OR '1'='1", "../outside", "..", ".", "../export", "%", "*"]:
         removal = remove_variant(instance, database, name, export_dir, models)
         assert all(count == 0 for count in removal.rows.values()), (name, removal)
         assert removal.paths == [], (name, removal)
@@ -179,6 +183,7 @@ def test_removing_an_injected_variant_name_touches_no_other_variant(tmp_path: Pa
         assert connection.execute("SELECT variant FROM variants").fetchall() == [("keep",)]
     assert (export_dir / "keep" / "selection.json").exists() and (models / "adapters" / "keep").is_dir()
     assert (outside / "precious.txt").read_text() == "keep me"
+    assert set(instance.get_asset_keys()) == kept_history  # the variant's history in the instance, too
 
 
 # --- field map: odd source field names are data ----------------------------------------------

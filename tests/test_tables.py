@@ -20,10 +20,13 @@ from paser_assets.tables import (
 
 
 @pytest.fixture(scope="module")
-def asset_keys(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+def asset_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """The names of the graph's assets: a shared asset's key, a variant's asset without its variant (and method)."""
     folder = tmp_path_factory.mktemp("defs")
-    defs = build_definitions(PaserConfig(), PaserDuckDB(database=str(folder / "paser.duckdb")))
-    return {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    defs = build_definitions(PaserConfig(include_recovery=True), PaserDuckDB(database=str(folder / "paser.duckdb")))
+    keys = defs.resolve_asset_graph().get_all_asset_keys()
+    assert len({key.path[0] for key in keys if len(key.path) > 1}) == 1  # the default settings' one variant
+    return {key.path[1] if len(key.path) > 1 else key.path[0] for key in keys}
 
 
 def test_every_declared_type_is_spelled_as_duckdb_reports_it() -> None:
@@ -35,21 +38,21 @@ def test_every_declared_type_is_spelled_as_duckdb_reports_it() -> None:
                 assert reported == sql_type, f"{table.name}.{column}: declare {reported}, not {sql_type}"
 
 
-def test_every_writer_is_an_asset_and_an_assets_main_table_has_its_name(asset_keys: set[str]) -> None:
+def test_every_writer_is_an_asset_and_an_assets_main_table_has_its_name(asset_names: set[str]) -> None:
     for table in TABLES.values():
-        assert set(table.writers) <= asset_keys, table.name
-        if table.name in asset_keys:
+        assert set(table.writers) <= asset_names, table.name
+        if table.name in asset_names:
             assert table.writers == (table.name,), f"table {table.name} is the main table of asset {table.name}"
     assert TABLES["variants"].writers == ()  # the registry, written by `paser variants` and sync_variants
 
 
-def test_the_renamed_tables_carry_their_assets_names(asset_keys: set[str]) -> None:
+def test_the_renamed_tables_carry_their_assets_names(asset_names: set[str]) -> None:
     for old, new in [
         ("holdout", "holdout_split"),
         ("pruned_checkpoints", "pruned_model"),
         ("baseline_selection", "baseline_selections"),
     ]:
-        assert old not in TABLES and new in TABLES and new in asset_keys
+        assert old not in TABLES and new in TABLES and new in asset_names
     assert TABLES["recovered_adapters"].writers == ("recovered_model",)
     assert TABLES["recovered_adapters"].types == {
         "variant": "VARCHAR",

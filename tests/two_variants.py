@@ -56,7 +56,8 @@ def build_two_variants(root: Path, original: Path, instance: dg.DagsterInstance)
     defs = build_definitions(config, database)
     first = run_graph(defs, instance)
     assert first.success, first.failures()
-    add_variant(instance, database, Variant(ADDED, recipe=PruneRecipe(method="magnitude", n_m=(2, 4))))
+    add_variant(database, Variant(ADDED, recipe=PruneRecipe(method="magnitude", n_m=(2, 4))))
+    defs = build_definitions(config, database)  # the added variant's assets come from the registry
     second, _ = refresh(defs, instance, command="variants add")  # what `paser variants add` runs
     assert second.success, second.failures()
     return TwoVariants(root, settings, config, database, defs, instance, [first, second])

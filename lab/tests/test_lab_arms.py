@@ -53,7 +53,8 @@ def recovery(tmp_path_factory: pytest.TempPathFactory, lab_tiny_llama_dir: Path)
         recovery_methods=["paser", "random", *LAB_ARMS],
     )
     database = PaserDuckDB(database=str(tmp_path / "paser.duckdb"))
-    run = run_graph(build_definitions(config, database), dg.DagsterInstance.ephemeral(), "+key:baseline_selections")
+    selection = f'+key:"{VARIANT}/baseline_selections"'  # the variant's asset and everything upstream
+    run = run_graph(build_definitions(config, database), dg.DagsterInstance.ephemeral(), selection)
     assert run.success, run.failures()
     return Arms(database)
 

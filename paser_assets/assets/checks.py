@@ -1,7 +1,7 @@
-"""Asset checks, partitioned like the assets they guard: one result per variant (and scoring shard).
+"""Asset checks, one set per variant on that variant's assets (``<variant>/selection``...).
 
 A run that materializes a variant evaluates that variant's checks only, on that variant's rows, and Dagster
-keeps each partition's history of results apart: one variant's failure is not hidden by, or blamed on,
+keeps each variant's history of results apart: one variant's failure is not hidden by, or blamed on,
 another's. The logic of the signal check is a pure function in :mod:`paser_assets.core.signal`.
 """
 
@@ -9,26 +9,20 @@ import math
 
 import dagster as dg
 
-from paser_assets import partitions
 from paser_assets.assets.models import pruned_reference
 from paser_assets.core.divergence import LN2
 from paser_assets.core.signal import SATURATION_NATS, SEPARATION_Z, UNIFORM_SHARE, assess_signal
 from paser_assets.models.vocabulary import vocabulary_size
-from paser_assets.partitions import VARIANTS, PartitionKey
+from paser_assets.per_variant import variant_check, variant_of
 from paser_assets.resources import PaserDuckDB
 
 
-def _partition(context: dg.AssetCheckExecutionContext) -> PartitionKey:
-    return PartitionKey.parse(context.partition_key)
-
-
-@dg.asset_check(
+@variant_check(
     asset="selection",
-    partitions_def=VARIANTS,
     description="The variant's budget is met exactly, or the shortfall is explained: every candidate was considered.",
 )
 def budget_met(context: dg.AssetCheckExecutionContext, duckdb: PaserDuckDB) -> dg.AssetCheckResult:
-    variant = _partition(context).variant
+    variant = variant_of(context)
     with duckdb.get_connection() as conn:
         budget, candidates, selected, unvisited, conflicts = conn.execute(
             """
@@ -71,13 +65,13 @@ def _nothing_counted(
     context: dg.AssetCheckExecutionContext, duckdb: PaserDuckDB, sql: str, what: str
 ) -> dg.AssetCheckResult:
     """Passes when ``sql`` (one ``?``, the variant) counts nothing; the count goes in the metadata as ``what``."""
-    variant = _partition(context).variant
+    variant = variant_of(context)
     with duckdb.get_connection() as conn:
         (count,) = conn.execute(sql, [variant]).fetchone()
     return dg.AssetCheckResult(passed=count == 0, metadata={"variant": variant, what: count})
 
 
-@dg.asset_check(asset="selection", partitions_def=VARIANTS, description="No sample is selected twice for the variant.")
+@variant_check(asset="selection", description="No sample is selected twice for the variant.")
 def no_sample_selected_twice(context: dg.AssetCheckExecutionContext, duckdb: PaserDuckDB) -> dg.AssetCheckResult:
     sql = (
         "SELECT count(*) FROM (SELECT sample_id FROM selection WHERE variant = ? AND decision = 'selected' "
@@ -86,9 +80,7 @@ def no_sample_selected_twice(context: dg.AssetCheckExecutionContext, duckdb: Pas
     return _nothing_counted(context, duckdb, sql, "duplicated_samples")
 
 
-@dg.asset_check(
-    asset="selection", partitions_def=VARIANTS, description="Every sample selected for the variant is in the pool."
-)
+@variant_check(asset="selection", description="Every sample selected for the variant is in the pool.")
 def selected_samples_in_pool(context: dg.AssetCheckExecutionContext, duckdb: PaserDuckDB) -> dg.AssetCheckResult:
     sql = (
         "SELECT count(*) FROM selection s WHERE s.variant = ? AND s.decision = 'selected' "
@@ -97,39 +89,23 @@ def selected_samples_in_pool(context: dg.AssetCheckExecutionContext, duckdb: Pas
     return _nothing_counted(context, duckdb, sql, "missing_from_pool")
 
 
-def build_jsd_in_range(shards: int) -> dg.AssetChecksDefinition:
-    """The JSD range check, partitioned like degradation_scores with ``shards`` scoring shards."""
-
-    @dg.asset_check(
-        asset="degradation_scores",
-        partitions_def=partitions.shards(shards),
-        description="Every JSD of the variant's scoring shard lies in [0, ln 2].",
+@variant_check(asset="degradation_scores", description="Every JSD of the variant lies in [0, ln 2].")
+def jsd_in_range(context: dg.AssetCheckExecutionContext, duckdb: PaserDuckDB) -> dg.AssetCheckResult:
+    variant = variant_of(context)
+    with duckdb.get_connection() as conn:
+        outside, low, high = conn.execute(
+            "SELECT count(*) FILTER (WHERE NOT (jsd BETWEEN 0 AND ?) OR jsd IS NULL), min(jsd), max(jsd) "
+            "FROM degradation_scores WHERE variant = ?",
+            [LN2, variant],
+        ).fetchone()
+    return dg.AssetCheckResult(
+        passed=outside == 0,
+        metadata={"variant": variant, "outside_range": outside, "min_jsd": _number(low), "max_jsd": _number(high)},
     )
-    def jsd_in_range(context: dg.AssetCheckExecutionContext, duckdb: PaserDuckDB) -> dg.AssetCheckResult:
-        key = _partition(context)
-        with duckdb.get_connection() as conn:
-            outside, low, high = conn.execute(
-                "SELECT count(*) FILTER (WHERE NOT (jsd BETWEEN 0 AND ?) OR jsd IS NULL), min(jsd), max(jsd) "
-                "FROM degradation_scores WHERE variant = ? AND shard = ?",
-                [LN2, key.variant, key.shard],
-            ).fetchone()
-        return dg.AssetCheckResult(
-            passed=outside == 0,
-            metadata={
-                "variant": key.variant,
-                "shard": key.shard,
-                "outside_range": outside,
-                "min_jsd": _number(low),
-                "max_jsd": _number(high),
-            },
-        )
-
-    return jsd_in_range
 
 
-@dg.asset_check(
+@variant_check(
     asset="capability_degradation",
-    partitions_def=VARIANTS,
     description=(
         "Warns when the variant's scores no longer carry a signal to select on: (1) CDS does not separate the "
         f"clusters, the most and least degraded differing by at most {SEPARATION_Z:g} standard errors of the "
@@ -141,7 +117,7 @@ def build_jsd_in_range(shards: int) -> dg.AssetChecksDefinition:
     ),
 )
 def degradation_signal(context: dg.AssetCheckExecutionContext, duckdb: PaserDuckDB) -> dg.AssetCheckResult:
-    variant = _partition(context).variant
+    variant = variant_of(context)
     with duckdb.get_connection() as conn:
         clusters = conn.execute(
             "SELECT size, cds, jsd_std FROM capability_degradation WHERE variant = ? ORDER BY cluster", [variant]
@@ -179,14 +155,3 @@ def degradation_signal(context: dg.AssetCheckExecutionContext, duckdb: PaserDuck
 def _number(value: float | None) -> float:
     """A float for Dagster's metadata, which takes neither None nor NaN: -1 stands for 'not known'."""
     return -1.0 if value is None or math.isnan(value) else float(value)
-
-
-def build_checks(shards: int) -> list[dg.AssetChecksDefinition]:
-    """Every asset check of the graph, for ``shards`` scoring shards."""
-    return [
-        budget_met,
-        no_sample_selected_twice,
-        selected_samples_in_pool,
-        build_jsd_in_range(shards),
-        degradation_signal,
-    ]

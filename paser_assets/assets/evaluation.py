@@ -1,8 +1,8 @@
 """Evaluation of recovery: the references, every recovered model, and the comparison of the methods.
 
-- ``reference_evaluation`` (per variant): the original and pruned models on the held-out split, the text
-  corpora and the tasks; ``recovery_evaluation`` (per variant and method): the recovered model on the same.
-- ``recovery_comparison`` (per variant): every metric per method with its recovery ratio
+- ``<variant>/reference_evaluation``: the original and pruned models on the held-out split, the text
+  corpora and the tasks; ``<variant>/recovery_evaluation/<method>``: the recovered model on the same.
+- ``<variant>/recovery_comparison``: every metric per method with its recovery ratio
   (:mod:`paser_assets.core.recovery_metrics`).
 
 The tasks PASER_EVAL_TASKS gives lm-evaluation-harness land in ``harness_results`` beside ``task_accuracy``.
@@ -30,12 +30,11 @@ from paser_assets.core.recovery_metrics import HEADLINE, REFERENCE_ARMS, compari
 from paser_assets.models.checkpoints import load_causal_lm
 from paser_assets.models.evaluation import Evaluation, evaluate_model
 from paser_assets.models.training import load_adapter, perplexity
-from paser_assets.partitions import METHODS, VARIANTS, PartitionKey
+from paser_assets.per_variant import method_of, variant_asset, variant_of
 from paser_assets.resources import PaserConfig, PaserDuckDB
 from paser_assets.settings import reads
 from paser_assets.tables import TABLES, table_metadata
 
-RECOVERY_GROUP = "recovery"
 EVALUATION_READS = ("scoring.max_tokens", "evaluation")
 
 
@@ -107,10 +106,9 @@ def _evaluation_metadata(result: Evaluation) -> dict[str, Any]:
     return metadata
 
 
-@dg.asset(
+@variant_asset(
     deps=["holdout_split", "recovery_pool", CHECKPOINTS, *LOADS_ORIGINAL, *LOADS_PRUNED],
-    partitions_def=VARIANTS,
-    group_name=RECOVERY_GROUP,
+    recovery=True,
     code_version="3",
     kinds={"duckdb", "pytorch"},
     description="The original and the pruned model on the held-out split, the text corpora (perplexity) "
@@ -120,7 +118,7 @@ def _evaluation_metadata(result: Evaluation) -> dict[str, Any]:
 def reference_evaluation(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
-    variant = context.partition_key
+    variant = variant_of(context)
     heldout = _heldout(duckdb)
     if heldout.empty:
         raise dg.Failure(description="the held-out split is empty: set PASER_HOLDOUT above 0 to evaluate recovery")
@@ -144,7 +142,7 @@ def reference_evaluation(
 
 
 def recorded_adapter(duckdb: PaserDuckDB, variant: str, method: str) -> Path:
-    """The adapter that recovered_model last recorded for this partition (table recovered_adapters)."""
+    """The adapter that recovered_model last recorded for this variant and method (table recovered_adapters)."""
     with duckdb.get_connection() as conn:
         rows = (
             conn.execute(
@@ -154,14 +152,14 @@ def recorded_adapter(duckdb: PaserDuckDB, variant: str, method: str) -> Path:
             else []
         )
     if not rows:
-        raise dg.Failure(description=f"no recovered_model for {method}|{variant}: materialize it first")
+        raise dg.Failure(description=f"no recovered model for {variant}/recovered_model/{method}: materialize it first")
     return Path(rows[0][0])
 
 
-@dg.asset(
+@variant_asset(
     deps=["recovered_model", "holdout_split", "recovery_pool", CHECKPOINTS, *LOADS_PRUNED],
-    partitions_def=METHODS,
-    group_name=RECOVERY_GROUP,
+    per_method=True,
+    recovery=True,
     code_version="3",
     kinds={"duckdb", "pytorch"},
     description="The recovered model (pruned + a method's adapter) on the held-out split, the text corpora and "
@@ -171,8 +169,7 @@ def recorded_adapter(duckdb: PaserDuckDB, variant: str, method: str) -> Path:
 def recovery_evaluation(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
-    key = PartitionKey.of(context)
-    method, variant = str(key.method), key.variant
+    method, variant = method_of(context), variant_of(context)
     adapter = recorded_adapter(duckdb, variant, method)
     heldout = _heldout(duckdb)
     where = placement(paser)
@@ -189,10 +186,9 @@ def recovery_evaluation(
     )
 
 
-@dg.asset(
+@variant_asset(
     deps=["recovery_evaluation", "reference_evaluation", "recovered_model", "clusters", CHECKPOINTS],
-    partitions_def=VARIANTS,
-    group_name=RECOVERY_GROUP,
+    recovery=True,
     code_version="3",
     kinds={"duckdb"},
     description="Every metric per method with its recovery ratio (recovered - pruned) / (original - pruned) "
@@ -202,7 +198,7 @@ def recovery_evaluation(
 def recovery_comparison(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
-    variant = context.partition_key
+    variant = variant_of(context)
     label = "CASE WHEN model = 'recovered' THEN method ELSE model END AS arm"
     with duckdb.get_connection() as conn:
         heldout = conn.execute(

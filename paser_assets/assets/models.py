@@ -1,11 +1,11 @@
 """The model assets: ``original_model``, ``pruned_checkpoint`` and ``pruned_model``.
 
 - ``original_model`` is observed: its data version is the content hash of the checkpoint files.
-- ``pruned_checkpoint`` is observed per variant partition: what the variant's results are computed from,
+- ``<variant>/pruned_checkpoint`` is observed, one per variant: what the variant's results are computed from,
   the pruned checkpoint (an external checkpoint's content hash, or a built-in recipe's fingerprint) with
   the original it is compared with (the original's content hash). Observing it after a re-prune (or a
   new original) is what tells Dagster that the variant's downstream assets are stale.
-- ``pruned_model`` materializes each variant's checkpoint: it prunes the original for a recipe
+- ``<variant>/pruned_model`` materializes the variant's checkpoint: it prunes the original for a recipe
   variant (cached by recipe, original and calibration data) or checks an external one, records it
   in the ``pruned_model`` table, and carries the checkpoint's content hash as data version.
 """
@@ -36,8 +36,8 @@ from paser_assets.models.device import DeviceError, Placement, resolve_device, r
 from paser_assets.models.formats import checkpoint_facts
 from paser_assets.models.pruning import calibration_batch, measured_sparsity, prune_model
 from paser_assets.models.store import ModelStore
-from paser_assets.partitions import VARIANTS
-from paser_assets.registry import PRUNED_TABLE, registered_variants, variant_for
+from paser_assets.per_variant import CHECKPOINT, group_of, variant_asset, variant_key, variant_of
+from paser_assets.registry import PRUNED_TABLE, known_variant
 from paser_assets.resources import PaserConfig, PaserDuckDB, named_when_disk_full
 from paser_assets.settings import reads
 from paser_assets.variants import Variant, VariantError
@@ -48,13 +48,15 @@ PRUNING_RECORD = "paser_pruning.json"
 # children stale), so every per-variant asset lists the observed checkpoints as a direct parent: one observation
 # then shows the variant's whole model-dependent set unsynced at once. The original's hash is part of that
 # observation, so this one edge stands for both models.
-CHECKPOINTS = "pruned_checkpoint"
+CHECKPOINTS = CHECKPOINT
 # Only the assets that load a model list it too (the lineage shows who reads which model); the others follow
 # their data parents.
 LOADS_ORIGINAL = ["original_model"]
 LOADS_PRUNED = ["pruned_model"]
 # What loading a model reads: where the files are and the two safety switches.
 MODEL_LOADING = ("models.original_model", "models.model_cache_dir", "models.allow_pickle", "models.trust_remote_code")
+# Where a configured variant is specified, for one not registered yet (they affect what is observed, not code versions).
+VARIANT_SPECS = ("models.variants", "models.pruned_model")
 # Where the models that score, train and evaluate run, and in which precision (pruning stays on the CPU in
 # float32, so a built-in pruned checkpoint does not depend on the hardware).
 MODEL_PLACEMENT = ("models.device", "scoring.precision")
@@ -106,26 +108,32 @@ def _external_reference(variant: Variant) -> ModelReference:
     return reference
 
 
-@reads(*MODEL_LOADING, "pruning")
-def _observe_pruned(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB):
-    names = context.instance.get_dynamic_partitions(VARIANTS.name)
+def _observe_variant(variant: str, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.DataVersion:
     try:  # memoised by size and mtime: the same hash that original_model observes, not read twice
         original = reference_version(paser.models.store(duckdb.database).original)
-    except CheckpointError as error:
-        raise dg.Failure(description=str(error)) from None
-    variants = registered_variants(duckdb, paser.pruning.recipe())
-    versions = {}
-    for name in names:
-        if name not in variants:
-            context.log.warning(f"partition {name!r} has no registered variant; skipped")
-            continue
-        try:
-            versions[name] = observed_version(checkpoint_version(variants[name]), original)
-        except CheckpointError as error:
-            context.log.error(f"variant {name!r}: {error}")
+        found = known_variant(duckdb, paser, variant)
+        return dg.DataVersion(observed_version(checkpoint_version(found), original))
+    except (CheckpointError, VariantError) as error:
+        raise dg.Failure(description=f"variant {variant!r}: {error}") from None
+
+
+def checkpoint_observation(variant: str) -> dg.SourceAsset:
+    """``<variant>/pruned_checkpoint``: what the variant is computed from, observed."""
+
+    @reads(*MODEL_LOADING, *VARIANT_SPECS, "pruning")
+    def observe(paser: PaserConfig, duckdb: PaserDuckDB) -> dg.DataVersion:
+        return _observe_variant(variant, paser, duckdb)
+
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.BetaWarning)  # the documented return type of partitioned observations
-        return dg.DataVersionsByPartition(versions)
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.observable_source_asset(
+            key=variant_key(variant, CHECKPOINTS),
+            group_name=group_of(variant),
+            description=f"What variant {variant} is computed from: its pruned checkpoint as it is on disk (content "
+            "hash) or its pruning recipe, and the original model's content hash. A direct parent of every asset of "
+            "the variant, so that one observation shows all of them unsynced.",
+            automation_condition=observation_condition(),
+        )(observe)
 
 
 with warnings.catch_warnings():
@@ -137,14 +145,6 @@ with warnings.catch_warnings():
         description="The original model's checkpoint, observed by the content hash of its files.",
         automation_condition=observation_condition(),
     )(_observe_original)
-    pruned_checkpoint = dg.observable_source_asset(
-        name="pruned_checkpoint",
-        group_name=MODELS_GROUP,
-        partitions_def=VARIANTS,
-        description="What each variant is computed from: its pruned checkpoint as it is on disk (content hash) or "
-        "its pruning recipe, and the original model's content hash.",
-        automation_condition=observation_condition(),
-    )(_observe_pruned)
 
 
 def _calibration_texts(duckdb: PaserDuckDB, seed: int) -> list[str]:
@@ -180,23 +180,21 @@ def _build_recipe_variant(
     return target, original_version, sparsity
 
 
-@dg.asset(
-    deps=["original_model", "pruned_checkpoint", "recovery_pool"],
-    partitions_def=VARIANTS,
-    group_name=MODELS_GROUP,
+@variant_asset(
+    deps=["original_model", CHECKPOINTS, "recovery_pool"],
     code_version="2",
     kinds={"pytorch", "safetensors"},
     description="Each variant's pruned model: the original pruned by the variant's recipe (Wanda or magnitude), "
     "or the variant's external checkpoint (a folder, compressed-tensors, GGUF or LLM-Pruner file), recorded in the "
     "table pruned_model with its measured sparsity, parameter count and per-layer widths.",
 )
-@reads(*MODEL_LOADING, "pruning", "seed")
+@reads(*MODEL_LOADING, *VARIANT_SPECS, "pruning", "seed")
 def pruned_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
     settings = paser.models.store(duckdb.database)
     seed = paser.seed  # the calibration sample of a recipe variant
     unharmed = "no checkpoint was published; the next run prunes again"
     try:
-        variant = variant_for(duckdb, paser.pruning.recipe(), context.partition_key)
+        variant = known_variant(duckdb, paser, variant_of(context))
         if variant.recipe is not None:
             with named_when_disk_full(settings.cache_dir, "PASER_MODEL_CACHE", unharmed):
                 path, original_version, sparsity = _build_recipe_variant(context, settings, variant, duckdb, seed)
@@ -248,9 +246,6 @@ def pruned_reference(duckdb: PaserDuckDB, variant: str) -> ModelReference:
     if not rows:
         raise dg.Failure(description=f"no pruned checkpoint recorded for variant {variant!r}: materialize pruned_model")
     return reference_for_path(rows[0][0])
-
-
-MODEL_ASSETS = [original_model, pruned_checkpoint, pruned_model]
 
 
 def load_pruned(store: ModelStore, duckdb: PaserDuckDB, variant: str, where: Placement) -> tuple[Any, Any, str]:

@@ -1,10 +1,10 @@
 """Recovery: every configured method's selection, and a LoRA fine-tune of the pruned model on each.
 
-- ``baseline_selections`` (per variant): the choice of every method in PASER_RECOVERY_METHODS (PASER's own
+- ``<variant>/baseline_selections``: the choice of every method in PASER_RECOVERY_METHODS (PASER's own
   included), each from the selectable rows (never the held-out split) at PASER's sample budget; the methods
   come from the registry (:mod:`paser_assets.methods`).
-- ``recovered_model`` (per variant and method): a LoRA fine-tune of the pruned model on the method's
-  selection (peft), saved as a safetensors adapter; the loss curve is shown in the UI.
+- ``<variant>/recovered_model/<method>`` (one per configured method): a LoRA fine-tune of the pruned model on
+  the method's selection (peft), saved as a safetensors adapter; the loss curve is shown in the UI.
 
 The evaluation and the comparison are in :mod:`paser_assets.assets.evaluation`.
 """
@@ -15,12 +15,6 @@ import dagster as dg
 import pandas as pd
 
 from paser_assets import charts, storage
-from paser_assets.assets.evaluation import (
-    RECOVERY_GROUP,
-    recovery_comparison,
-    recovery_evaluation,
-    reference_evaluation,
-)
 from paser_assets.assets.models import (
     CHECKPOINTS,
     LOADS_ORIGINAL,
@@ -39,7 +33,7 @@ from paser_assets.models.device import Placement
 from paser_assets.models.response_scores import encode_rows
 from paser_assets.models.scoring import EncodedSample
 from paser_assets.models.store import ModelStore
-from paser_assets.partitions import METHODS, VARIANTS, PartitionKey
+from paser_assets.per_variant import method_of, variant_asset, variant_of
 from paser_assets.resources import PaserConfig, PaserDuckDB
 from paser_assets.settings import reads
 from paser_assets.tables import table_metadata
@@ -83,11 +77,10 @@ def paser_selection_ids(duckdb: PaserDuckDB, variant: str) -> tuple[str, ...]:
     return tuple(row[0] for row in rows)
 
 
-@dg.asset(
+@variant_asset(
     deps=["selection", "degradation_scores", "capability_degradation", "clusters", "sample_concepts", "holdout_split",
           CHECKPOINTS, *LOADS_PRUNED, *LOADS_ORIGINAL],  # the models: for methods that score with them (IFD)
-    partitions_def=VARIANTS,
-    group_name=RECOVERY_GROUP,
+    recovery=True,
     code_version="5",
     kinds={"duckdb", "pytorch"},
     description="The selection of every method in PASER_RECOVERY_METHODS, PASER's included, from the selectable "
@@ -99,7 +92,7 @@ def paser_selection_ids(duckdb: PaserDuckDB, variant: str) -> tuple[str, ...]:
 def baseline_selections(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
-    variant = context.partition_key
+    variant = variant_of(context)
     frame, clusters = selectable_candidates(duckdb, variant)
     models = VariantModels(paser.models.store(duckdb.database), duckdb, variant, placement(paser), context.log.info)
     candidates = Candidates(
@@ -145,11 +138,11 @@ def method_selection(duckdb: PaserDuckDB, method: str, variant: str) -> pd.DataF
         return conn.execute(sql, [variant, method]).df()
 
 
-@dg.asset(
+@variant_asset(
     # The original: the teacher when PASER_LORA_LOSS=distillation.
     deps=["selection", "baseline_selections", "recovery_pool", CHECKPOINTS, *LOADS_PRUNED, *LOADS_ORIGINAL],
-    partitions_def=METHODS,
-    group_name=RECOVERY_GROUP,
+    per_method=True,
+    recovery=True,
     code_version="2",  # 2: transformers' learning-rate schedule
     kinds={"pytorch", "safetensors"},
     description="A LoRA fine-tune (peft) of the pruned model on a method's selection, saved as a safetensors "
@@ -158,8 +151,7 @@ def method_selection(duckdb: PaserDuckDB, method: str, variant: str) -> pd.DataF
 )
 @reads(*MODEL_LOADING, *MODEL_PLACEMENT, "recovery", "scoring.max_tokens", "seed")
 def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB) -> dg.MaterializeResult:
-    key = PartitionKey.of(context)
-    method, variant = str(key.method), key.variant
+    method, variant = method_of(context), variant_of(context)
     methods = paser.recovery.recovery_methods
     if method not in methods:
         raise dg.Failure(description=f"method {method!r} is not in PASER_RECOVERY_METHODS={methods}")
@@ -219,6 +211,3 @@ def recovered_model(context: dg.AssetExecutionContext, paser: PaserConfig, duckd
             ),
         },
     )
-
-
-RECOVERY_ASSETS = [baseline_selections, recovered_model, reference_evaluation, recovery_evaluation, recovery_comparison]

@@ -9,13 +9,13 @@ the models again; the ``degradation_scores`` table is then replaced in one trans
 import dataclasses
 import hashlib
 from collections.abc import Collection, Sequence
-from functools import partial
+from functools import cache, partial
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
-from paser_assets import charts, partitions, report, storage
+from paser_assets import charts, report, storage
 from paser_assets.assets.models import (
     CHECKPOINTS,
     LOADS_ORIGINAL,
@@ -29,15 +29,16 @@ from paser_assets.core.efficiency import attention_cost, individual_efficiency
 from paser_assets.core.selection import cluster_budgets
 from paser_assets.models.checkpoints import CheckpointError, reference_version
 from paser_assets.models.device import precision_key
+from paser_assets.models.distributed import ParquetScoreStore, score_on_cluster
 from paser_assets.models.original_cache import OriginalOutputCache
 from paser_assets.models.score_run import ScoringOptions, score_shard
 from paser_assets.models.scoring import SampleScore, head_precision_key
 from paser_assets.models.store import load_pair
+from paser_assets.per_variant import variant_asset, variant_of
 from paser_assets.resources import PaserConfig, PaserDuckDB, named_when_disk_full
 from paser_assets.settings import reads
 from paser_assets.tables import TABLES, table_metadata
 
-SCORES_GROUP = "scores"
 SCORING_RECIPE = "teacher-forced-jsd/1"  # bump when the prompt or the score changes meaning
 # What a sample's score holds besides its id: the score_cache columns after scoring_key and sample_id.
 SCORE_COLUMNS = [f.name for f in dataclasses.fields(SampleScore) if f.name != "sample_id"]
@@ -73,8 +74,15 @@ class DuckDBScoreStore:
             return conn.execute(wanted, [key, list(sample_ids)]).df()
 
     def append(self, key: str, scores: Sequence[SampleScore]) -> None:
-        rows = [[key, score.sample_id, *(getattr(score, c) for c in SCORE_COLUMNS)] for score in scores]
-        frame = pd.DataFrame(rows, columns=["scoring_key", "sample_id", *SCORE_COLUMNS])
+        rows = [[score.sample_id, *(getattr(score, c) for c in SCORE_COLUMNS)] for score in scores]
+        self.append_frame(key, pd.DataFrame(rows, columns=["sample_id", *SCORE_COLUMNS]))
+
+    def append_frame(self, key: str, scores: pd.DataFrame) -> None:
+        """Store scores given as a frame (``sample_id`` and the score columns) under ``key``, in one commit."""
+        if scores.empty:
+            return
+        frame = scores[["sample_id", *SCORE_COLUMNS]].copy()
+        frame.insert(0, "scoring_key", key)
         with self.duckdb.write() as conn:
             storage.append_rows(conn, "score_cache", frame)
 
@@ -91,17 +99,25 @@ def shard_of(sample_id: str, shards: int) -> int:
     return int(hashlib.sha256(sample_id.encode()).hexdigest()[:12], 16) % shards
 
 
+def _shards(pool: pd.DataFrame, count: int) -> list[pd.DataFrame]:
+    """The pool's rows by scoring shard (the non-empty shards, in shard order)."""
+    shard = np.asarray([shard_of(sample, count) for sample in pool["sample_id"]], dtype=np.int64)
+    found = [pool[shard == i].reset_index(drop=True) for i in range(count) if (shard == i).any()]
+    return found or [pool.reset_index(drop=True)]
+
+
 def score_pool(
-    context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB, variant: str, shard: int
+    context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB, variant: str
 ) -> tuple[pd.DataFrame, dict]:
-    """Scores for the pool samples of one shard, from the caches where possible; returns (scores, facts)."""
+    """Scores for every pool sample, from the caches where possible; returns (scores, facts).
+
+    One shard is scored in this process; more go to Dask workers, whose scores this process commits."""
     settings = paser.models.store(duckdb.database)
     pruned = pruned_reference(duckdb, variant)
     original_version = reference_version(settings.original)
     pruned_version = reference_version(pruned)
     key = _scoring_key(original_version, pruned_version, paser)
     pool = duckdb.read("recovery_pool", "sample_id, instruction, input, output")
-    pool = pool[[shard_of(s, paser.scoring.score_shards) == shard for s in pool["sample_id"]]].reset_index(drop=True)
     states = (
         OriginalOutputCache(settings.cache_dir / "original_states", _states_key(original_version, paser))
         if paser.scoring.original_cache
@@ -119,77 +135,88 @@ def score_pool(
         device=str(where.device),
     )
     loader = partial(load_pair, settings, pruned, where)
-    scores, facts = score_shard(pool, key, DuckDBScoreStore(duckdb), loader, options, states, context.log.info)
-    return scores, {
+    store = DuckDBScoreStore(duckdb)
+    facts: dict = {
         "variant": variant,
-        "shard": f"{shard + 1} of {paser.scoring.score_shards}",
         "original": settings.original.display,
         "original_hash": original_version,
         "pruned": pruned.display,
         "pruned_hash": pruned_version,
         "precision": _computed_in(paser),  # of every score in the table, reused or not: it is in the key
-        **facts.metadata(),
     }
-
-
-def build_degradation_scores(shards: int) -> dg.AssetsDefinition:
-    """The degradation_scores asset for ``shards`` scoring shards (one partition per variant and shard)."""
-
-    @dg.asset(
-        name="degradation_scores",
-        deps=["recovery_pool", CHECKPOINTS, *LOADS_ORIGINAL, *LOADS_PRUNED],
-        partitions_def=partitions.shards(shards),
-        group_name=SCORES_GROUP,
-        code_version="1",
-        kinds={"duckdb", "pytorch"},
-        description="Per sample: mean JSD between the original and pruned next-token distributions over the "
-        "response, token counts, cost, IES and each model's mean response NLL. Partitioned by variant and shard.",
-    )
-    @reads(*MODEL_LOADING, *MODEL_PLACEMENT, "scoring")
-    def degradation_scores(
-        context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
-    ) -> dg.MaterializeResult:
-        key = partitions.PartitionKey.of(context)
-        variant, shard = key.variant, key.shard
-        assert shard is not None
-        if shard >= paser.scoring.score_shards:
-            raise dg.Failure(
-                description=f"shard {shard} does not exist with PASER_SCORE_SHARDS={paser.scoring.score_shards}"
-            )
-        cache = paser.models.store(duckdb.database).cache_dir  # converted GGUF, cached original outputs
-        try:
-            kept = "the scores committed so far are kept, and the next run resumes from them"
-            with named_when_disk_full(cache, "PASER_MODEL_CACHE", kept):
-                scores, facts = score_pool(context, paser, duckdb, variant, shard)
-        except CheckpointError as error:
-            raise dg.Failure(description=str(error)) from None
-        table = score_table(scores, variant, shard)
-        with duckdb.write() as conn:
-            storage.replace_partition(conn, "degradation_scores", {"variant": variant, "shard": shard}, table)
-        return dg.MaterializeResult(
-            data_version=dg.DataVersion(storage.content_hash(table)),
-            metadata={
-                **table_metadata("degradation_scores", duckdb.schema_name, len(table)),
-                **{k: dg.MetadataValue.text(str(v)) for k, v in facts.items()},
-                "mean_jsd": float(table["jsd"].mean()) if len(table) else 0.0,
-                "max_jsd": float(table["jsd"].max()) if len(table) else 0.0,
-                "mean_original_nll": float(table["original_nll"].mean()) if len(table) else 0.0,
-                "mean_pruned_nll": float(table["pruned_nll"].mean()) if len(table) else 0.0,
-                "truncated_samples": int(table["truncated"].sum()),
-            },
+    address, shards = paser.execution.dask_address, _shards(pool, scoring.score_shards)
+    if not address and (len(shards) == 1 or scoring.score_workers == 0):
+        # Shard by shard, as workers would: a shard's batches, and so its floats, do not depend on where it runs.
+        loader = cache(loader)
+        runs = [score_shard(shard, key, store, loader, options, states, context.log.info) for shard in shards]
+        scores = pool[["sample_id"]].merge(pd.concat([frame for frame, _ in runs]), on="sample_id", validate="1:1")
+        return scores, {**facts, "scored_in": "this process", **runs[0][1].metadata(),
+                        "scored_now": sum(run.scored_now for _, run in runs),
+                        "reused": sum(run.reused for _, run in runs)}  # fmt: skip
+    files = ParquetScoreStore(settings.cache_dir / "score_shards")
+    store.append_frame(key, files.read(key))  # what workers committed before an interrupt
+    files.clear(key)
+    done = set(store.read(key, pool["sample_id"].tolist())["sample_id"])
+    todo = pool[~pool["sample_id"].isin(done)]
+    shards = _shards(todo, scoring.score_shards)
+    where_run = "nowhere: every score was reused"
+    if len(todo):
+        workers = scoring.score_workers
+        _, where_run = score_on_cluster(
+            shards, key, files.root, loader, options, states, address, workers, context.log.info
         )
+        store.append_frame(key, files.read(key))
+        files.clear(key)
+    stored = store.read(key, pool["sample_id"].tolist()).drop_duplicates("sample_id")
+    scores = pool[["sample_id"]].merge(stored, on="sample_id", how="left", validate="one_to_one")
+    return scores, {**facts, "scored_in": where_run, "scored_now": len(todo), "reused": len(done)}
 
-    return degradation_scores
+
+@variant_asset(
+    deps=["recovery_pool", CHECKPOINTS, *LOADS_ORIGINAL, *LOADS_PRUNED],
+    code_version="1",
+    kinds={"duckdb", "pytorch"},
+    description="Per sample: mean JSD between the original and pruned next-token distributions over the response, "
+    "token counts, cost, IES and each model's mean response NLL. With PASER_SCORE_SHARDS above 1 or "
+    "PASER_DASK_ADDRESS the shards are scored by Dask workers, and this asset alone writes the table.",
+)
+@reads(*MODEL_LOADING, *MODEL_PLACEMENT, "scoring", "execution.dask_address")
+def degradation_scores(
+    context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
+) -> dg.MaterializeResult:
+    variant = variant_of(context)
+    cache = paser.models.store(duckdb.database).cache_dir  # converted GGUF, cached original outputs
+    try:
+        kept = "the scores committed so far are kept, and the next run resumes from them"
+        with named_when_disk_full(cache, "PASER_MODEL_CACHE", kept):
+            scores, facts = score_pool(context, paser, duckdb, variant)
+    except CheckpointError as error:
+        raise dg.Failure(description=str(error)) from None
+    table = score_table(scores, variant, paser.scoring.score_shards)
+    with duckdb.write() as conn:
+        storage.replace_partition(conn, "degradation_scores", {"variant": variant}, table)
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(storage.content_hash(table)),
+        metadata={
+            **table_metadata("degradation_scores", duckdb.schema_name, len(table)),
+            **{k: dg.MetadataValue.text(str(v)) for k, v in facts.items()},
+            "mean_jsd": float(table["jsd"].mean()) if len(table) else 0.0,
+            "max_jsd": float(table["jsd"].max()) if len(table) else 0.0,
+            "mean_original_nll": float(table["original_nll"].mean()) if len(table) else 0.0,
+            "mean_pruned_nll": float(table["pruned_nll"].mean()) if len(table) else 0.0,
+            "truncated_samples": int(table["truncated"].sum()),
+        },
+    )
 
 
-def score_table(scores: pd.DataFrame, variant: str, shard: int) -> pd.DataFrame:
-    """The rows degradation_scores writes for one (variant, shard) partition."""
+def score_table(scores: pd.DataFrame, variant: str, shards: int) -> pd.DataFrame:
+    """The rows degradation_scores writes for a variant; ``shard`` is each sample's scoring shard."""
     costs = [
         attention_cost(int(p), int(r)) for p, r in zip(scores["prompt_tokens"], scores["response_tokens"], strict=True)
     ]
     table = scores.assign(
         variant=variant,
-        shard=np.int64(shard),
+        shard=np.asarray([shard_of(sample, shards) for sample in scores["sample_id"]], dtype=np.int64),
         prompt_tokens=scores["prompt_tokens"].astype("int64"),
         response_tokens=scores["response_tokens"].astype("int64"),
         truncated=scores["truncated"].astype(bool),
@@ -221,16 +248,14 @@ def _selectable_scores(duckdb: PaserDuckDB, variant: str) -> pd.DataFrame:
         raise dg.Failure(description="clusters and degradation_scores share no sample: materialize both again")
     if missing:
         raise dg.Failure(
-            description=f"{missing} samples of variant {variant!r} have no score yet: materialize every shard of "
-            "degradation_scores for this variant first"
+            description=f"{missing} samples of variant {variant!r} have no score yet: materialize "
+            f"{variant}/degradation_scores first"
         )
     return frame
 
 
-@dg.asset(
+@variant_asset(
     deps=["degradation_scores", "clusters", "holdout_split", CHECKPOINTS],
-    partitions_def=partitions.VARIANTS,
-    group_name=SCORES_GROUP,
     code_version="1",
     kinds={"duckdb"},
     description="Per cluster: size, Capability Degradation Score (mean JSD) and its share of the budget, "
@@ -242,7 +267,7 @@ def capability_degradation(
 ) -> dg.MaterializeResult:
     setting = paser.selection.budget
     schema = duckdb.schema_name
-    variant = context.partition_key
+    variant = variant_of(context)
     frame = _selectable_scores(duckdb, variant)
     try:
         table, budget = cluster_budgets(frame, setting, paser.selection.allocation)

@@ -17,13 +17,12 @@ from paser_assets.core.concepts import extract_concepts
 from paser_assets.core.consistency import SELECTED
 from paser_assets.core.selection import acceptance_per_cluster, decision_table, graph_table, paser_select
 from paser_assets.locations import EXPORT_FOLDER, beside
-from paser_assets.partitions import VARIANTS
+from paser_assets.per_variant import variant_asset, variant_key, variant_multi_asset, variant_of
 from paser_assets.resources import PaserConfig, PaserDuckDB, named_when_disk_full
 from paser_assets.settings import reads
 from paser_assets.tables import table_metadata
 from paser_assets.variants import validate_variant_name
 
-SELECTION_GROUP = "selection"
 SELECTED_VIEW = "selected_instructions"
 EXPORT_FORMATS = ("json", "jsonl", "parquet")
 
@@ -112,34 +111,28 @@ SELECTION_PARENTS = [
 ]
 
 
-@dg.multi_asset(
-    partitions_def=VARIANTS,
-    specs=[
-        dg.AssetSpec(
-            "selection",
-            deps=SELECTION_PARENTS,
-            group_name=SELECTION_GROUP,
+@variant_multi_asset(
+    deps=SELECTION_PARENTS,
+    outputs={
+        "selection": dict(
             code_version="1",
             kinds={"duckdb"},
             description="Every candidate considered, in each cluster's walk order (IES by default), with its decision "
             "(selected, concept_conflict, budget_full) and conflicting concept pairs.",
         ),
-        dg.AssetSpec(
-            "concept_graph",
-            deps=SELECTION_PARENTS,
-            group_name=SELECTION_GROUP,
+        "concept_graph": dict(
             code_version="1",
             kinds={"duckdb"},
             description="The Concept Consistency Graph of the selected samples: concept pairs and co-occurrences.",
         ),
-    ],
+    },
 )
 @reads("selection.conflict_tolerance")
 def selection(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> Iterator[dg.MaterializeResult]:
     tolerance = paser.selection.conflict_tolerance
-    variant = context.partition_key
+    variant = variant_of(context)
     frame, budgets = selectable_candidates(duckdb, variant)
     result = paser_select(frame, budgets, tolerance)
     table, graph = decision_table(result, variant), graph_table(result, variant)
@@ -150,7 +143,7 @@ def selection(
     per_cluster = acceptance_per_cluster(table, budgets)
     considered = int(per_cluster["considered"].sum())
     yield dg.MaterializeResult(
-        asset_key="selection",
+        asset_key=variant_key(variant, "selection"),
         data_version=dg.DataVersion(storage.content_hash(table)),
         metadata={
             **table_metadata("selection", duckdb.schema_name, len(table)),
@@ -165,7 +158,7 @@ def selection(
         },
     )
     yield dg.MaterializeResult(
-        asset_key="concept_graph",
+        asset_key=variant_key(variant, "concept_graph"),
         data_version=dg.DataVersion(storage.content_hash(graph)),
         metadata={
             **table_metadata("concept_graph", duckdb.schema_name, len(graph)),
@@ -242,10 +235,8 @@ def export_records(rows: pd.DataFrame, folder: Path, stem: str = "selection") ->
     return {fmt: folder / name for fmt, name in names.items()}
 
 
-@dg.asset(
+@variant_asset(
     deps=["selection", "recovery_pool", CHECKPOINTS],
-    partitions_def=VARIANTS,
-    group_name=SELECTION_GROUP,
     code_version="2",  # 2: also writes report.html
     kinds={"parquet", "json"},
     description="The selected instructions as Alpaca JSON, JSONL and a Parquet file that `datasets` loads.",
@@ -254,7 +245,7 @@ def export_records(rows: pd.DataFrame, folder: Path, stem: str = "selection") ->
 def selection_export(
     context: dg.AssetExecutionContext, paser: PaserConfig, duckdb: PaserDuckDB
 ) -> dg.MaterializeResult:
-    variant = validate_variant_name(context.partition_key)
+    variant = validate_variant_name(variant_of(context))
     with duckdb.get_connection() as conn:
         rows = conn.execute(
             f"SELECT sample_id, cluster, instruction, input, output, jsd, ies FROM {SELECTED_VIEW} "

@@ -8,7 +8,7 @@ methods are in :mod:`paser_assets.methods.builtin`; other packages add theirs th
     [project.entry-points."paser_assets.methods"]
     shortest = "paser_shortest:SHORTEST"
 
-The settings' validation (``PASER_RECOVERY_METHODS``), the method partitions, ``baseline_selections`` and
+The settings' validation (``PASER_RECOVERY_METHODS``), the per-method recovery assets, ``baseline_selections`` and
 ``paser methods`` all read :func:`registry`.
 """
 

@@ -304,14 +304,10 @@ def load_causal_lm(
     location = local_folder(reference, cache_dir, options)
     if reference.kind == "folder":
         refuse_pickled_weights(Path(location), options)
-    if not options.trust_remote_code and _declares_custom_code(location):
-        warnings.warn(
-            f"{reference.display} declares its own model code (auto_map in config.json); it is loaded with the "
-            "built-in transformers class instead. Set PASER_TRUST_REMOTE_CODE=1 only if you trust that code.",
-            stacklevel=2,
-        )
     try:
+        part = "tokenizer"
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=options.trust_remote_code)
+        part = "model"
         model = AutoModelForCausalLM.from_pretrained(
             location,
             dtype=placement.dtype,
@@ -321,7 +317,15 @@ def load_causal_lm(
     except CheckpointError:
         raise
     except Exception as error:
+        if refused_remote_code(error, options):
+            raise remote_code_error(reference, location, part) from None
         raise CheckpointError(f"cannot load the model {reference.display}: {error}") from None
+    if not options.trust_remote_code and _declares_custom_code(location):  # said once it has loaded without it
+        warnings.warn(
+            f"{reference.display} declares its own model code (auto_map in config.json); it is loaded with the "
+            "built-in transformers class instead. Set PASER_TRUST_REMOTE_CODE=1 only if you trust that code.",
+            stacklevel=2,
+        )
     model.to(placement.device)
     model.eval()
     _prepare_tokenizer(tokenizer, model.config)
@@ -340,9 +344,13 @@ def load_tokenizer(reference: ModelReference, cache_dir: str | Path, options: Lo
         return tokenizer
     location = local_folder(reference, cache_dir, options)
     try:
+        part = "tokenizer"
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=options.trust_remote_code)
+        part = "model config"
         config = AutoConfig.from_pretrained(location, trust_remote_code=options.trust_remote_code)
     except Exception as error:
+        if refused_remote_code(error, options):
+            raise remote_code_error(reference, location, part) from None
         raise CheckpointError(f"cannot load the tokenizer of {reference.display}: {error}") from None
     _prepare_tokenizer(tokenizer, config)
     return tokenizer
@@ -409,6 +417,45 @@ def fit_to_context(tokenizer: Any, tokens: int, setting: str, log: Callable[[str
     else:
         warnings.warn(message, ContextLimitWarning, stacklevel=3)
     return limit
+
+
+def refused_remote_code(error: Exception, options: LoadOptions) -> bool:
+    """Whether transformers refused to load because the checkpoint needs its own code and trust_remote_code is off
+    (it raises a ValueError asking for ``trust_remote_code=True``)."""
+    return not options.trust_remote_code and "trust_remote_code" in str(error)
+
+
+def remote_code_error(reference: ModelReference, location: str, part: str) -> CheckpointError:
+    """The refusal of a checkpoint whose ``part`` (tokenizer, model, model config) needs its own Python code,
+    in the plugin's words: which file declares that code, and the setting that allows it."""
+    declared = ""
+    # A tokenizer's code is named in tokenizer_config.json, or through the model's config; the model's in config.json.
+    for name in ("tokenizer_config.json", "config.json") if part == "tokenizer" else ("config.json",):
+        classes = _auto_map_classes(Path(location) / name)
+        if classes:
+            declared = f" (auto_map in {name}: {', '.join(classes)})"
+            break
+    return CheckpointError(
+        f"{reference.display}: its {part} needs the checkpoint's own Python code{declared}, and running a "
+        "checkpoint's code is off by default: use a checkpoint that transformers loads with its built-in classes, "
+        "or set PASER_TRUST_REMOTE_CODE=1 only if you trust that code"
+    )
+
+
+def _auto_map_classes(file: Path) -> list[str]:
+    """The code references (``module.Class``) that a JSON file's ``auto_map`` names; empty when it names none."""
+    try:
+        auto_map = json.loads(file.read_text()).get("auto_map") if file.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(auto_map, dict):
+        return []
+    classes: list[str] = []
+    for value in auto_map.values():
+        for entry in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(entry, str) and entry not in classes:
+                classes.append(entry)
+    return classes
 
 
 def _declares_custom_code(location: str) -> bool:

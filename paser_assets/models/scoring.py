@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from jinja2 import TemplateError
+from jinja2.exceptions import SecurityError
 
 from paser_assets.core.divergence import chunked_divergence
 from paser_assets.core.efficiency import individual_efficiency
 from paser_assets.core.output_head import Float32Head, HeadPrecision, TargetCentredBFloat16Head, float32_head
-from paser_assets.models.checkpoints import fit_to_context
+from paser_assets.models.checkpoints import CheckpointError, fit_to_context
 from paser_assets.models.device import Precision, model_precision, precision_key
 from paser_assets.models.original_cache import OriginalOutputCache, OriginalStates, compact_states
 
@@ -39,14 +41,44 @@ def build_prompt(tokenizer: Any, instruction: str, input_text: str) -> str:
     """The prompt text: the tokenizer's chat template when it has one, else the Alpaca template."""
     request = f"{instruction}\n\n{input_text}" if input_text else instruction
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": request}], tokenize=False, add_generation_prompt=True
-        )
+        return _apply_chat_template(tokenizer, request)
     return ALPACA_PROMPT.format(
         with_input=", paired with an input that provides further context" if input_text else "",
         instruction=instruction,
         input_block=f"### Input:\n{input_text}\n\n" if input_text else "",
     )
+
+
+def _apply_chat_template(tokenizer: Any, request: str) -> str:
+    """The tokenizer's chat template applied to one user message. transformers renders it in Jinja's immutable
+    sandbox, so a template cannot run code; one that tries, or that fails otherwise, is the checkpoint's fault
+    and a :class:`~paser_assets.models.checkpoints.CheckpointError` says so in one line."""
+    try:
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": request}], tokenize=False, add_generation_prompt=True
+        )
+    except SecurityError as error:
+        raise CheckpointError(
+            f"the chat template of {_template_owner(tokenizer)} tried to escape Jinja's sandbox "
+            f"({_one_line(error)}): the sandbox refused it and no code ran, but that template cannot format "
+            "prompts; use a checkpoint whose chat template (chat_template.jinja or chat_template in "
+            "tokenizer_config.json) only formats messages"
+        ) from None
+    except TemplateError as error:
+        raise CheckpointError(
+            f"the chat template of {_template_owner(tokenizer)} cannot format a prompt: "
+            f"{type(error).__name__}: {_one_line(error)}"
+        ) from None
+
+
+def _template_owner(tokenizer: Any) -> str:
+    """The checkpoint a tokenizer was loaded from (its folder or hub id), as the chat template's owner."""
+    name = getattr(tokenizer, "name_or_path", None)
+    return str(name) if name else "the model"
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()).rstrip(".") or type(error).__name__
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,52 @@ def file_refusal(path: Path) -> tuple[str, str] | None:
     return NOT_DATA, f"not a data file (extension {suffix!r})" if suffix else "not a data file (no extension)"
 
 
+# What a path that exists is when it is neither a regular file nor a folder, by its stat mode.
+_SPECIAL_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_kind(path: Path) -> str | None:
+    """What ``path`` is when it exists but is neither a regular file nor a folder ("a character device", "a FIFO
+    (named pipe)", ...); None for a file, a folder, or nothing. Judged from ``stat`` (links followed), never by
+    opening it: opening a FIFO blocks until a writer comes, and a device can stream forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), "a special file")
+
+
+def missing_path_error(path: Path, name: str | None = None) -> PoolInputError:
+    """The refusal of a dataset path that is neither a file nor a folder, named ``name`` (default: the path): what
+    it is when it exists (a device, a FIFO, a socket) or is a broken link, else that there is no such file or
+    folder."""
+    name = str(path) if name is None else name
+    kind = special_kind(path)
+    if kind is not None:
+        return PoolInputError(f"{name} is {kind}, not a file or folder of instruction data")
+    if path.is_symlink() and not path.exists():
+        target = os.readlink(path)
+        return PoolInputError(f"{name} is a broken link (to {target}), not a file or folder of instruction data")
+    return PoolInputError(f"{name}: no such file or folder")
+
+
+def _is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def _is_duckdb(path: Path) -> bool:
+    if not _is_regular_file(path):  # never opened otherwise: a FIFO would block the walk
+        return False
     try:
         with path.open("rb") as handle:
             return handle.read(12)[8:12] == _DUCKDB_MAGIC
@@ -192,7 +238,10 @@ def _file_skip(path: Path, exclusions: _Exclusions) -> tuple[str, str] | None:
     if reason:
         return PLUGIN_OUTPUT, reason
     if not path.is_file():
-        return UNREADABLE, "a broken link" if path.is_symlink() else "not a regular file"
+        if path.is_symlink() and not path.exists():
+            return UNREADABLE, "a broken link"
+        kind = special_kind(path)
+        return UNREADABLE, f"{kind}, not a regular file" if kind else "not a regular file"
     reason = _output_file_reason(path)
     if reason:
         return PLUGIN_OUTPUT, reason
@@ -266,7 +315,7 @@ def list_inputs(path: Path, exclude: Sequence[str | Path] = ()) -> InputFiles:
     if path.is_file():
         return _single_file(path, exclusions)
     if not path.is_dir():
-        raise PoolInputError(f"{path}: no such file or folder")
+        raise missing_path_error(path)
     _check_root(path, exclusions)
     listing = _walk(path, exclusions)
     log_skipped(path, listing.skipped)

@@ -23,6 +23,7 @@ from paser_assets.pool.folders import (
     InputFiles,
     SkippedPath,
     list_inputs,
+    missing_path_error,
 )
 from paser_assets.pool.parquet import read_parquet
 from paser_assets.pool.rows import (
@@ -370,4 +371,4 @@ def read_dataset(
     if looks_like_hub_name(spec) and not Path(spec).suffix:
         yield from read_hub_dataset(spec, split)
         return
-    raise PoolInputError(f"{spec}: no such file or folder")
+    raise missing_path_error(path, spec)

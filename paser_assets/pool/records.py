@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import functools
 import reprlib
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -224,6 +225,17 @@ def _preview(value: Any) -> str:
 _RUN_ROWS = 16_384
 
 
+@functools.cache
+def _chunk_pool() -> pa.MemoryPool:
+    """Where the columns' chunks live as long as the pool does: jemalloc packs many such mid-sized buffers
+    tightest (measured per million short rows: ~15 MB less than the system allocator, which takes ~25 MB less
+    than Arrow's default mimalloc); the system allocator where pyarrow is built without jemalloc."""
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:  # pragma: no cover - pyarrow's Linux wheels have jemalloc
+        return pa.system_memory_pool()
+
+
 class _Columns:
     """Rows of strings and integers, stored column by column in Arrow.
 
@@ -234,75 +246,205 @@ class _Columns:
     def __init__(self, types: dict[str, pa.DataType]) -> None:
         self.types = types
         self._rows: list[tuple[Any, ...]] = []
-        self._chunks: dict[str, list[pa.Array]] = {name: [] for name in types}
+        # A run with no value in a column (a pool without families, say) stands there as its length alone.
+        self._chunks: dict[str, list[pa.Array | int]] = {name: [] for name in types}
 
     def append(self, row: tuple[Any, ...]) -> None:
         self._rows.append(row)
         if len(self._rows) >= _RUN_ROWS:
             self._flush()
 
+    def extend(self, rows: list[tuple[Any, ...]]) -> None:
+        """Move a run of rows into Arrow at once."""
+        self._flush()
+        self._rows = rows
+        self._flush()
+
     def _flush(self) -> None:
         if not self._rows:
             return
         for (name, data_type), values in zip(self.types.items(), zip(*self._rows, strict=True), strict=True):
-            # The chunks live as long as the pool does; the system allocator packs many such mid-sized
-            # buffers tighter than Arrow's default mimalloc (measured: ~25 MB less per million rows).
-            chunk = pa.array(values, type=data_type, memory_pool=pa.system_memory_pool())
-            self._chunks[name].append(chunk)
+            if values.count(None) == len(values):
+                self._chunks[name].append(len(values))
+            else:
+                self._chunks[name].append(pa.array(values, type=data_type, memory_pool=_chunk_pool()))
         self._rows = []
 
     def column(self, name: str) -> pd.Series | np.ndarray:
         """A column as pandas makes it from a list of the same values (``str``, or object when all None)."""
         self._flush()
-        chunks = pa.chunked_array(self._chunks.pop(name), type=self.types[name])
-        if pa.types.is_integer(chunks.type):
-            return chunks.to_numpy()
-        if chunks.null_count == len(chunks):
-            return pd.Series([None] * len(chunks), dtype=object)
-        return chunks.to_pandas()
+        chunks, data_type = self._chunks.pop(name), self.types[name]
+        if chunks and all(isinstance(chunk, int) for chunk in chunks):
+            return _nones(sum(chunks))  # type: ignore[arg-type]
+        return _pandas_column(
+            pa.chunked_array(
+                [pa.nulls(chunk, data_type) if isinstance(chunk, int) else chunk for chunk in chunks], type=data_type
+            )
+        )
+
+
+def _pandas_column(chunks: pa.ChunkedArray) -> pd.Series | np.ndarray:
+    """A column as pandas makes it from a list of the same values (``str``, or object when all None); strings
+    stay in their Arrow buffers."""
+    if pa.types.is_integer(chunks.type):
+        return chunks.to_numpy()
+    if chunks.null_count == len(chunks):
+        return _nones(len(chunks))
+    return chunks.to_pandas()
+
+
+def _nones(length: int) -> pd.Series:
+    return pd.Series(np.full(length, None, dtype=object), dtype=object, copy=False)
 
 
 _TEXT, _INT = pa.large_string(), pa.int64()
-_ACCEPTED_TYPES = {"instruction": _TEXT, "input": _TEXT, "output": _TEXT, "family": _TEXT, "source": _TEXT}
-_ACCEPTED_TYPES.update(source_row=_INT, n_chars=_INT)
+_ACCEPTED_TEXTS = {"instruction": _TEXT, "input": _TEXT, "output": _TEXT, "family": _TEXT, "source": _TEXT}
 _REJECTED_TYPES = {"source": _TEXT, "source_row": _INT, "reason": _TEXT, "detail": _TEXT, "preview": _TEXT}
 
 
-class _Accepted:
-    """The accepted rows, in Arrow columns, and ``counts``: how often each sample_id was seen.
+class _Ints:
+    """A growing int64 column in one NumPy array, grown and finally cut to length in place (``realloc``: the
+    allocator moves pages, it does not copy them), so it ends as exactly the column the frame holds."""
 
-    ``counts`` is keyed by the integer the sample_id's 16 hex digits spell (half the memory of the
-    string); its insertion order is the pool's row order.
+    def __init__(self) -> None:
+        self.values = np.zeros(_RUN_ROWS, dtype=np.int64)
+        self.length = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        end = self.length + len(values)
+        if end > len(self.values):
+            self.values.resize(max(end, len(self.values) + len(self.values) // 2), refcheck=False)
+        self.values[self.length : end] = values
+        self.length = end
+
+    def array(self) -> np.ndarray:
+        """The column, ``length`` long; this object is spent."""
+        values, self.values = self.values, np.zeros(0, dtype=np.int64)
+        values.resize(self.length, refcheck=False)
+        return values
+
+
+class _SeenKeys:
+    """The sample ids kept so far, as the unsigned integers their 16 hex digits spell, each with its row in the
+    pool: sorted NumPy runs whose sizes shrink from the oldest to the newest (a new run merges into the last
+    while it is as long), so a lookup is one binary search per run and an insert costs O(log n) amortised copies.
+
+    12 bytes per kept row, where a dict of Python ints costs about 90.
     """
 
     def __init__(self) -> None:
-        self.counts: dict[int, int] = {}
-        self.rows = _Columns(_ACCEPTED_TYPES)
+        self._runs: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted uint64 keys, uint32 rows)
 
-    @property
-    def rows_kept(self) -> int:
-        return sum(self.counts.values())
+    def rows_of(self, keys: np.ndarray) -> np.ndarray:
+        """The pool row of each key, -1 where it was not seen."""
+        rows = np.full(len(keys), -1, dtype=np.int64)
+        for run_keys, run_rows in self._runs:
+            at = np.minimum(np.searchsorted(run_keys, keys), len(run_keys) - 1)
+            found = run_keys[at] == keys
+            rows[found] = run_rows[at[found]]
+        return rows
+
+    def add(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Keys not seen before (each once) and their rows."""
+        if not len(keys):
+            return
+        order = np.argsort(keys)
+        run = (keys[order], rows[order].astype(np.uint32))
+        while self._runs and len(self._runs[-1][0]) <= len(run[0]):
+            run = _merge(self._runs.pop(), run)
+        self._runs.append(run)
+
+    def hex_ids(self, count: int) -> pa.Array:
+        """The sample ids of rows 0..count-1 as 16 hex digits each, in row order, built in Arrow without a Python
+        string; the runs are given up."""
+        digits = np.empty((count, 16), dtype=np.uint8)
+        while self._runs:
+            run_keys, run_rows = self._runs.pop()
+            for start in range(0, len(run_keys), _RUN_ROWS):  # a slice at a time: small temporaries
+                digits[run_rows[start : start + _RUN_ROWS]] = _hex_digits(run_keys[start : start + _RUN_ROWS])
+        offsets = np.arange(0, 16 * (count + 1), 16, dtype=np.int64)
+        return pa.LargeStringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(digits))
+
+
+def _merge(older: tuple[np.ndarray, np.ndarray], newer: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Two sorted runs with no key in common, as one sorted run, in linear time."""
+    at_new = np.searchsorted(older[0], newer[0]) + np.arange(len(newer[0]))
+    is_new = np.zeros(len(older[0]) + len(newer[0]), dtype=bool)
+    is_new[at_new] = True
+    keys = np.empty(len(is_new), dtype=np.uint64)
+    rows = np.empty(len(is_new), dtype=np.uint32)
+    keys[at_new], rows[at_new] = newer
+    keys[~is_new], rows[~is_new] = older
+    return keys, rows
+
+
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def _hex_digits(keys: np.ndarray) -> np.ndarray:
+    """``f"{key:016x}"`` of each key, as a row of 16 ASCII bytes."""
+    octets = keys.astype(">u8").view(np.uint8).reshape(-1, 8)
+    digits = np.empty((len(keys), 16), dtype=np.uint8)
+    digits[:, 0::2] = _HEX[octets >> 4]
+    digits[:, 1::2] = _HEX[octets & 15]
+    return digits
+
+
+class _Accepted:
+    """The accepted rows, first occurrences only: texts in Arrow columns, numbers in NumPy, and how often each
+    sample_id was seen.
+
+    Rows wait in a short run of Python tuples with their sample ids as integers (the 16 hex digits); each run
+    is de-duplicated at once with NumPy against :class:`_SeenKeys`, and its new rows move out of Python in the
+    order they were read, so the pool's row order is that of the first occurrences. No Python object is kept
+    per row.
+    """
+
+    def __init__(self) -> None:
+        self.texts = _Columns(dict(_ACCEPTED_TEXTS))
+        self.rows_kept = 0  # accepted rows read, duplicates included
+        self._kept = 0  # rows in the pool: distinct sample ids
+        self._seen = _SeenKeys()
+        self._source_rows, self._n_chars, self._counts = _Ints(), _Ints(), _Ints()
+        self._keys: list[int] = []
+        self._pending: list[tuple[Any, ...]] = []
 
     def add(self, clean: dict[str, Any], raw: RawRow) -> None:
-        key = int(clean["sample_id"], 16)
-        seen = self.counts.get(key)
-        if seen is not None:
-            self.counts[key] = seen + 1
+        self.rows_kept += 1
+        self._keys.append(int(clean["sample_id"], 16))
+        texts = (clean["instruction"], clean["input"], clean["output"], clean["family"], raw.source)
+        self._pending.append((texts, raw.row, clean["n_chars"]))
+        if len(self._pending) >= _RUN_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
             return
-        self.counts[key] = 1
-        texts = (clean["instruction"], clean["input"], clean["output"], clean["family"])
-        self.rows.append((*texts, raw.source, raw.row, clean["n_chars"]))
+        unique, first, occurrences = np.unique(
+            np.array(self._keys, dtype=np.uint64), return_index=True, return_counts=True
+        )
+        rows = self._seen.rows_of(unique)
+        seen = rows >= 0
+        np.add.at(self._counts.values, rows[seen], occurrences[seen])
+        order = np.argsort(first[~seen])  # the new rows in the order they were read
+        new_first = first[~seen][order].tolist()
+        self._seen.add(unique[~seen][order], np.arange(self._kept, self._kept + len(new_first)))
+        self._counts.extend(occurrences[~seen][order])
+        new = [self._pending[i] for i in new_first]
+        self._source_rows.extend(np.fromiter((row[1] for row in new), dtype=np.int64, count=len(new)))
+        self._n_chars.extend(np.fromiter((row[2] for row in new), dtype=np.int64, count=len(new)))
+        self.texts.extend([row[0] for row in new])
+        self._kept += len(new)
+        self._keys, self._pending = [], []
 
     def frame(self) -> pd.DataFrame:
-        counts, self.counts = self.counts, {}
-        duplicate_count = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
-        sample_ids = _Columns({"sample_id": _TEXT})
-        for key in counts:
-            sample_ids.append((f"{key:016x}",))
-        del counts  # the largest Python structure goes before the frame is assembled
-        columns = {"sample_id": sample_ids.column("sample_id")}
-        columns.update({name: self.rows.column(name) for name in _ACCEPTED_TYPES})
-        columns["duplicate_count"] = duplicate_count
+        self._flush()
+        sample_ids = self._seen.hex_ids(self._kept)
+        columns = {"sample_id": _pandas_column(pa.chunked_array([sample_ids], type=_TEXT))}
+        columns.update({name: self.texts.column(name) for name in _ACCEPTED_TEXTS})
+        columns["source_row"] = self._source_rows.array()
+        columns["n_chars"] = self._n_chars.array()
+        columns["duplicate_count"] = self._counts.array()
         return pd.DataFrame(columns, columns=list(POOL_COLUMNS), copy=False)
 
 

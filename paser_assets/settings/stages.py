@@ -258,11 +258,19 @@ class ScoringSettings(Stage):
     )
     score_shards: int = setting(
         1,
-        "Shards of degradation_scores per variant (partitions), so that a backfill spreads scoring over processes "
-        "or machines.",
+        "Shards each variant's degradation_scores is scored in: above 1, one Dask task per shard, on the cluster at "
+        "dask_address or a local one (one worker process per shard, at most one per CPU).",
         affects="runtime",
         ge=1,
         le=4096,
+    )
+    score_workers: int | None = setting(
+        None,
+        "Worker processes of the local Dask cluster that scores the shards (each loads both models); unset: one per "
+        "shard, at most one per CPU; 0: score the shards one after another in this process. Where shards run never "
+        "changes a score.",
+        affects="runtime",
+        ge=0,
     )
     original_cache: bool = setting(
         True,
@@ -577,18 +585,27 @@ class ExecutionSettings(Stage):
         affects="runtime",
     )
     dask_address: str | None = setting(
-        None, "Scheduler address of an existing Dask cluster; unset starts a local one.", affects="runtime"
+        None,
+        "Scheduler address of an existing Dask cluster (executor=dask, and the scoring shards); unset starts a local "
+        "one. Its workers never open the DuckDB file.",
+        affects="runtime",
     )
     include_recovery: bool = setting(
         False,
-        "Include the recovery assets (LoRA fine-tunes and held-out evaluation, slow on a CPU) in `paser "
-        "materialize` and `paser refresh`, and make them launchable in the UI (without it the UI shows them and "
-        'their history, and its "Materialize all" leaves them out).',
+        "Define the recovery assets (LoRA fine-tunes and held-out evaluation, slow on a CPU): without it they are "
+        'not in the graph, so neither `paser materialize`, the UI\'s "Materialize all", automation nor a selection '
+        "of a variant's keys trains anything; their tables and adapters are kept.",
         affects="runtime",
         env="PASER_RECOVERY",
     )
     automation: bool = setting(
         False,
         "Start the automation sensor running: re-score when a changed checkpoint is observed.",
+        affects="runtime",
+    )
+    webserver: str = setting(
+        "http://127.0.0.1:3000",
+        "The Dagster webserver that `paser variants add/remove` asks to reload its code locations, so the UI shows "
+        "the variants as registered.",
         affects="runtime",
     )

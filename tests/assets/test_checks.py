@@ -1,4 +1,4 @@
-"""Asset checks per variant partition, the signal check, and the tags of the runner's runs.
+"""Asset checks per variant (on ``<variant>/selection``...), the signal check, and the tags of the runner's runs.
 
 Most tests read the two-variant database of ``two_variants.py`` (a trained tiny Llama, built-in variant
 magnitude-50 plus nm24 added later). A test that breaks a table works on a copy, with definitions of its own.
@@ -18,18 +18,28 @@ from two_variants import ADDED, BUILT_IN, VARIANTS, TwoVariants
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
 from paser_assets.core.signal import UNIFORM_SHARE, assess_signal
 from paser_assets.models.vocabulary import vocabulary_size
+from paser_assets.per_variant import variant_key
 from paser_assets.runner import COMMAND_TAG, DB_TAG, observe
 
 pytestmark = pytest.mark.system
 
-VARIANT_CHECKS = {"budget_met", "no_sample_selected_twice", "selected_samples_in_pool", "degradation_signal"}
+VARIANT_CHECKS = {
+    "budget_met": "selection",
+    "no_sample_selected_twice": "selection",
+    "selected_samples_in_pool": "selection",
+    "jsd_in_range": "degradation_scores",
+    "degradation_signal": "capability_degradation",
+}
 
 
 def evaluations(runs) -> dict[tuple[str, str], dg.AssetCheckEvaluation]:
+    """Every check evaluation of the runs, by check name and the variant of the asset it checked."""
     found: dict[tuple[str, str], dg.AssetCheckEvaluation] = {}
     for run in runs:
         for evaluation in run.get_asset_check_evaluations():
-            key = (evaluation.check_name, evaluation.partition)
+            variant, asset = evaluation.asset_key.path
+            assert asset == VARIANT_CHECKS[evaluation.check_name], evaluation.asset_key
+            key = (evaluation.check_name, variant)
             assert key not in found, f"{key} evaluated twice"
             found[key] = evaluation
     return found
@@ -56,16 +66,21 @@ def execute(database: PaserDuckDB, sql: str, *parameters) -> None:
 # -- one result per variant
 
 
-def test_each_check_is_evaluated_once_per_variant_partition(two_variants: TwoVariants) -> None:
+def test_each_check_is_evaluated_once_per_variant(two_variants: TwoVariants) -> None:
     found = evaluations(two_variants.runs)
     expected = {(name, variant) for name in VARIANT_CHECKS for variant in VARIANTS}
-    expected |= {("jsd_in_range", f"0|{variant}") for variant in VARIANTS}
     assert set(found) == expected
     assert all(evaluation.passed for evaluation in found.values()), {
         key: evaluation.description for key, evaluation in found.items() if not evaluation.passed
     }
     # the second variant's checks ran in the `variants add` refresh, the first's in the materialize only
-    assert {e.partition for e in two_variants.runs[1].get_asset_check_evaluations()} == {ADDED, f"0|{ADDED}"}
+    assert {e.asset_key.path[0] for e in two_variants.runs[1].get_asset_check_evaluations()} == {ADDED}
+    checks = two_variants.defs.resolve_asset_graph().asset_check_keys
+    assert checks == {
+        dg.AssetCheckKey(variant_key(variant, asset), name)
+        for name, asset in VARIANT_CHECKS.items()
+        for variant in VARIANTS
+    }
 
 
 def test_budget_met_reports_each_variants_own_budget(two_variants: TwoVariants) -> None:
@@ -82,20 +97,28 @@ def test_budget_met_reports_each_variants_own_budget(two_variants: TwoVariants) 
         assert metadata["selected"].value == selected
         assert metadata["shortfall"].value == budgets[variant] - selected
     for variant in VARIANTS:
-        shard = found["jsd_in_range", f"0|{variant}"].metadata
+        jsd = found["jsd_in_range", variant].metadata
         (high,) = query(two_variants.database, "SELECT max(jsd) FROM degradation_scores WHERE variant = ?", variant)[0]
-        assert shard["max_jsd"].value == pytest.approx(high) and shard["variant"].value == variant
+        assert jsd["max_jsd"].value == pytest.approx(high) and jsd["variant"].value == variant
 
 
 def test_the_instance_keeps_each_variants_check_history_apart(two_variants: TwoVariants) -> None:
-    storage = two_variants.instance.event_log_storage
+    instance = two_variants.instance
+    storage = instance.event_log_storage
     for asset, check in [("selection", "budget_met"), ("capability_degradation", "degradation_signal")]:
-        key = dg.AssetCheckKey(dg.AssetKey(asset), check)
-        infos = storage.get_asset_check_partition_info([key])
-        assert {info.partition_key: info.latest_execution_status.value for info in infos} == dict.fromkeys(
+        keys = {variant: dg.AssetCheckKey(variant_key(variant, asset), check) for variant in VARIANTS}
+        latest = storage.get_latest_asset_check_execution_by_key(list(keys.values()))
+        assert {variant: latest[key].status.value for variant, key in keys.items()} == dict.fromkeys(
             VARIANTS, "SUCCEEDED"
         )
-        assert all(info.is_current for info in infos)  # each result is of its own partition's materialization
+        for variant, graph_run in zip(VARIANTS, two_variants.runs, strict=True):  # materialize, then variants add
+            assert latest[keys[variant]].run_id in {result.run_id for result in graph_run.results}
+        for variant, key in keys.items():  # each result is of its own variant's latest materialization
+            filter_ = dg.AssetRecordsFilter(asset_key=variant_key(variant, asset))
+            (materialization,) = instance.fetch_materializations(filter_, limit=1).records
+            target = latest[key].evaluation.target_materialization_data
+            assert target is not None and target.storage_id == materialization.storage_id
+        assert not storage.get_latest_asset_check_execution_by_key([dg.AssetCheckKey(dg.AssetKey(asset), check)])
 
 
 def test_a_broken_variant_fails_its_own_checks_and_not_the_others(two_variants: TwoVariants, tmp_path: Path) -> None:
@@ -106,7 +129,7 @@ def test_a_broken_variant_fails_its_own_checks_and_not_the_others(two_variants: 
         "ORDER BY sample_id LIMIT 1",
         ADDED,
     )
-    broken, intact = run_checks(defs, "selection", ADDED), run_checks(defs, "selection", BUILT_IN)
+    broken, intact = run_checks(defs, ADDED, "selection"), run_checks(defs, BUILT_IN, "selection")
     assert {name: e.passed for name, e in broken.items()} == {
         "budget_met": False,  # one more selected than the budget
         "no_sample_selected_twice": False,
@@ -157,17 +180,17 @@ def test_the_signal_check_warns_when_cds_and_nll_lose_their_meaning(two_variants
     uniform = math.log(vocabulary_size(path))
     execute(database, "UPDATE capability_degradation SET cds = 0.05, jsd_std = 0.02 WHERE variant = ?", ADDED)
     execute(database, "UPDATE degradation_scores SET pruned_nll = ? WHERE variant = ?", uniform + 0.1, ADDED)
-    degenerate = run_checks(defs, "capability_degradation", ADDED)["degradation_signal"]
+    degenerate = run_checks(defs, ADDED, "capability_degradation")["degradation_signal"]
     assert not degenerate.passed and degenerate.severity == dg.AssetCheckSeverity.WARN
     problems = degenerate.description.split("; ")
     assert len(problems) == 2
     assert problems[0].startswith("CDS does not separate the clusters: the most and least degraded differ by 0 nats")
     assert problems[1].startswith("the pruned model predicts about as well as chance")
     assert "untrained" not in problems[1]  # the original still predicts
-    assert run_checks(defs, "capability_degradation", BUILT_IN)["degradation_signal"].passed
+    assert run_checks(defs, BUILT_IN, "capability_degradation")["degradation_signal"].passed
 
     execute(database, "UPDATE capability_degradation SET cds = ln(2) - 0.002 * cluster WHERE variant = ?", ADDED)
-    saturated = run_checks(defs, "capability_degradation", ADDED)["degradation_signal"]
+    saturated = run_checks(defs, ADDED, "capability_degradation")["degradation_signal"]
     assert "CDS is saturated" in saturated.description
 
 
@@ -183,7 +206,7 @@ def test_every_run_is_tagged_with_the_database_and_the_command(two_variants: Two
             assert (tags[DB_TAG], tags[COMMAND_TAG]) == (path, command)
     tagged = two_variants.instance.get_runs(filters=dg.RunsFilter(tags={DB_TAG: path, COMMAND_TAG: "variants add"}))
     assert {run.run_id for run in tagged} == {result.run_id for result in added.results}
-    assert {run.tags.get("dagster/partition") for run in tagged} <= {None, ADDED, f"0|{ADDED}"}
+    assert {run.tags.get("dagster/partition") for run in tagged} == {None}  # no asset is partitioned
 
 
 def test_runs_on_two_databases_in_one_instance_are_told_apart(tiny_llama_dir: Path, tmp_path: Path) -> None:

@@ -27,11 +27,10 @@ def make_defs(tmp_path: Path, **settings) -> tuple[dg.Definitions, PaserDuckDB]:
     return build_definitions(config, database), database
 
 
-def latest(instance: dg.DagsterInstance, key: str, partition: str | None = None):
-    """The latest materialization event of an asset (partition), whatever the partition when None."""
+def latest(instance: dg.DagsterInstance, key: str):
+    """The latest materialization event of an asset, named as the UI names it (``<variant>/<asset>``)."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[partition] if partition else None),
-        limit=1,
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey.from_user_string(key)), limit=1
     ).records
     return records[0].event_log_entry if records else None
 
@@ -63,14 +62,14 @@ def test_every_asset_materializes_into_duckdb(identical_run) -> None:
         "cluster_profiles",
         "sample_concepts",
         "holdout_split",
-        "pruned_model[external]",
-        "degradation_scores[0|external]",
-        "capability_degradation[external]",
-        "selection[external]",
-        "concept_graph[external]",
-        "selection_export[external]",
+        "external/pruned_model",
+        "external/degradation_scores",
+        "external/capability_degradation",
+        "external/selection",
+        "external/concept_graph",
+        "external/selection_export",
     }
-    assert result.observed == ["original_model", "pruned_checkpoint[external]"]
+    assert result.observed == ["external/pruned_checkpoint", "original_model"]
     pool_rows = query(database, "SELECT count(*) FROM recovery_pool")[0][0]
     assert 0 < pool_rows <= 96
     for table in [*SEMANTIC_TABLES[2:], "degradation_scores"]:
@@ -96,7 +95,7 @@ def test_tables_match_the_documented_schema(identical_run) -> None:
 
 def test_metadata_carries_schema_row_count_and_cluster_map(identical_run) -> None:
     _, _, instance = identical_run
-    for key in ["recovery_pool", "clusters", "degradation_scores", "capability_degradation"]:
+    for key in ["recovery_pool", "clusters", "external/degradation_scores", "external/capability_degradation"]:
         event = latest(instance, key)
         assert event is not None
         metadata = event.asset_materialization.metadata
@@ -106,7 +105,7 @@ def test_metadata_carries_schema_row_count_and_cluster_map(identical_run) -> Non
     assert clusters["cluster_map"].value.startswith("![cluster map](data:image/png;base64,")
     assert clusters["n_clusters"].value >= 2
     assert "eigengap" in clusters["k_criterion"].value
-    capability = latest(instance, "capability_degradation").asset_materialization.metadata
+    capability = latest(instance, "external/capability_degradation").asset_materialization.metadata
     assert capability["cds_per_cluster"].value.startswith("![")
     assert capability["budget_per_cluster"].value.startswith("![")
 
@@ -139,7 +138,7 @@ def test_built_in_pruning_degrades_and_rerun_reuses_scores(tmp_path: Path, tiny_
     assert first.success
     jsd_min, jsd_max = query(database, "SELECT min(jsd), max(jsd) FROM degradation_scores")[0]
     assert 0.0 < jsd_min <= jsd_max <= math.log(2)
-    first_scores = latest(instance, "degradation_scores", "0|magnitude-50").asset_materialization
+    first_scores = latest(instance, "magnitude-50/degradation_scores").asset_materialization
     assert first_scores.metadata["float16_rounding_jsd_error"].value.startswith("mean ")
     # 'auto' keeps float32 heads for the tiny model's small vocabulary, on any CPU.
     assert first_scores.metadata["output_head_precision"].value == "float32"
@@ -151,10 +150,11 @@ def test_built_in_pruning_degrades_and_rerun_reuses_scores(tmp_path: Path, tiny_
     assert query(database, "SELECT sum(budget) FROM capability_degradation")[0][0] == 10
     before = query(database, "SELECT * FROM degradation_scores ORDER BY sample_id")
 
-    second = materialize(defs, selection="key:pruned_model or key:degradation_scores", instance=instance)
+    selection = 'key:"magnitude-50/pruned_model" or key:"magnitude-50/degradation_scores"'
+    second = materialize(defs, selection=selection, instance=instance)
     assert second.success
-    assert second.materialized == ["degradation_scores[0|magnitude-50]", "pruned_model[magnitude-50]"]
-    scores = latest(instance, "degradation_scores", "0|magnitude-50").asset_materialization
+    assert second.materialized == ["magnitude-50/degradation_scores", "magnitude-50/pruned_model"]
+    scores = latest(instance, "magnitude-50/degradation_scores").asset_materialization
     assert scores.metadata["scored_now"].value == "0"
     assert scores.metadata["precision"].value == first_scores.metadata["precision"].value  # the reused scores'
     assert query(database, "SELECT * FROM degradation_scores ORDER BY sample_id") == before
@@ -167,19 +167,19 @@ def test_bad_budget_fails_with_the_setting_named(tmp_path: Path, tiny_llama_dir:
     assert any("PASER_BUDGET" in failure for failure in result.failures())
 
 
-def test_asset_checks_run_with_the_graph_per_partition(identical_run) -> None:
+def test_asset_checks_run_with_the_graph_on_the_variants_assets(identical_run) -> None:
     result, _, _ = identical_run
-    evaluations = {(e.check_name, e.partition): e for e in result.get_asset_check_evaluations()}
+    evaluations = {(e.check_name, e.asset_key.to_user_string()): e for e in result.get_asset_check_evaluations()}
     assert {key: e.passed for key, e in evaluations.items()} == {
-        ("budget_met", "external"): True,
-        ("no_sample_selected_twice", "external"): True,
-        ("selected_samples_in_pool", "external"): True,
-        ("jsd_in_range", "0|external"): True,
+        ("budget_met", "external/selection"): True,
+        ("no_sample_selected_twice", "external/selection"): True,
+        ("selected_samples_in_pool", "external/selection"): True,
+        ("jsd_in_range", "external/degradation_scores"): True,
         # pruned = original scores JSD 0 everywhere: no cluster is more degraded than another, and the
         # random tiny model is a near-uniform guesser: both are warned about, neither fails the run
-        ("degradation_signal", "external"): False,
+        ("degradation_signal", "external/capability_degradation"): False,
     }
-    signal = evaluations["degradation_signal", "external"]
+    signal = evaluations["degradation_signal", "external/capability_degradation"]
     assert signal.severity == dg.AssetCheckSeverity.WARN and result.success
     assert "does not separate" in signal.description and "as well as chance" in signal.description
 
@@ -187,8 +187,8 @@ def test_asset_checks_run_with_the_graph_per_partition(identical_run) -> None:
 def test_every_asset_reads_the_result_settings_it_declares(identical_run) -> None:
     """A declared setting that an asset never reads would only make it stale for nothing."""
     result, _, _ = identical_run
-    defs = build_definitions(PaserConfig(), PaserDuckDB(database=":memory:"))
-    materialized = {name.split("[")[0] for name in result.materialized}
+    defs = build_definitions(PaserConfig(), PaserDuckDB(database=":memory:"), variants=["external"])
+    materialized = set(result.materialized)
     for asset in defs.assets or []:
         if not isinstance(asset, dg.AssetsDefinition) or not {k.to_user_string() for k in asset.keys} & materialized:
             continue

@@ -17,16 +17,16 @@ import pandas as pd
 import pytest
 
 from paser_assets import PaserConfig, PaserDuckDB, build_definitions
-from paser_assets.assets import recovery as recovery_assets
 from paser_assets.core.baselines import seeded_order
 from paser_assets.core.recovery_metrics import comparison_table
 from paser_assets.methods.builtin import BUILTIN
+from paser_assets.per_variant import variant_asset_names, variant_key
 from paser_assets.runner import GraphRun, run_graph
 
 pytestmark = pytest.mark.system
 
 VARIANT = "magnitude-50"
-RECOVERY_ASSETS = {asset.key.to_user_string() for asset in recovery_assets.RECOVERY_ASSETS}
+RECOVERY_ASSETS = set(variant_asset_names(recovery=True))
 # The fixture recovers with every method the product ships, and only those.
 RECOVERY_METHODS = [method.name for method in BUILTIN]
 BASELINES = [m for m in RECOVERY_METHODS if m != "paser"]
@@ -63,8 +63,10 @@ def frame(database: PaserDuckDB, sql: str) -> pd.DataFrame:
         return conn.execute(sql).df()
 
 
-def method_key(method: str) -> dg.MultiPartitionKey:
-    return dg.MultiPartitionKey({"method": method, "variant": VARIANT})
+def asset_of(name: str) -> str:
+    """The asset of a key as a run names it: ``<variant>/<asset>[/<method>]``, or a shared asset's name."""
+    parts = name.split("/")
+    return parts[1] if len(parts) > 1 else parts[0]
 
 
 def recovered_metadata(instance: dg.DagsterInstance) -> dict[str, dict]:
@@ -72,8 +74,7 @@ def recovered_metadata(instance: dg.DagsterInstance) -> dict[str, dict]:
     result = {}
     for method in RECOVERY_METHODS:
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("recovered_model"), asset_partitions=[method_key(method)]),
-            limit=1,
+            dg.AssetRecordsFilter(asset_key=variant_key(VARIANT, "recovered_model", method)), limit=1
         ).records
         assert records, method
         result[method] = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
@@ -141,27 +142,26 @@ def recovery(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> 
     return Recovery(first, second, database, instance, config, cache, export, holdout_before, first_metadata)
 
 
-def test_every_recovery_partition_materializes(recovery: Recovery) -> None:
+def test_every_recovery_asset_materializes(recovery: Recovery) -> None:
     materialized = set(recovery.first.materialized)
     for asset in ["baseline_selections", "reference_evaluation", "recovery_comparison"]:
-        assert f"{asset}[{VARIANT}]" in materialized
+        assert f"{VARIANT}/{asset}" in materialized
     for asset in ["recovered_model", "recovery_evaluation"]:
         for method in RECOVERY_METHODS:
-            assert f"{asset}[{method_key(method)}]" in materialized, (asset, method)
+            assert f"{VARIANT}/{asset}/{method}" in materialized, (asset, method)
     assert "holdout_split" in materialized
-    recovery_events = [name for name in materialized if name.split("[")[0] in RECOVERY_ASSETS]
-    assert len(recovery_events) == 3 + 2 * len(RECOVERY_METHODS)
+    recovery_events = [name for name in recovery.first.materialized if asset_of(name) in RECOVERY_ASSETS]
+    assert len(recovery_events) == 3 + 2 * len(RECOVERY_METHODS)  # each once
 
 
 def test_every_evaluation_records_its_wall_time(recovery: Recovery) -> None:
     """The bench prices the evaluations left by the seconds the done ones recorded."""
     for method in RECOVERY_METHODS:
         records = recovery.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("recovery_evaluation"), asset_partitions=[method_key(method)]),
-            limit=1,
+            dg.AssetRecordsFilter(asset_key=variant_key(VARIANT, "recovery_evaluation", method)), limit=1
         ).records
         assert records[0].asset_materialization.metadata["seconds"].value > 0, method
-    reference = recovery.instance.fetch_materializations(dg.AssetKey("reference_evaluation"), limit=1).records
+    reference = recovery.instance.fetch_materializations(variant_key(VARIANT, "reference_evaluation"), limit=1).records
     metadata = reference[0].asset_materialization.metadata
     assert metadata["original seconds"].value > 0 and metadata["pruned seconds"].value > 0
 
@@ -341,7 +341,7 @@ def test_comparison_records_the_training_of_every_arm(recovery: Recovery) -> Non
         assert table.at[arm, "train_seconds"] > 0
     assert table.at["full", "train_samples"] > table.at["paser", "train_samples"]
     records = recovery.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("recovery_comparison"), asset_partitions=[VARIANT]), limit=1
+        dg.AssetRecordsFilter(asset_key=variant_key(VARIANT, "recovery_comparison")), limit=1
     ).records
     metadata = records[0].asset_materialization.metadata
     charts = [k for k, v in metadata.items() if k.startswith("recovery_ratio") and "base64," in str(v.value)]
@@ -376,9 +376,9 @@ def test_pruning_changed_the_held_out_nll(recovery: Recovery) -> None:
 
 
 def test_a_rerun_reuses_the_adapters_and_keeps_the_held_out_split(recovery: Recovery) -> None:
-    assert sorted(n for n in recovery.second.materialized if n.startswith("recovered_model")) == sorted(
-        n for n in recovery.first.materialized if n.startswith("recovered_model")
-    )
+    recovered = [f"{VARIANT}/recovered_model/{method}" for method in RECOVERY_METHODS]
+    assert sorted(n for n in recovery.second.materialized if asset_of(n) == "recovered_model") == sorted(recovered)
+    assert sorted(n for n in recovery.first.materialized if asset_of(n) == "recovered_model") == sorted(recovered)
     second = recovered_metadata(recovery.instance)
     for method in RECOVERY_METHODS:
         assert second[method]["adapter"] == recovery.first_metadata[method]["adapter"]
@@ -406,14 +406,15 @@ def test_distillation_trains_a_new_adapter_towards_the_original(recovery: Recove
     config = make_config(recovery.cache.parent, model, include_recovery=True, recovery_methods=["paser"],
                          lora_loss="distillation")  # fmt: skip
     instance = dg.DagsterInstance.ephemeral()
-    run = run_graph(build_definitions(config, copy), instance, selection="recovered_model")
+    run = run_graph(build_definitions(config, copy), instance, selection=f'key:"{VARIANT}/recovered_model/paser"')
     assert run.success, run.failures()
     assert any("loading the original model as the teacher" in m for m in run_messages(instance, run))
     sql = "SELECT path, recipe_hash FROM recovered_adapters WHERE variant = ? AND method = 'paser'"
     path, recipe = query(copy, sql, [VARIANT])[0]
     path_before, recipe_before = query(recovery.database, sql, [VARIANT])[0]
     assert recipe != recipe_before and path != path_before and Path(path, "adapter_model.safetensors").exists()
-    records = instance.fetch_materializations(dg.AssetKey("recovered_model"), limit=1).records
+    assert run.materialized == [f"{VARIANT}/recovered_model/paser"]
+    records = instance.fetch_materializations(variant_key(VARIANT, "recovered_model", "paser"), limit=1).records
     metadata = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
     assert metadata["loss"] == "distillation" and metadata["trained_now"] is True
     assert recovery.first_metadata["paser"]["loss"] == "response_nll"
@@ -422,14 +423,17 @@ def test_distillation_trains_a_new_adapter_towards_the_original(recovery: Recove
 
 
 def test_recovery_is_off_by_default(recovery: Recovery) -> None:
-    """Runs last: the default configuration over the same database and instance materializes no recovery asset."""
+    """Runs last: the default configuration over the same database and instance has no recovery asset."""
     assert PaserConfig().execution.include_recovery is False
     config = make_config(recovery.cache.parent, Path(recovery.config.models.original_model))  # recovery not set
     defs = build_definitions(config, recovery.database)
+    graph = defs.resolve_asset_graph()
+    shown = {key for key in graph.get_all_asset_keys() if len(key.path) > 1 and key.path[1] in RECOVERY_ASSETS}
+    assert not shown  # nothing to launch by "Materialize all", automation or a selection of the variant
     run = run_graph(defs, recovery.instance)
     assert run.success, run.failures()
-    assert "holdout_split" in run.materialized and f"selection[{VARIANT}]" in run.materialized
-    assert not [name for name in run.materialized if name.split("[")[0] in RECOVERY_ASSETS]
+    assert "holdout_split" in run.materialized and f"{VARIANT}/selection" in run.materialized
+    assert not [name for name in run.materialized if asset_of(name) in RECOVERY_ASSETS]
 
 
 def test_without_labels_or_tasks_the_comparison_groups_by_cluster_and_keeps_the_text() -> None:

@@ -23,6 +23,7 @@ from paser_assets import PaserConfig, PaserDuckDB, build_definitions
 from paser_assets import report as report_module
 from paser_assets.assets import selection as selection_assets
 from paser_assets.assets.selection import EXPORT_FORMATS, safe_export_path
+from paser_assets.per_variant import variant_key
 from paser_assets.report import REPORT_NAME
 from paser_assets.runner import run_graph as materialize
 
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.system
 VARIANT = "magnitude-50"  # the single variant of the pruning settings below
 CHECK_NAMES = {"budget_met", "no_sample_selected_twice", "selected_samples_in_pool", "jsd_in_range"}
 ALPACA = ["instruction", "input", "output"]
+EXPORT = f'key:"{VARIANT}/selection_export"'  # quoted: a '-' ends an unquoted key in a Dagster selection
 
 
 @dataclass
@@ -58,12 +60,14 @@ def execute(database: PaserDuckDB, sql: str) -> None:
 
 
 def run_checks(defs: dg.Definitions, instance: dg.DagsterInstance | None = None) -> dict[str, dg.AssetCheckEvaluation]:
-    """Execute only the four asset checks of the variant's partitions against what the database holds now."""
+    """Execute only the four asset checks of the variant's selection and scores against what the database holds
+    now."""
     evaluations = {}
-    for asset, partition in (("selection", VARIANT), ("degradation_scores", f"0|{VARIANT}")):
-        found = run_checks_of(defs, asset, partition, instance)
+    for asset in ("selection", "degradation_scores"):
+        found = run_checks_of(defs, VARIANT, asset, instance)
         for evaluation in found.values():
-            assert evaluation.partition == partition and evaluation.metadata["variant"].value == VARIANT
+            assert evaluation.asset_key == variant_key(VARIANT, asset)
+            assert evaluation.metadata["variant"].value == VARIANT
         evaluations.update(found)
     return evaluations
 
@@ -103,7 +107,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Run:
 
 
 def selection_metadata(instance: dg.DagsterInstance) -> dict:
-    event = instance.get_latest_materialization_event(dg.AssetKey("selection"))
+    event = instance.get_latest_materialization_event(variant_key(VARIANT, "selection"))
     assert event is not None
     return {key: value.value for key, value in event.asset_materialization.metadata.items()}
 
@@ -113,7 +117,8 @@ def selection_metadata(instance: dg.DagsterInstance) -> dict:
 
 def test_selection_assets_materialize(run: Run) -> None:
     materialized = {e.asset_key.to_user_string() for e in run.result.get_asset_materialization_events()}
-    assert {"sample_concepts", "selection", "concept_graph", "selection_export"} <= materialized
+    per_variant = {f"{VARIANT}/{name}" for name in ("selection", "concept_graph", "selection_export")}
+    assert {"sample_concepts", *per_variant} <= materialized
     pool = query(run.database, "SELECT count(*) FROM recovery_pool")[0][0]
     pool -= query(run.database, "SELECT count(*) FROM holdout_split")[0][0]  # the held-out split is not selectable
     budget = query(run.database, "SELECT sum(budget) FROM capability_degradation")[0][0]
@@ -209,7 +214,8 @@ def test_export_folder_holds_only_the_finished_files_readable_by_others(run: Run
     assert sorted(path.name for path in folder.iterdir()) == sorted(expected)
     for path in folder.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
-    event = run.instance.get_latest_materialization_event(dg.AssetKey("selection_export")).asset_materialization
+    event = run.instance.get_latest_materialization_event(variant_key(VARIANT, "selection_export"))
+    event = event.asset_materialization
     for fmt in EXPORT_FORMATS:
         assert Path(event.metadata[f"{fmt}_path"].value) == (folder / f"selection.{fmt}").resolve()
 
@@ -230,7 +236,7 @@ def exported_records(folder: Path) -> dict[str, list[dict]]:
 def test_a_failure_between_the_export_files_keeps_the_previous_set(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     database, defs = copy_database(run, "export-set")
     instance = dg.DagsterInstance.ephemeral()
-    assert materialize(defs, selection="key:selection_export", instance=instance).success
+    assert materialize(defs, selection=EXPORT, instance=instance).success
     folder = run.tmp / "export-set" / "export" / VARIANT
     previous = export_files(folder)
     # Another selection (three samples fewer), whose export fails once its JSON and JSONL files are written.
@@ -246,14 +252,14 @@ def test_a_failure_between_the_export_files_keeps_the_previous_set(run: Run, mon
         raise RuntimeError("the Parquet writer broke")
 
     monkeypatch.setitem(selection_assets.EXPORT_WRITERS, "parquet", failing_parquet)
-    failed = materialize(defs, selection="key:selection_export", instance=instance)
+    failed = materialize(defs, selection=EXPORT, instance=instance)
     assert not failed.success and "the Parquet writer broke" in " ".join(failed.failures())
     assert written == ["selection.json", "selection.jsonl"]  # the failure came between files
     assert export_files(folder) == previous
     assert [p.name for p in folder.parent.iterdir()] == [VARIANT]  # the failed run's staging folder is gone
 
     monkeypatch.undo()
-    assert materialize(defs, selection="key:selection_export", instance=instance).success
+    assert materialize(defs, selection=EXPORT, instance=instance).success
     records = exported_records(folder)
     assert records["json"] == records["jsonl"] == records["parquet"]
     assert records["json"] == view_records_of(database)
@@ -263,15 +269,16 @@ def test_a_failure_between_the_export_files_keeps_the_previous_set(run: Run, mon
 
 def failed_export(defs: dg.Definitions, instance: dg.DagsterInstance) -> str:
     """The one failure of a selection_export run that must fail."""
-    failed = materialize(defs, selection="key:selection_export", instance=instance)
+    failed = materialize(defs, selection=EXPORT, instance=instance)
     assert not failed.success
     [failure] = failed.failures()
     return failure
 
 
 def no_space_under(export: Path, kept: str) -> str:
+    step = variant_key(VARIANT, "selection_export").to_user_string()  # the asset, not its step's name
     return (
-        f"selection_export: no space left on {export}: free space on that disk, or set PASER_EXPORT_DIR to a place "
+        f"{step}: no space left on {export}: free space on that disk, or set PASER_EXPORT_DIR to a place "
         f"on another one; {kept}"
     )
 
@@ -281,7 +288,7 @@ def test_a_full_disk_under_the_export_is_named_and_the_next_run_succeeds(
 ) -> None:
     database, defs = copy_database(run, "export-full")
     instance = dg.DagsterInstance.ephemeral()
-    assert materialize(defs, selection="key:selection_export", instance=instance).success
+    assert materialize(defs, selection=EXPORT, instance=instance).success
     export = run.tmp / "export-full" / "export"
     previous = export_files(export / VARIANT)
 
@@ -296,7 +303,7 @@ def test_a_full_disk_under_the_export_is_named_and_the_next_run_succeeds(
     assert [p.name for p in export.iterdir()] == [VARIANT]
 
     monkeypatch.undo()
-    assert materialize(defs, selection="key:selection_export", instance=instance).success
+    assert materialize(defs, selection=EXPORT, instance=instance).success
     assert exported_records(export / VARIANT)["parquet"] == view_records_of(database)
 
 
@@ -305,7 +312,7 @@ def test_a_full_disk_under_the_report_is_named_and_the_export_is_kept(
 ) -> None:
     database, defs = copy_database(run, "report-full")
     instance = dg.DagsterInstance.ephemeral()
-    assert materialize(defs, selection="key:selection_export", instance=instance).success
+    assert materialize(defs, selection=EXPORT, instance=instance).success
     export = run.tmp / "report-full" / "export"
 
     def report_on_a_full_disk(path: Path, text: str) -> None:
@@ -320,14 +327,15 @@ def test_a_full_disk_under_the_report_is_named_and_the_export_is_kept(
 
 
 def latest_metadata(instance: dg.DagsterInstance, key: str) -> dict:
-    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    """The metadata of the latest materialization of ``key`` (as the UI names it: ``<variant>/<asset>``)."""
+    event = instance.get_latest_materialization_event(dg.AssetKey.from_user_string(key))
     assert event is not None, key
     return {name: value.value for name, value in event.asset_materialization.metadata.items()}
 
 
 def test_report_beside_the_export_names_the_variant_and_k_and_is_linked(run: Run) -> None:
     report = Path(run.config.selection.export_dir) / VARIANT / REPORT_NAME
-    assert Path(latest_metadata(run.instance, "selection_export")["report_path"]) == report.resolve()
+    assert Path(latest_metadata(run.instance, f"{VARIANT}/selection_export")["report_path"]) == report.resolve()
     page = report.read_text(encoding="utf-8")
     ((k, criterion),) = query(run.database, "SELECT k, criterion FROM cluster_spectrum WHERE chosen")
     assert (
@@ -351,10 +359,10 @@ def test_the_ui_shows_the_labelled_map_the_eigengap_and_the_cds_chart(run: Run) 
     image = "data:image/png;base64,"
     assert latest_metadata(run.instance, "cluster_profiles")["cluster_map"].startswith(f"![cluster map]({image}")
     assert latest_metadata(run.instance, "clusters")["eigengap"].startswith(f"![eigengap]({image}")
-    cds = latest_metadata(run.instance, "capability_degradation")["cds_per_cluster"]
+    cds = latest_metadata(run.instance, f"{VARIANT}/capability_degradation")["cds_per_cluster"]
     assert cds.startswith(f"![CDS and budget per cluster]({image}")
     # a single variant: no comparison chart of variants
-    assert "cds_by_variant" not in latest_metadata(run.instance, "capability_degradation")
+    assert "cds_by_variant" not in latest_metadata(run.instance, f"{VARIANT}/capability_degradation")
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "/etc/passwd", "..", "", ".", "a/../../x"])
@@ -445,10 +453,10 @@ def test_strict_and_tolerant_selection_on_the_same_scores(run: Run) -> None:
     instance = dg.DagsterInstance.ephemeral()
     for tolerance in (0.0, 1.0):
         defs = build_definitions(PaserConfig(**{**run.settings, "conflict_tolerance": tolerance}), database)
-        result = materialize(defs, selection="key:selection or key:concept_graph", instance=instance)
+        result = materialize(defs, selection=f'key:"{VARIANT}/selection"', instance=instance)  # with concept_graph
         assert result.success
         materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-        assert materialized == {"selection", "concept_graph"}
+        assert materialized == {f"{VARIANT}/selection", f"{VARIANT}/concept_graph"}
         decisions = dict(query(database, "SELECT decision, count(*) FROM selection GROUP BY decision"))
         conflicts = query(
             database, "SELECT conflict_pairs, conflict_share FROM selection WHERE decision = 'concept_conflict'"

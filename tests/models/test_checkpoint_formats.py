@@ -286,7 +286,7 @@ def test_a_pickle_that_is_not_an_llm_pruner_dict_is_a_one_line_error(original, t
 def test_an_llm_pruner_file_scores_end_to_end(llm_pruner, original, tmp_path):
     database = PaserDuckDB(database=str(tmp_path / "paser.duckdb"))
     settings = {"demo_size": 24, "model_cache_dir": str(tmp_path / "models"), "original_model": str(original)}
-    selection = "+key:degradation_scores"
+    selection = '+key:"external/degradation_scores"'  # the pruned_model variant's scores and what they need
     refused = PaserConfig(pruned_model=str(llm_pruner), **settings)
     run = run_graph(build_definitions(refused, database), dg.DagsterInstance.ephemeral(), selection=selection)
     assert not run.success

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -28,6 +29,7 @@ from paser_assets.models.checkpoints import (
     convert_gguf,
     gguf_cache_folder,
     load_causal_lm,
+    load_tokenizer,
     local_folder,
     packaged_smollm2_path,
     parse_model_reference,
@@ -408,6 +410,69 @@ def test_remote_code_runs_when_trusted(tiny_llama_dir: Path, tmp_path: Path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "CustomForCausalLM" in result.stdout
     assert marker.read_text() == "imported"
+
+
+TOKENIZER_CODE = """
+import pathlib
+pathlib.Path({marker!r}).write_text("imported")
+"""
+
+
+def make_remote_tokenizer_checkpoint(source: Path, folder: Path, marker: Path) -> Path:
+    """A checkpoint whose tokenizer is a class of its own, which only its code (auto_map) defines."""
+    copy_checkpoint(source, folder)
+    (folder / "tokenization_custom.py").write_text(TOKENIZER_CODE.format(marker=str(marker)))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "CustomTokenizer"
+    config["auto_map"] = {"AutoTokenizer": ["tokenization_custom.CustomTokenizer", None]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("load", [load_tokenizer, load_causal_lm])
+def test_a_tokenizer_that_needs_its_own_code_is_refused_in_the_plugins_words(
+    tiny_llama_dir: Path, tmp_path: Path, load
+):
+    """Not transformers' text (`trust_remote_code=True` and a link to https://hf.co//tmp/...): the setting to
+    turn on, and the code the checkpoint declares. The code is never imported."""
+    marker = tmp_path / "marker"
+    folder = make_remote_tokenizer_checkpoint(tiny_llama_dir, tmp_path / "remote", marker)
+    reference = parse_model_reference(str(folder))
+    with pytest.raises(CheckpointError) as raised:
+        load(reference, tmp_path / "cache")
+    assert str(raised.value) == (
+        f"{reference.display}: its tokenizer needs the checkpoint's own Python code (auto_map in "
+        "tokenizer_config.json: tokenization_custom.CustomTokenizer), and running a checkpoint's code is off by "
+        "default: use a checkpoint that transformers loads with its built-in classes, or set "
+        "PASER_TRUST_REMOTE_CODE=1 only if you trust that code"
+    )
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("load", "part"), [(load_tokenizer, "model config"), (load_causal_lm, "model")])
+def test_a_model_config_that_needs_its_own_code_is_refused_in_the_plugins_words(
+    tiny_llama_dir: Path, tmp_path: Path, load, part: str
+):
+    """A model type that transformers does not know, defined only by the checkpoint's code: no built-in class to
+    fall back on (compare test_remote_code_is_not_run_by_default), so the load is refused, naming the setting."""
+    marker = tmp_path / "marker"
+    folder = make_remote_code_checkpoint(tiny_llama_dir, tmp_path / "remote", marker)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "custom_llama"
+    (folder / "config.json").write_text(json.dumps(config))
+    reference = parse_model_reference(str(folder))
+    with pytest.raises(CheckpointError) as raised, warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        load(reference, tmp_path / "cache")
+    assert not [w for w in warned if "loaded with the built-in transformers class" in str(w.message)]
+    message = str(raised.value)
+    assert message.startswith(
+        f"{reference.display}: its {part} needs the checkpoint's own Python code (auto_map in config.json: "
+        "custom_model.CustomConfig, custom_model.CustomForCausalLM)"
+    )
+    assert "set PASER_TRUST_REMOTE_CODE=1 only if you trust that code" in message
+    assert "trust_remote_code=True" not in message and "hf.co" not in message
+    assert not marker.exists()
 
 
 # --- tokenizer checks -------------------------------------------------------------------------------

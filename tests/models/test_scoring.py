@@ -7,6 +7,7 @@ import copy
 import itertools
 import math
 import random
+import shutil
 import statistics
 
 import numpy as np
@@ -16,7 +17,14 @@ from tiny_models import SHORT_CONTEXT
 from transformers import AutoTokenizer
 
 from paser_assets.core.divergence import LN2
-from paser_assets.models.checkpoints import ContextLimitWarning, context_limit, load_causal_lm, parse_model_reference
+from paser_assets.models.checkpoints import (
+    CheckpointError,
+    ContextLimitWarning,
+    context_limit,
+    load_causal_lm,
+    load_tokenizer,
+    parse_model_reference,
+)
 from paser_assets.models.pruning import PruneRecipe, prune_model
 from paser_assets.models.scoring import (
     EncodedSample,
@@ -90,6 +98,41 @@ def test_a_tokenizer_whose_template_is_removed_uses_alpaca(tokenizer):
     plain.chat_template = None
     prompt = build_prompt(plain, "Say hi.", "")
     assert prompt.startswith("Below is an instruction") and prompt.endswith("### Response:\n")
+
+
+@pytest.mark.parametrize(
+    ("template", "attempt"),
+    [
+        ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "access to attribute '__class__' of 'str' object is unsafe"),
+        ("{{ cycler.__init__.__globals__.os.popen('id').read() }}", "attribute '__init__'"),
+    ],
+)
+def test_a_chat_template_that_tries_to_escape_the_sandbox_is_one_clear_error(
+    tiny_llama_dir, tmp_path, template, attempt
+):
+    """Jinja's sandbox holds; the user gets one line naming the checkpoint's chat template and what it tried, as
+    a CheckpointError (which the assets turn into a Dagster failure), not jinja2's SecurityError."""
+    folder = shutil.copytree(tiny_llama_dir, tmp_path / "hostile")
+    (folder / "chat_template.jinja").write_text(template)
+    tokenizer = load_tokenizer(parse_model_reference(str(folder)), tmp_path / "cache")
+    with pytest.raises(CheckpointError) as raised:
+        encode_sample(tokenizer, "a", "Say hi.", "", "Hi.", max_tokens=64)
+    message = str(raised.value)
+    assert message.startswith(f"the chat template of {folder} tried to escape Jinja's sandbox (")
+    assert attempt in message and "no code ran" in message
+    assert "\n" not in message
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_a_chat_template_that_fails_otherwise_names_the_checkpoint(tokenizer):
+    broken = copy.deepcopy(tokenizer)
+    broken.chat_template = "{{ raise_exception('Only system and user roles are supported') }}"
+    with pytest.raises(CheckpointError) as raised:
+        build_prompt(broken, "Say hi.", "")
+    assert str(raised.value) == (
+        f"the chat template of {tokenizer.name_or_path} cannot format a prompt: "
+        "TemplateError: Only system and user roles are supported"
+    )
 
 
 # --- encoding -----------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import json
 import logging
 import lzma
 import os
+import socket
+import threading
 from pathlib import Path
 
 import duckdb
@@ -265,3 +267,91 @@ def test_a_data_file_named_like_a_model_file_outside_a_checkpoint_is_still_read(
     build = load_pool(str(tmp_path))
     assert build.accepted["source"].tolist() == ["config.json"]
     assert build.skipped == []
+
+
+# --- Paths that exist but are neither files nor folders ---------------------------------------------
+
+
+def finishes(call, fifo: Path, seconds: float = 5.0):
+    """``call()``'s result, failing the test if it blocks (as opening ``fifo`` for reading does with no writer).
+    A blocked call is released by a writer that comes and goes, so that no thread stays stuck."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    blocked = thread.is_alive()
+    if blocked:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(seconds)
+    assert not blocked, f"blocked on the FIFO {fifo}"
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]
+
+
+def special_path(kind: str, folder: Path) -> Path:
+    if kind == "device":
+        return Path("/dev/null")
+    if kind == "fifo":
+        os.mkfifo(folder / "rows.jsonl")
+        return folder / "rows.jsonl"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind("rows.sock")  # relative to the test's folder: AF_UNIX paths are short
+    server.close()  # the socket file stays
+    return folder / "rows.sock"
+
+
+@pytest.mark.parametrize(
+    ("kind", "what"), [("device", "a character device"), ("fifo", "a FIFO (named pipe)"), ("socket", "a socket")]
+)
+def test_a_dataset_that_is_a_device_fifo_or_socket_is_named_for_what_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, what: str
+):
+    """Not "no such file or folder": the path exists. Judged from its stat, so a FIFO is never opened (that would
+    block until a writer comes)."""
+    monkeypatch.chdir(tmp_path)
+    path = special_path(kind, tmp_path)
+    expected = f"{path} is {what}, not a file or folder of instruction data"
+    with pytest.raises(PoolInputError) as error:
+        finishes(lambda: list_inputs(path), path)
+    assert str(error.value) == expected
+    with pytest.raises(PoolInputError) as error:
+        finishes(lambda: load_pool(str(path)), path)
+    assert str(error.value) == expected
+
+
+def test_a_dataset_that_is_a_broken_link_says_so(tmp_path: Path):
+    link = tmp_path / "rows.jsonl"
+    os.symlink(tmp_path / "gone.jsonl", link)
+    with pytest.raises(PoolInputError) as error:
+        list_inputs(link)
+    assert str(error.value) == (
+        f"{link} is a broken link (to {tmp_path / 'gone.jsonl'}), not a file or folder of instruction data"
+    )
+
+
+def test_a_fifo_in_a_folder_is_skipped_without_being_opened(tmp_path: Path):
+    """Beside a FIFO, names that make the walk look for a DuckDB file (``x.wal`` beside ``x``, a folder ``x.tmp``)
+    must not open it: the walk would wait for a writer forever."""
+    data = tmp_path / "data"
+    jsonl(data / "pool.jsonl", [GOOD])
+    fifo = data / "pipe"
+    os.mkfifo(fifo)
+    touch(data / "pipe.wal", "x")
+    (data / "pipe.tmp").mkdir()
+    jsonl(data / "pipe.tmp" / "rows.jsonl", [OTHER])
+    listing = finishes(lambda: list_inputs(data), fifo)
+    assert [str(path.relative_to(data)) for path in listing.files] == [
+        str(Path("pipe.tmp") / "rows.jsonl"),
+        "pool.jsonl",
+    ]
+    skipped = skipped_map(listing.skipped)
+    assert skipped["pipe"] == (UNREADABLE, "a FIFO (named pipe), not a regular file")
+    assert skipped["pipe.wal"][0] == NOT_DATA

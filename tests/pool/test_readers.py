@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -449,6 +450,23 @@ def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(PoolInputError, match="no such file or folder") as error:
         read(missing)
     assert str(missing) in str(error.value)
+
+
+def test_a_broken_link_is_not_called_missing(tmp_path):
+    """The link exists though what it points at does not: read_dataset sees no path, and says what it is."""
+    link = tmp_path / "data.jsonl"
+    os.symlink(tmp_path / "moved" / "data.jsonl", link)
+    with pytest.raises(PoolInputError) as error:
+        list(read_dataset(str(link)))
+    assert str(error.value) == (
+        f"{link} is a broken link (to {tmp_path / 'moved' / 'data.jsonl'}), not a file or folder of instruction data"
+    )
+
+
+def test_dev_null_as_the_dataset_is_named_a_character_device():
+    with pytest.raises(PoolInputError) as error:
+        list(read_dataset("/dev/null"))
+    assert str(error.value) == "/dev/null is a character device, not a file or folder of instruction data"
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):

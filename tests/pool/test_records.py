@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
 import unicodedata
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -306,6 +308,38 @@ def test_duplicates_across_files_keep_the_first_file(tmp_path):
     build = build_file(tmp_path)
     first = build.accepted[build.accepted["instruction"] == GOOD["instruction"]].iloc[0]
     assert (first["source"], first["source_row"], first["duplicate_count"]) == ("1_first.jsonl", 1, 2)
+
+
+def test_duplicates_many_rows_apart_keep_the_first_occurrence_in_read_order():
+    """Rows are de-duplicated a run of thousands at a time; a duplicate of a row read several runs earlier, or
+    later in the same run, still counts towards the first occurrence, and the pool keeps the read order. Here
+    20,000 rows with duplicates among them, then 30,000 duplicates only (more than a run), then 10,000 more."""
+    chooser = random.Random(7)
+    contents: list[int] = []
+    for index in range(60_000):
+        repeat = contents and (20_000 <= index < 50_000 or chooser.random() < 0.3)
+        contents.append(chooser.choice(contents) if repeat else index)
+    records = [
+        {"instruction": f"Task {k}.", "input": "" if k % 4 else f"ctx {k}", "output": f"Done {k}."}
+        | ({"family": f"f{k % 3}"} if k % 5 == 0 else {})
+        for k in contents
+    ]
+    build = build_records(records)
+    first: dict[int, int] = {}
+    for row, k in enumerate(contents, start=1):
+        first.setdefault(k, row)
+    counts = Counter(contents)
+    expected = pd.DataFrame(
+        {
+            "sample_id": [sample_id(f"Task {k}.", "" if k % 4 else f"ctx {k}", f"Done {k}.") for k in first],
+            "family": [f"f{k % 3}" if k % 5 == 0 else None for k in first],
+            "source_row": list(first.values()),
+            "duplicate_count": [counts[k] for k in first],
+        }
+    )
+    accepted = build.accepted[["sample_id", "family", "source_row", "duplicate_count"]]
+    pd.testing.assert_frame_equal(accepted, expected, check_dtype=False)
+    assert build.duplicates_removed == len(contents) - len(first)
 
 
 def test_frames_have_the_documented_columns_and_integer_types():
