@@ -475,7 +475,7 @@ def test_the_readme_export_path_names_each_variants_file(two_variants: TwoVarian
 def test_the_query_in_the_selection_metadata_reads_that_variant_in_any_file(two_variants: TwoVariants) -> None:
     for variant in VARIANTS:
         records = two_variants.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("selection"), asset_partitions=[variant]), limit=1
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey([variant, "selection"])), limit=1
         ).records
         query = records[0].asset_materialization.metadata["query"].value
         with duckdb.connect(two_variants.database.database, read_only=True) as conn:
